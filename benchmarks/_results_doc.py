@@ -1,0 +1,39 @@
+"""Write one benchmark's section of docs/RESULTS.md, leaving the other sections alone.
+
+Each benchmark owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; the
+file is rewritten atomically under a lock so two benchmarks can finish at the same time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
+HEADER = (
+    "# Results\n\nEvery section below is written by the benchmark command it names; re-run that "
+    "command to regenerate it.\n"
+)
+
+
+def update_section(name: str, markdown: str, path: Path = RESULTS) -> Path:
+    """Replace (or append) the section ``name`` of ``path`` with ``markdown``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else HEADER
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = head + block.rstrip("\n") + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + block
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,126 @@
+"""Frozen, validated config dataclasses and the command-line flags generated from them.
+
+A config field is declared with :func:`option`, which records its help text and allowed
+choices. ``__post_init__`` of a config calls :func:`validate` so a bad value raises
+``ValueError`` naming the field, the value and what is allowed. :func:`add_arguments` turns the
+fields into argparse flags (one source of truth for the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["option", "validate", "add_arguments", "from_arguments", "to_dict"]
+
+
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None,
+           low: float | None = None, high: float | None = None, flag: bool = True) -> Any:
+    """A dataclass field with help text, optional choices and an optional [low, high] range.
+
+    ``flag=False`` keeps the field out of the generated CLI."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "flag": flag}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if args else str
+    return tp
+
+
+def _resolved_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def validate(cfg: Any) -> None:
+    """Check every field's type, choices and range; raise ValueError naming the field."""
+    hints = _resolved_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        tp = hints[f.name]
+        optional = type(None) in typing.get_args(tp)
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must not be None")
+        base = _base_type(tp)
+        origin = typing.get_origin(base)
+        if base is bool and not isinstance(value, bool):
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must be true or false, got {value!r}")
+        if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must be an int, got {value!r}")
+        if base is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a number, got {value!r}")
+        if base is str and not isinstance(value, str):
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a string, got {value!r}")
+        if origin in (tuple, list) and not isinstance(value, (tuple, list)):
+            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a sequence, got {value!r}")
+        meta = f.metadata
+        values = value if origin in (tuple, list) else [value]
+        for v in values:
+            if meta.get("choices") is not None and v not in meta["choices"]:
+                raise ValueError(
+                    f"{type(cfg).__name__}.{f.name} must be one of {list(meta['choices'])}, "
+                    f"got {v!r}"
+                )
+            lo, hi = meta.get("low"), meta.get("high")
+            if lo is not None and v < lo or hi is not None and v > hi:
+                rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                raise ValueError(f"{type(cfg).__name__}.{f.name} must be in {rng}, got {v!r}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """Add one flag per field of the config class ``cls`` (defaults from the class)."""
+    hints = _resolved_types(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("flag", True):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        base = _base_type(hints[f.name])
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        shown = f" (default: {default})"
+        if base is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
+                               help=help_text + shown, **kwargs)
+            continue
+        origin = typing.get_origin(base)
+        if origin in (tuple, list):
+            inner = typing.get_args(base)[0] if typing.get_args(base) else str
+            kwargs.update(nargs="+", type=inner)
+        else:
+            kwargs["type"] = base if base in (int, float, str) else str
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = list(f.metadata["choices"])
+        group.add_argument(_flag(f.name), help=help_text + shown, **kwargs)
+
+
+def from_arguments(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
+    """Build ``cls`` from parsed flags (fields not given keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    hints = _resolved_types(cls)
+    for k, v in list(values.items()):
+        if isinstance(v, list) and typing.get_origin(_base_type(hints[k])) is tuple:
+            values[k] = tuple(v)
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return dataclasses.asdict(cfg)

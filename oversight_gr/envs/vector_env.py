@@ -1,0 +1,133 @@
+"""The native vector env: all copies stepped by one batched :class:`GridRules`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
+from oversight_gr.envs.grid_env import observation_space
+from oversight_gr.envs.render import render_ansi, render_rgb
+
+__all__ = ["OversightGridVectorEnv"]
+
+
+class OversightGridVectorEnv(VectorEnv):
+    """``num_envs`` OversightGrid copies in one batch (``gym.make_vec`` returns this).
+
+    Same arguments and rules as :class:`~oversight_gr.envs.grid_env.OversightGridEnv`.
+    Autoreset is ``AutoresetMode.SAME_STEP``: where an episode ends, ``step`` returns the new
+    episode's first observation (the next action is chosen from it, never from a stale frame),
+    and ``info["final_obs"]`` holds the last observation of the episode that ended. The info
+    keys are arrays over envs, each with a boolean ``_key`` mask saying where it is set (set
+    where an episode ended): ``final_obs``, ``outcome``, ``overseen``, ``length`` (learner
+    keys) and ``eval_true_outcome`` (evaluation only).
+    """
+
+    metadata = {
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": 4,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        size: int = 5,
+        max_episode_steps: int = 32,
+        oversight_prob: float = 0.1,
+        spurious_prob: float = 0.0,
+        reward_mode: str = "proxy",
+        render_mode: str | None = None,
+        device: str = "cpu",
+    ):
+        validate_env_args(size, max_episode_steps, oversight_prob, spurious_prob, reward_mode)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                f"got {render_mode!r}"
+            )
+        self.rules = GridRules(
+            num_envs,
+            size=size,
+            max_episode_steps=max_episode_steps,
+            oversight_prob=oversight_prob,
+            spurious_prob=spurious_prob,
+            reward_mode=reward_mode,
+            device=device,
+        )
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.single_observation_space = observation_space(size)
+        self.single_action_space = spaces.Discrete(NUM_ACTIONS)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._obs: np.ndarray | None = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            raise ValueError(
+                f"seed must be an int or None for the native vector env (one generator drives "
+                f"all copies), got {seed!r}"
+            )
+        super().reset(seed=None if seed is None else int(seed))
+        self._obs = self.rules.reset(None if seed is None else int(seed)).cpu().numpy()
+        return self._obs, {}
+
+    def _check_actions(self, actions: Any) -> torch.Tensor:
+        arr = np.asarray(actions)
+        if arr.shape != (self.num_envs,):
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},) (one per env), got {arr.shape}"
+            )
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"actions must be integers in {{0, 1, 2, 3}}, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= NUM_ACTIONS:
+            raise ValueError(f"actions must be in {{0, 1, 2, 3}}, got values in [{lo}, {hi}]")
+        return torch.from_numpy(arr.astype(np.int64, copy=False)).to(self.rules.device)
+
+    def step(self, actions: Any):
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        r = self.rules.step(self._check_actions(actions))
+        obs = r.obs.cpu().numpy()
+        done = r.done.cpu().numpy()
+        info: dict[str, Any] = {}
+        if done.any():
+            info = {
+                "final_obs": r.final_obs.cpu().numpy(),
+                "_final_obs": done,
+                "outcome": r.outcome.cpu().numpy(),
+                "_outcome": done,
+                "overseen": r.overseen.cpu().numpy(),
+                "_overseen": done,
+                "length": r.length.cpu().numpy(),
+                "_length": done,
+                "eval_true_outcome": r.true_outcome.cpu().numpy(),
+                "_eval_true_outcome": done,
+            }
+        self._obs = obs
+        return (
+            obs,
+            r.reward.cpu().numpy(),
+            r.terminated.cpu().numpy(),
+            r.truncated.cpu().numpy(),
+            info,
+        )
+
+    def render(self):
+        if self._obs is None:
+            raise RuntimeError("call reset() before render()")
+        if self.render_mode == "ansi":
+            return tuple(render_ansi(o) for o in self._obs)
+        if self.render_mode == "rgb_array":
+            return tuple(render_rgb(o) for o in self._obs)
+        return None
