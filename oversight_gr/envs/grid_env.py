@@ -135,13 +135,21 @@ class OversightGridEnv(gym.Env):
         self.observation_space = observation_space(size)
         self.action_space = spaces.Discrete(NUM_ACTIONS)
         self._obs: np.ndarray | None = None
+        self._next_obs: np.ndarray | None = None  # first frame of the episode the rules began
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        # seed=None continues the rules' own generator (seeded from the OS at construction)
-        self._obs = self.rules.reset(seed).numpy()[0]
+        if seed is None and self._next_obs is not None:
+            # The rules started the next episode when the last one ended (same-step autoreset);
+            # use it rather than drawing another, so a single env and a vector env of one
+            # with the same seed play the same episodes.
+            self._obs = self._next_obs
+        else:
+            # seed=None continues the rules' own generator (seeded from the OS at construction)
+            self._obs = self.rules.reset(seed).numpy()[0]
+        self._next_obs = None
         return self._obs.copy(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -156,9 +164,11 @@ class OversightGridEnv(gym.Env):
             # The rules already started a new episode; a Gymnasium env must stay on the final
             # state until reset(), so show the final observation.
             self._obs = r.final_obs.numpy()[0]
+            self._next_obs = r.obs.numpy()[0]
             info = end_info(r.outcome[0], r.overseen[0], r.length[0], r.true_outcome[0])
         else:
             self._obs = r.obs.numpy()[0]
+            self._next_obs = None
         return self._obs.copy(), float(r.reward[0]), terminated, truncated, info
 
     def render(self):
