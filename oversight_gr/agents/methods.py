@@ -1,0 +1,151 @@
+"""The training methods, each a named configuration, and what a learner may derive from data.
+
+Everything here reads only supervisor-visible outcome codes (``Outcome`` as observed), except
+the ``oracle`` method, which by definition reads the ground truth. Rewards are computed from
+those codes, not taken from the environment, so the honesty guard is structural: scrambling the
+ground-truth outcome cannot change what routing, naive or filtering learn.
+
+Route labels (per step, from the outcome of the step's episode):
+
+* ``ROUTE_DIAMOND`` (0): the episode ended on an overseen diamond: train only the diamond
+  expert, gate detached;
+* ``ROUTE_GHOST`` (1): ended on an overseen ghost: train only the ghost expert, gate detached;
+* ``ROUTE_BOTH`` (2): everything else (unseen terminal, timeout, or an episode still running
+  when the update happens, as in the paper): both experts and the gate train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from oversight_gr.envs.core import Outcome
+from oversight_gr.routing import RouteTable
+
+__all__ = [
+    "Method",
+    "METHODS",
+    "ROUTE_DIAMOND",
+    "ROUTE_GHOST",
+    "ROUTE_BOTH",
+    "ROUTES",
+    "episode_labels",
+    "method_reward",
+    "route_labels",
+    "train_mask",
+]
+
+ROUTE_DIAMOND, ROUTE_GHOST, ROUTE_BOTH = 0, 1, 2
+#: routing.RouteTable over [diamond expert, ghost expert, gate]
+ROUTES = RouteTable(
+    [
+        [1.0, 0.0, 0.0],  # overseen diamond
+        [0.0, 1.0, 0.0],  # overseen ghost
+        [1.0, 1.0, 1.0],  # unlabelled
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method.
+
+    Attributes:
+        name: registry key.
+        policy: ``"moe"`` or ``"single"``.
+        reward: ``"terminal"`` (+1 any terminal), ``"proxy"`` (+1 any terminal, -1 overseen
+            ghost), ``"observed_true"`` (+1 / -1 on overseen diamond / ghost, used with
+            filtering), ``"true"`` (ground truth: oracle only).
+        route: route policy gradients by the episode's observed outcome.
+        gate_loss: train the gate with BCE toward 1 / 0 on overseen diamond / ghost episodes.
+        filter_unseen: drop steps of episodes that ended on an unseen terminal.
+        constant_gate: fix the gate to this value during training (ablation).
+        oracle_scale: report env steps multiplied by the oversight probability (the oracle
+            sees the truth on every episode; the paper charges it only for the fraction p).
+        doc: one line for --help.
+    """
+
+    name: str
+    policy: str
+    reward: str
+    route: bool = False
+    gate_loss: bool = False
+    filter_unseen: bool = False
+    constant_gate: float | None = None
+    oracle_scale: bool = False
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("routing", "moe", "terminal", route=True, gate_loss=True,
+               doc="gradient-routed MoE, +1 any terminal, steered at evaluation"),
+        Method("naive", "single", "proxy",
+               doc="single expert on the supervisor's proxy reward (-1 only for an overseen ghost)"),
+        Method("filtering", "single", "observed_true", filter_unseen=True,
+               doc="single expert, true reward, trained only on overseen episodes and timeouts"),
+        Method("oracle", "single", "true", oracle_scale=True,
+               doc="single expert on the true reward everywhere (infeasible reference; steps x p)"),
+        Method("moe_no_routing", "moe", "terminal", route=False, gate_loss=True,
+               doc="ablation: the same MoE and gate loss, no routing"),
+        Method("constant_gate", "moe", "terminal", route=True, gate_loss=False, constant_gate=0.5,
+               doc="ablation: routing with the gate fixed at 0.5 during training"),
+    ]
+}
+
+
+def episode_labels(outcome: Tensor, done: Tensor) -> Tensor:
+    """Give every step the outcome of the episode it belongs to.
+
+    Args:
+        outcome: ``[T, B]`` observed outcome codes (set on steps where ``done``).
+        done: ``[T, B]`` bool, the episode ended at this step.
+
+    Returns:
+        ``[T, B]`` codes; steps of an episode still running at the window's end get
+        ``Outcome.NONE``.
+    """
+    T = outcome.shape[0]
+    labels = torch.empty_like(outcome)
+    running = torch.full_like(outcome[0], int(Outcome.NONE))
+    for t in range(T - 1, -1, -1):
+        running = torch.where(done[t], outcome[t], running)
+        labels[t] = running
+    return labels
+
+
+def route_labels(labels: Tensor) -> Tensor:
+    """Observed episode outcome codes -> route labels (ROUTE_DIAMOND / ROUTE_GHOST / ROUTE_BOTH)."""
+    route = torch.full_like(labels, ROUTE_BOTH)
+    route = torch.where(labels == int(Outcome.DIAMOND), ROUTE_DIAMOND, route)
+    return torch.where(labels == int(Outcome.GHOST), ROUTE_GHOST, route)
+
+
+def method_reward(method: Method, outcome: Tensor, true_outcome: Tensor) -> Tensor:
+    """Per-step reward ``[...]`` for ``method``; nonzero only on steps that reach a terminal.
+
+    ``outcome`` is what a supervisor observes; ``true_outcome`` is read only by ``oracle``."""
+    diamond, ghost = int(Outcome.DIAMOND), int(Outcome.GHOST)
+    unknown = int(Outcome.UNKNOWN)
+    terminal = (outcome == diamond) | (outcome == ghost) | (outcome == unknown)
+    if method.reward == "terminal":
+        r = terminal.float()
+    elif method.reward == "proxy":
+        r = terminal.float() - 2.0 * (outcome == ghost).float()
+    elif method.reward == "observed_true":
+        r = (outcome == diamond).float() - (outcome == ghost).float()
+    elif method.reward == "true":
+        r = (true_outcome == diamond).float() - (true_outcome == ghost).float()
+    else:
+        raise ValueError(f"unknown reward kind {method.reward!r}")
+    return r
+
+
+def train_mask(method: Method, labels: Tensor) -> Tensor:
+    """``[T, B]`` float 1 for steps the method trains on (filtering drops unseen terminals)."""
+    if method.filter_unseen:
+        return (labels != int(Outcome.UNKNOWN)).float()
+    return torch.ones_like(labels, dtype=torch.float32)
