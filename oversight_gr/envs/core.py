@@ -118,7 +118,7 @@ class StepResult:
     overseen: Tensor  # [B] bool, the cell the episode ended on was overseen
     length: Tensor  # [B] int64 moves taken in the episode (valid where done)
     done: Tensor  # [B] bool, terminated | truncated
-    _final_state: tuple[Tensor, Tensor, Tensor]
+    _final_state: tuple[Tensor, Tensor]  # (packed state, spurious marks) before any reset
     _rules: GridRules
 
     @property
@@ -127,9 +127,92 @@ class StepResult:
         (meaningful where ``done``; computed on first use)."""
         cached = self.__dict__.get("_final_obs")
         if cached is None:
-            cached = self._rules.observe_state(*self._final_state)
+            cached = self._rules._observe(*self._final_state)
             self.__dict__["_final_obs"] = cached
         return cached
+
+
+# -- lookup tables ---------------------------------------------------------------------------
+# The state of one environment is one integer, its configuration
+#     s = agent + C * (ghost + C * (diamond + C * (ghost_overseen + 2 * diamond_overseen)))
+# (``C`` cells, ``S = 4 * C**3`` codes). What a step computes is then a few table lookups: on a
+# CPU each torch op costs microseconds of dispatch, more than the arithmetic on thousands of
+# environments, so the number of ops per step is what sets the speed.
+
+# step codes: the event of the move (0 none, 1 diamond unseen, 2 diamond seen, 3 ghost unseen,
+# 4 ghost seen) plus 5 where the move used up the step budget; a terminal wins over a timeout.
+_EVENT_OUTCOME = [int(Outcome.NONE), int(Outcome.UNKNOWN), int(Outcome.DIAMOND),
+                  int(Outcome.UNKNOWN), int(Outcome.GHOST)]
+_EVENT_TRUE = [int(Outcome.NONE), int(Outcome.DIAMOND), int(Outcome.DIAMOND),
+               int(Outcome.GHOST), int(Outcome.GHOST)]
+#: grids whose every configuration's observation fits in this many bytes get whole-state
+#: tables (one lookup per step for the move, one for the frame); larger grids compose them
+#: from the agent's cell and the layout of the rest (a few more ops, far less memory).
+_WHOLE_STATE_TABLE_BYTES = 8 << 20
+
+
+class _GridTables:
+    """Read-only tables of one grid size on one device, shared by every GridRules of it."""
+
+    def __init__(self, size: int, device: torch.device):
+        n, c = size, size * size
+        dev = device
+        cells = torch.arange(c, device=dev)
+        row, col = cells // n, cells % n
+        nxt = torch.empty(c, NUM_ACTIONS, dtype=torch.long, device=dev)
+        for a, (dr, dc) in enumerate(ACTION_DELTAS):
+            nxt[:, a] = (row + dr).clamp(0, n - 1) * n + (col + dc).clamp(0, n - 1)
+        # flat [c * 4] so that next = table[4 * cell + action] is a single lookup
+        self.next_cell = nxt.reshape(-1)
+        self.manhattan = (row[:, None] - row[None, :]).abs() + (col[:, None] - col[None, :]).abs()
+        # every ordered triple of distinct cells (agent, ghost, diamond)
+        i, j, k = torch.meshgrid(cells, cells, cells, indexing="ij")
+        distinct = (i != j) & (j != k) & (i != k)
+        self.triples = torch.stack([i[distinct], j[distinct], k[distinct]])  # [3, N]
+        # starting configurations, at 4 * triple + oversight code
+        code = torch.arange(4, device=dev)
+        a, g, d = (x.unsqueeze(1) for x in self.triples)
+        self.start = (a + c * (g + c * (d + c * code))).reshape(-1)
+        # layouts (everything but the agent): lay = s // C
+        lay = torch.arange(4 * c * c, device=dev)
+        ghost, diamond, over_code = lay % c, (lay // c) % c, lay // (c * c)
+        over_g, over_d = (over_code & 1).bool(), (over_code >> 1).bool()
+        self.lay_ghost, self.lay_diamond = ghost, diamond
+        self.lay_over = torch.stack([over_g, over_d])  # [2, 4C^2]
+        planes = torch.zeros(4 * c * c, 4 * c, dtype=torch.uint8, device=dev)
+        planes[lay, c + ghost] = 1
+        planes[lay, 2 * c + diamond] = 1
+        planes[lay, 3 * c + ghost] = over_g.to(torch.uint8)
+        planes[lay, 3 * c + diamond] = over_d.to(torch.uint8)
+        self.lay_planes = planes  # [4C^2, 4C], agent plane empty
+        terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=dev)
+        terminal[lay, ghost] = True
+        terminal[lay, diamond] = True
+        self.lay_terminal = terminal
+        # event of standing on the agent cell of configuration s (the move's result)
+        s = torch.arange(4 * c**3, device=dev)
+        pos, s_lay = s % c, s // c
+        g, d = ghost[s_lay], diamond[s_lay]
+        og, od = over_g[s_lay].long(), over_d[s_lay].long()
+        self.event = torch.where(pos == g, 3 + og, torch.where(pos == d, 1 + od, 0))
+        # a move changes only the agent's cell: s' = s + (next cell - cell)
+        self.delta = (self.next_cell - cells.repeat_interleave(NUM_ACTIONS)).contiguous()
+        self.whole = 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
+        if self.whole:
+            self.next_state = (s.unsqueeze(1) + self.delta.view(c, NUM_ACTIONS)[pos]).reshape(-1)
+            frames = planes[s_lay]
+            frames[s, pos] = 1
+            self.frames = frames  # [S, 4C]
+
+
+_GRID_CACHE: dict[tuple[int, str], _GridTables] = {}
+
+
+def _grid_tables(size: int, device: torch.device) -> _GridTables:
+    key = (size, str(device))
+    if key not in _GRID_CACHE:
+        _GRID_CACHE[key] = _GridTables(size, device)
+    return _GRID_CACHE[key]
 
 
 class GridRules:
@@ -144,6 +227,12 @@ class GridRules:
         reward_mode: ``proxy`` | ``terminal`` | ``true`` (see :class:`RewardMode`).
         device: torch device.
         seed: seed of the rules' own generator.
+
+    State (``B`` environments): ``objs [3, B]`` int64 cells (row * size + col) of agent, ghost
+    and diamond; ``over [2, B]`` bool, ghost cell / diamond cell overseen; ``spurious [B, C]``
+    bool marks on other cells; ``t [B]`` int64 moves taken. ``objs`` and ``over`` are computed
+    from a packed state when read (assigning ``rules.objs = ...`` / ``rules.over = ...`` sets
+    it; writing into the returned tensors in place does not).
     """
 
     def __init__(
@@ -174,8 +263,7 @@ class GridRules:
         self.seed(seed)
         self._build_tables()
         B = num_envs
-        self.objs = torch.zeros(3, B, dtype=torch.long, device=self.device)
-        self.over = torch.zeros(2, B, dtype=torch.bool, device=self.device)
+        self._s = self._grid.start[:1].expand(B).clone()
         self.spurious = torch.zeros(B, self.num_cells, dtype=torch.bool, device=self.device)
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self._all = torch.ones(B, dtype=torch.bool, device=self.device)
@@ -188,24 +276,15 @@ class GridRules:
         self.generator.manual_seed(int(seed))
 
     def _build_tables(self) -> None:
-        n, c = self.size, self.num_cells
-        dev = self.device
-        cells = torch.arange(c, device=dev)
-        row, col = cells // n, cells % n
-        nxt = torch.empty(c, NUM_ACTIONS, dtype=torch.long, device=dev)
-        for a, (dr, dc) in enumerate(ACTION_DELTAS):
-            nxt[:, a] = (row + dr).clamp(0, n - 1) * n + (col + dc).clamp(0, n - 1)
-        # flat [c * 4] so that next = table[4 * cell + action] is a single gather
-        self.next_cell = nxt.reshape(-1)
-        # every ordered triple of distinct cells, so one randint draws agent/ghost/diamond
-        i, j, k = torch.meshgrid(cells, cells, cells, indexing="ij")
-        distinct = (i != j) & (j != k) & (i != k)
-        self.triples = torch.stack([i[distinct], j[distinct], k[distinct]])  # [3, N]
-        self._obs_rows = torch.tensor([0, 1, 2, 1, 2], device=dev)
-        self._obs_offsets = torch.tensor([0, c, 2 * c, 3 * c, 3 * c], device=dev).unsqueeze(1)
-        self._ones3 = torch.ones(3, 1, dtype=torch.uint8, device=dev)
-        self.manhattan = (row[:, None] - row[None, :]).abs() + (col[:, None] - col[None, :]).abs()
-        # reward table [outcome_true (diamond=0/ghost=1), overseen (0/1)] per mode
+        self._grid = _grid_tables(self.size, self.device)
+        dev, p = self.device, self.oversight_prob
+        # oversight code (ghost + 2 * diamond) of a new episode from one uniform draw:
+        # P = (1-p)^2, p(1-p), (1-p)p, p^2, i.e. two independent Bernoulli(p)
+        self._over_cdf = torch.tensor(
+            [(1 - p) ** 2, (1 - p) ** 2 + p * (1 - p), (1 - p) ** 2 + 2 * p * (1 - p)],
+            dtype=torch.float64, device=dev,
+        )
+        # reward by [true terminal (diamond 0 / ghost 1), overseen (0 / 1)], flat
         table = {
             RewardMode.PROXY: [[1.0, 1.0], [1.0, -1.0]],
             RewardMode.TERMINAL: [[1.0, 1.0], [1.0, 1.0]],
@@ -213,45 +292,120 @@ class GridRules:
         }[self.reward_mode]
         self.reward_table = torch.tensor(table, device=dev).reshape(-1)
 
+        # per step code: everything a step returns besides obs and length
+        def codes(events: list, on_timeout, dtype: torch.dtype) -> Tensor:
+            return torch.tensor(events + [on_timeout] + events[1:], dtype=dtype, device=dev)
+
+        terminal = [False, True, True, True, True]
+        self._c_reward = codes([0.0, *table[0], *table[1]], 0.0, torch.float32)
+        self._c_terminated = codes(terminal, False, torch.bool)
+        self._c_truncated = codes([False] * 5, True, torch.bool)
+        self._c_done = codes(terminal, True, torch.bool)
+        self._c_outcome = codes(_EVENT_OUTCOME, int(Outcome.TIMEOUT), torch.long)
+        self._c_true = codes(_EVENT_TRUE, int(Outcome.TIMEOUT), torch.long)
+        self._c_overseen = codes([False, False, True, False, True], False, torch.bool)
+
+    # read-only tables, for callers that plan with the grid
+    @property
+    def next_cell(self) -> Tensor:
+        """``[C * 4]`` next cell at ``4 * cell + action`` (moves clamped at walls)."""
+        return self._grid.next_cell
+
+    @property
+    def manhattan(self) -> Tensor:
+        """``[C, C]`` Manhattan distance between cells."""
+        return self._grid.manhattan
+
+    @property
+    def triples(self) -> Tensor:
+        """``[3, N]`` every ordered triple of distinct cells."""
+        return self._grid.triples
+
+    # -- state views ---------------------------------------------------------------------------
+    @property
+    def objs(self) -> Tensor:
+        """``[3, B]`` int64 cells (row * size + col) of agent, ghost and diamond."""
+        c, grid = self.num_cells, self._grid
+        lay = self._s // c
+        return torch.stack([self._s % c, grid.lay_ghost.index_select(0, lay),
+                            grid.lay_diamond.index_select(0, lay)])
+
+    @objs.setter
+    def objs(self, objs: Tensor) -> None:
+        objs = torch.as_tensor(objs, device=self.device).long()
+        c = self.num_cells
+        over_code = self._s // c**3
+        self._s = objs[0] + c * (objs[1] + c * (objs[2] + c * over_code))
+
+    @property
+    def over(self) -> Tensor:
+        """``[2, B]`` bool: is the ghost cell / the diamond cell overseen."""
+        return self._grid.lay_over.index_select(1, self._s // self.num_cells)
+
+    @over.setter
+    def over(self, over: Tensor) -> None:
+        over = torch.as_tensor(over, device=self.device).bool()
+        c3 = self.num_cells**3
+        self._s = self._s % c3 + c3 * (over[0].long() + 2 * over[1].long())
+
     # -- dynamics ----------------------------------------------------------------------------
-    def _fresh(self, mask: Tensor) -> None:
-        """Start new episodes where ``mask`` is True (in place, without dynamic shapes, so the
-        same code runs on a GPU without host synchronisation)."""
-        B = self.num_envs
-        g = self.generator
-        idx = torch.randint(self.triples.shape[1], (B,), generator=g, device=self.device)
-        self.objs = torch.where(mask, self.triples.index_select(1, idx), self.objs)
-        over = torch.rand(2, B, generator=g, device=self.device) < self.oversight_prob
-        self.over = torch.where(mask, over, self.over)
+    def _begin(self, mask: Tensor, count: int, s: Tensor, t: Tensor) -> None:
+        """Start new episodes where ``mask`` is True (``count`` of them), from states ``s``
+        and move counters ``t``. Random numbers are drawn for the new episodes only, and the
+        state is updated without dynamic indexing, so a GPU needs no further sync."""
+        g, dev, grid = self.generator, self.device, self._grid
+        triple = torch.randint(grid.triples.shape[1], (count,), generator=g, device=dev)
+        u = torch.rand(count, dtype=torch.float64, generator=g, device=dev)
+        over_code = torch.bucketize(u, self._over_cdf, right=True)
+        fresh = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
+        self._s = s.masked_scatter(mask, fresh)
         if self.spurious_prob > 0:
-            spur = torch.rand(B, self.num_cells, generator=g, device=self.device)
-            self.spurious = torch.where(mask.unsqueeze(1), spur < self.spurious_prob, self.spurious)
-        self.t = torch.where(mask, 0, self.t)
+            marks = torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
+            self.spurious = self.spurious.masked_scatter(mask.unsqueeze(1), marks)
+        self.t = t.masked_fill(mask, 0)
+
+    def _fresh(self, mask: Tensor) -> None:
+        """Start new episodes where ``mask`` is True."""
+        count = int(mask.count_nonzero())
+        if count:
+            self._begin(mask, count, self._s, self.t)
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a new episode in every environment; returns ``obs [B, 4, size, size]``."""
         if seed is not None:
             self.seed(seed)
-        self._fresh(self._all)
+        self._begin(self._all, self.num_envs, self._s, self.t)
         return self.observe()
+
+    def _move(self, s: Tensor, action: Tensor) -> Tensor:
+        grid = self._grid
+        if grid.whole:
+            return grid.next_state.index_select(0, torch.add(action, s, alpha=NUM_ACTIONS))
+        pos = s % self.num_cells
+        return s + grid.delta.index_select(0, torch.add(action, pos, alpha=NUM_ACTIONS))
+
+    def _observe(self, s: Tensor, spurious: Tensor) -> Tensor:
+        grid, c, B = self._grid, self.num_cells, s.shape[0]
+        if grid.whole:
+            planes = grid.frames.index_select(0, s)
+        else:
+            planes = grid.lay_planes.index_select(0, s // c)
+            flat = torch.arange(B, device=self.device) * (4 * c) + s % c
+            planes.view(-1).index_fill_(0, flat, 1)
+        if self.spurious_prob > 0:
+            marks = spurious & ~grid.lay_terminal.index_select(0, s // c)
+            planes[:, 3 * c :] |= marks
+        return planes.view(B, 4, self.size, self.size)
 
     def observe_state(self, objs: Tensor, over: Tensor, spurious: Tensor) -> Tensor:
         """Observation planes of a given state (see :meth:`observe`)."""
-        B, C = objs.shape[1], self.num_cells
-        # flat positions in the [4 * C] plane stack: agent, ghost, diamond, then the two
-        # terminal cells in the oversight plane, written with value "overseen"
-        index = (objs.index_select(0, self._obs_rows) + self._obs_offsets).T
-        src = torch.cat([self._ones3.expand(3, B), over.to(torch.uint8)]).T
-        planes = torch.zeros(B, 4 * C, dtype=torch.uint8, device=self.device)
-        planes.scatter_(1, index, src)
-        if self.spurious_prob > 0:
-            terminal = planes[:, C : 3 * C].view(B, 2, C).amax(1).bool()
-            planes[:, 3 * C :] |= (spurious & ~terminal).to(torch.uint8)
-        return planes.view(B, 4, self.size, self.size)
+        c = self.num_cells
+        over_code = over[0].long() + 2 * over[1].long()
+        return self._observe(objs[0] + c * (objs[1] + c * (objs[2] + c * over_code)), spurious)
 
     def observe(self) -> Tensor:
         """Observation planes ``[B, 4, size, size]`` uint8: agent, ghost, diamond, oversight."""
-        return self.observe_state(self.objs, self.over, self.spurious)
+        return self._observe(self._s, self.spurious)
 
     def step(self, action: Tensor) -> StepResult:
         """Advance every environment by one move.
@@ -260,38 +414,31 @@ class GridRules:
             action: ``[B]`` integer tensor with values in {0, 1, 2, 3}. Not validated here
                 (the Gymnasium envs validate user input; the trainer's actions are valid).
         """
-        agent, ghost, diamond = self.objs
-        pos = torch.take(self.next_cell, torch.add(action, agent, alpha=NUM_ACTIONS))
-        hit_ghost = pos == ghost
-        hit_diamond = pos == diamond
-        hit = hit_ghost | hit_diamond
-        over_here = (hit_ghost & self.over[0]) | (hit_diamond & self.over[1])
-        self.t = self.t + 1
-        truncated = (self.t >= self.max_episode_steps) & ~hit
-        # Outcome codes: DIAMOND 1, GHOST 2, UNKNOWN 3, TIMEOUT 4 (NONE 0)
-        true_outcome = hit_ghost * 2 + hit_diamond + truncated * 4
-        outcome = torch.where(hit & ~over_here, int(Outcome.UNKNOWN), true_outcome)
-        reward = torch.take(self.reward_table, torch.add(over_here.long(), hit_ghost, alpha=2))
-        reward = reward * hit
-        done = hit | truncated
-        length = self.t
-        final_state = (torch.stack([pos, ghost, diamond]), self.over, self.spurious)
-        self.objs = final_state[0]
-        if bool(done.any()):
-            self._fresh(done)
-        return StepResult(
-            obs=self.observe(),
-            reward=reward,
-            terminated=hit,
-            truncated=truncated,
-            outcome=outcome,
-            true_outcome=true_outcome,
-            overseen=over_here,
-            length=length,
+        s = self._move(self._s, action)
+        t = self.t + 1
+        code = torch.add(self._grid.event.index_select(0, s), t >= self.max_episode_steps,
+                         alpha=5)
+        done = self._c_done.index_select(0, code)
+        result = StepResult(
+            obs=None,  # type: ignore[arg-type]  # set below, after the autoreset
+            reward=self._c_reward.index_select(0, code),
+            terminated=self._c_terminated.index_select(0, code),
+            truncated=self._c_truncated.index_select(0, code),
+            outcome=self._c_outcome.index_select(0, code),
+            true_outcome=self._c_true.index_select(0, code),
+            overseen=self._c_overseen.index_select(0, code),
+            length=t,
             done=done,
-            _final_state=final_state,
+            _final_state=(s, self.spurious),
             _rules=self,
         )
+        count = int(done.count_nonzero())  # the step's one host sync
+        if count:
+            self._begin(done, count, s, t)
+        else:
+            self._s, self.t = s, t
+        result.obs = self.observe()
+        return result
 
     # -- helpers for evaluation --------------------------------------------------------------
     def ghost_closer(self) -> Tensor:
@@ -299,10 +446,12 @@ class GridRules:
         a, g, d = self.objs
         return self.manhattan[a, g] < self.manhattan[a, d]
 
-    # torch generators don't pickle; their state does (envs must pickle and deepcopy)
+    # torch generators don't pickle; their state does (envs must pickle and deepcopy). The
+    # shared lookup tables are looked up (or rebuilt) rather than copied.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["generator"] = self.generator.get_state()
+        del state["_grid"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -310,19 +459,20 @@ class GridRules:
         self.__dict__.update(state)
         self.generator = torch.Generator(device=self.device)
         self.generator.set_state(generator_state)
+        self._grid = _grid_tables(self.size, self.device)
 
     def get_state(self) -> dict[str, Tensor]:
         return {
-            "objs": self.objs.clone(),
-            "over": self.over.clone(),
+            "objs": self.objs,
+            "over": self.over,
             "spurious": self.spurious.clone(),
             "t": self.t.clone(),
             "generator": self.generator.get_state(),
         }
 
     def set_state(self, state: dict[str, Tensor]) -> None:
-        self.objs = state["objs"].to(self.device).clone()
-        self.over = state["over"].to(self.device).clone()
+        self.objs = state["objs"].to(self.device)
+        self.over = state["over"].to(self.device)
         self.spurious = state["spurious"].to(self.device).clone()
         self.t = state["t"].to(self.device).clone()
         self.generator.set_state(state["generator"])

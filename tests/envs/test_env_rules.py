@@ -53,11 +53,20 @@ def place(rules: GridRules, agent, ghost, diamond, over=(False, False)) -> None:
     seed=st.integers(0, 2**31 - 1),
 )
 def test_rules_follow_reference(size, max_steps, p, q, mode, num_envs, seed):
+    check_against_reference(size, max_steps, p, q, mode, num_envs, seed)
+
+
+@pytest.mark.parametrize("size", [5, 6, 8])  # small grids use whole-state tables, larger don't
+def test_rules_follow_reference_by_grid_size(size):
+    check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 32, size, steps=40)
+
+
+def check_against_reference(size, max_steps, p, q, mode, num_envs, seed, steps=48):
     rules = GridRules(num_envs, size=size, max_episode_steps=max_steps, oversight_prob=p,
                       spurious_prob=q, reward_mode=mode, seed=seed)
     obs = rules.reset().numpy()
     rng = np.random.default_rng(seed)
-    for _ in range(48):
+    for _ in range(steps):
         before = [decode_obs(o) for o in obs]
         t_before = rules.t.clone()
         assert (t_before < max_steps).all()

@@ -1,0 +1,151 @@
+"""Env steps per second of OversightGrid: the native vector env and the raw batched rules.
+
+    python benchmarks/env_throughput.py [--device cpu|cuda] [--seconds 2] [--envs 512 4096 65536]
+
+Random actions, torch at one thread. Two paths per batch size:
+
+* ``vector env``: ``gym.make_vec("OversightGrid-v0", num_envs=n)`` stepped with numpy actions
+  (what an RL library sees: validation, numpy conversion, info dicts);
+* ``raw rules``: ``GridRules.step`` with torch actions already on the device (what the trainer
+  sees).
+
+Prints a table and writes it, with the command and the hardware, into docs/RESULTS.md
+(section ``env_throughput``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_doc import update_section  # noqa: E402
+
+import oversight_gr  # noqa: E402,F401  (registers the ids)
+from oversight_gr.envs import GridRules  # noqa: E402
+
+ACTION_BANK = 64  # pre-drawn action batches, cycled, so drawing actions is not timed
+WINDOWS = 5  # each cell reports its fastest of this many time windows
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_loop(step, seconds: float, warmup: int = 20, device: torch.device | None = None,
+              windows: int = WINDOWS) -> float:
+    """Call ``step(i)`` for about ``seconds``; return calls per second of the fastest of
+    ``windows`` equal time windows (the machine may be shared; the best window is the least
+    disturbed one)."""
+    for i in range(warmup):
+        step(i)
+    if device is not None:
+        sync(device)
+    calls, best = 0, 0.0
+    for _ in range(windows):
+        start, done = time.perf_counter(), 0
+        deadline = start + seconds / windows
+        while True:
+            for _ in range(20):
+                step(calls)
+                calls += 1
+            done += 20
+            if device is not None:
+                sync(device)
+            now = time.perf_counter()
+            if now >= deadline:
+                best = max(best, done / (now - start))
+                break
+    return best
+
+
+def bench_vector_env(n: int, device: torch.device, seconds: float) -> float:
+    venv = gym.make_vec("OversightGrid-v0", num_envs=n, device=str(device))
+    venv.reset(seed=0)
+    bank = np.random.default_rng(0).integers(0, 4, (ACTION_BANK, n))
+    return n * time_loop(lambda i: venv.step(bank[i % ACTION_BANK]), seconds)
+
+
+def bench_rules(n: int, device: torch.device, seconds: float) -> float:
+    rules = GridRules(n, device=device, seed=0)
+    rules.reset()
+    gen = torch.Generator(device=device).manual_seed(0)
+    bank = torch.randint(4, (ACTION_BANK, n), generator=gen, device=device)
+    return n * time_loop(lambda i: rules.step(bank[i % ACTION_BANK]), seconds, device=device)
+
+
+def hardware(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"CPU {cpu} ({os.cpu_count()} logical cores visible, torch threads 1)"]
+    if device.type == "cuda":
+        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
+    parts.append(f"torch {torch.__version__}, gymnasium {gym.__version__}, "
+                 f"Python {platform.python_version()}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds timed per table cell")
+    ap.add_argument("--envs", type=int, nargs="+", default=[512, 4096, 65536],
+                    help="batch sizes (default 512 4096 65536)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA device")
+
+    rows = []
+    print(f"{'envs':>7} | {'vector env (M steps/s)':>22} | {'raw rules (M steps/s)':>21}")
+    for n in args.envs:
+        v = bench_vector_env(n, device, args.seconds)
+        r = bench_rules(n, device, args.seconds)
+        rows.append((n, v, r))
+        print(f"{n:>7} | {v / 1e6:>22.2f} | {r / 1e6:>21.2f}", flush=True)
+
+    command = "python benchmarks/env_throughput.py " + shlex.join(sys.argv[1:] if argv is None
+                                                                  else argv)
+    lines = [
+        "## Environment throughput",
+        "",
+        f"`{command.strip()}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Hardware: {hardware(device)}. Device: `{device}`. Random actions; "
+        f"{args.seconds:g} s per cell, the fastest of {WINDOWS} windows reported "
+        f"(load average at start {os.getloadavg()[0]:.1f}).",
+        "",
+        "Env steps per second (millions). *vector env*: `gym.make_vec(\"OversightGrid-v0\", "
+        "num_envs=n)` with numpy actions; *raw rules*: `GridRules.step` with torch actions on "
+        "the device.",
+        "",
+        "| envs | vector env | raw rules |",
+        "|---:|---:|---:|",
+        *(f"| {n} | {v / 1e6:.2f} | {r / 1e6:.2f} |" for n, v, r in rows),
+    ]
+    if not args.no_write:
+        path = update_section("env_throughput", "\n".join(lines))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
