@@ -267,6 +267,7 @@ class GridRules:
         self.spurious = torch.zeros(B, self.num_cells, dtype=torch.bool, device=self.device)
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self._all = torch.ones(B, dtype=torch.bool, device=self.device)
+        self._scratch = torch.empty(B, dtype=torch.long, device=self.device)
 
     # -- setup -------------------------------------------------------------------------------
     def seed(self, seed: int | None) -> None:
@@ -416,8 +417,10 @@ class GridRules:
         """
         s = self._move(self._s, action)
         t = self.t + 1
-        code = torch.add(self._grid.event.index_select(0, s), t >= self.max_episode_steps,
-                         alpha=5)
+        # the comparison writes int64 into a scratch buffer: adding a bool tensor would
+        # convert it first (an extra op)
+        timeout = torch.ge(t, self.max_episode_steps, out=self._scratch)
+        code = torch.add(self._grid.event.index_select(0, s), timeout, alpha=5)
         done = self._c_done.index_select(0, code)
         result = StepResult(
             obs=None,  # type: ignore[arg-type]  # set below, after the autoreset
