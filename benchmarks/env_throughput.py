@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
 
+    load = os.getloadavg()[0]
     rows = []
     print(f"{'envs':>7} | {'vector env (M steps/s)':>22} | {'raw rules (M steps/s)':>21}")
     for n in args.envs:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Hardware: {hardware(device)}. Device: `{device}`. Random actions; "
         f"{args.seconds:g} s per cell, the fastest of {WINDOWS} windows reported "
-        f"(load average at start {os.getloadavg()[0]:.1f}).",
+        f"(load average at start {load:.1f} on {os.cpu_count()} cores).",
         "",
         "Env steps per second (millions). *vector env*: `gym.make_vec(\"OversightGrid-v0\", "
         "num_envs=n)` with numpy actions; *raw rules*: `GridRules.step` with torch actions on "
