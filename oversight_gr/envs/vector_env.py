@@ -68,6 +68,7 @@ class OversightGridVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._obs: np.ndarray | None = None
+        self._on_cpu = self.rules.device.type == "cpu"
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -89,39 +90,39 @@ class OversightGridVectorEnv(VectorEnv):
             )
         if arr.dtype.kind not in "iu":
             raise ValueError(f"actions must be integers in {{0, 1, 2, 3}}, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= NUM_ACTIONS:
+        arr = arr.astype(np.int64, copy=False)
+        if (arr >> 2).any():  # one pass: nonzero for negatives and for values >= 4
+            lo, hi = int(arr.min()), int(arr.max())
             raise ValueError(f"actions must be in {{0, 1, 2, 3}}, got values in [{lo}, {hi}]")
-        return torch.from_numpy(arr.astype(np.int64, copy=False)).to(self.rules.device)
+        return torch.from_numpy(arr).to(self.rules.device)
 
     def step(self, actions: Any):
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
         r = self.rules.step(self._check_actions(actions))
-        obs = r.obs.cpu().numpy()
-        done = r.done.cpu().numpy()
+        np_ = self._to_numpy
+        obs = np_(r.obs)
+        done = np_(r.done)
         info: dict[str, Any] = {}
         if done.any():
             info = {
-                "final_obs": r.final_obs.cpu().numpy(),
+                "final_obs": np_(r.final_obs),
                 "_final_obs": done,
-                "outcome": r.outcome.cpu().numpy(),
+                "outcome": np_(r.outcome),
                 "_outcome": done,
-                "overseen": r.overseen.cpu().numpy(),
+                "overseen": np_(r.overseen),
                 "_overseen": done,
-                "length": r.length.cpu().numpy(),
+                "length": np_(r.length),
                 "_length": done,
-                "eval_true_outcome": r.true_outcome.cpu().numpy(),
+                "eval_true_outcome": np_(r.true_outcome),
                 "_eval_true_outcome": done,
             }
         self._obs = obs
-        return (
-            obs,
-            r.reward.cpu().numpy(),
-            r.terminated.cpu().numpy(),
-            r.truncated.cpu().numpy(),
-            info,
-        )
+        return obs, np_(r.reward), np_(r.terminated), np_(r.truncated), info
+
+    def _to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        # the rules return fresh tensors every step, so on the CPU numpy can share their memory
+        return x.numpy() if self._on_cpu else x.cpu().numpy()
 
     def render(self):
         if self._obs is None:
