@@ -29,7 +29,7 @@ from oversight_gr.envs import (
 )
 from oversight_gr.envs.render import COLORS
 
-FAST = settings(max_examples=20, deadline=None)
+FAST = settings(max_examples=15, deadline=None)
 END_KEYS = set(LEARNER_INFO_KEYS) | set(EVAL_INFO_KEYS)
 
 

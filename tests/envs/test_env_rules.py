@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from oversight_gr.envs import GridRules, Outcome
 
-FAST = settings(max_examples=25, deadline=None)
+FAST = settings(max_examples=15, deadline=None)
 
 
 def test_outcome_codes_are_stable():
