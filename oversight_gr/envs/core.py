@@ -192,16 +192,17 @@ class _GridTables:
         # event of standing on the agent cell of configuration s (the move's result)
         s = torch.arange(4 * c**3, device=dev)
         pos, s_lay = s % c, s // c
-        g, d = ghost[s_lay], diamond[s_lay]
-        og, od = over_g[s_lay].long(), over_d[s_lay].long()
+        g, d = ghost.index_select(0, s_lay), diamond.index_select(0, s_lay)
+        og, od = over_g.index_select(0, s_lay).long(), over_d.index_select(0, s_lay).long()
         self.event = torch.where(pos == g, 3 + og, torch.where(pos == d, 1 + od, 0))
         # a move changes only the agent's cell: s' = s + (next cell - cell)
         self.delta = (self.next_cell - cells.repeat_interleave(NUM_ACTIONS)).contiguous()
         self.whole = 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
         if self.whole:
-            self.next_state = (s.unsqueeze(1) + self.delta.view(c, NUM_ACTIONS)[pos]).reshape(-1)
-            frames = planes[s_lay]
-            frames[s, pos] = 1
+            moves = self.delta.view(c, NUM_ACTIONS).index_select(0, pos)
+            self.next_state = (s.unsqueeze(1) + moves).reshape(-1)
+            frames = planes.index_select(0, s_lay)
+            frames.view(-1).index_fill_(0, s * (4 * c) + pos, 1)
             self.frames = frames  # [S, 4C]
 
 
