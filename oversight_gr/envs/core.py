@@ -269,8 +269,15 @@ class GridRules:
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self._all = torch.ones(B, dtype=torch.bool, device=self.device)
         self._scratch = torch.empty(B, dtype=torch.long, device=self.device)
+        self._pool_size = max(1024, 2 * B)
+        self._empty_pool()
 
     # -- setup -------------------------------------------------------------------------------
+    def _empty_pool(self) -> None:
+        self._pool = torch.empty(0, dtype=torch.long, device=self.device)
+        self._pool_marks = torch.empty(0, self.num_cells, dtype=torch.bool, device=self.device)
+        self._pool_next = 0
+
     def seed(self, seed: int | None) -> None:
         """Reseed the rules' generator (``None`` draws a seed from the OS)."""
         if seed is None:
@@ -351,19 +358,36 @@ class GridRules:
         self._s = self._s % c3 + c3 * (over[0].long() + 2 * over[1].long())
 
     # -- dynamics ----------------------------------------------------------------------------
-    def _begin(self, mask: Tensor, count: int, s: Tensor, t: Tensor) -> None:
-        """Start new episodes where ``mask`` is True (``count`` of them), from states ``s``
-        and move counters ``t``. Random numbers are drawn for the new episodes only, and the
-        state is updated without dynamic indexing, so a GPU needs no further sync."""
+    def _draw_starts(self, count: int) -> None:
+        """Refill the pool of starting states with ``count`` fresh draws."""
         g, dev, grid = self.generator, self.device, self._grid
         triple = torch.randint(grid.triples.shape[1], (count,), generator=g, device=dev)
         u = torch.rand(count, dtype=torch.float64, generator=g, device=dev)
         over_code = torch.bucketize(u, self._over_cdf, right=True)
-        fresh = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
-        self._s = s.masked_scatter(mask, fresh)
+        self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
         if self.spurious_prob > 0:
-            marks = torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
-            self.spurious = self.spurious.masked_scatter(mask.unsqueeze(1), marks)
+            self._pool_marks = (
+                torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
+            )
+        self._pool_next = 0
+
+    def _begin(self, mask: Tensor, count: int, s: Tensor, t: Tensor) -> None:
+        """Start new episodes where ``mask`` is True (``count`` of them), from states ``s``
+        and move counters ``t``.
+
+        Starting states come from a pool drawn ahead in one go (each new episode still gets
+        its own independent draw), so a step with resets costs a couple of ops rather than a
+        handful of random-number and lookup ops; the state is updated without dynamic
+        indexing, so a GPU needs no further sync."""
+        start = self._pool_next
+        if start + count > self._pool.shape[0]:
+            self._draw_starts(max(count, self._pool_size))
+            start = 0
+        self._s = s.masked_scatter(mask, self._pool[start:])
+        if self.spurious_prob > 0:
+            self.spurious = self.spurious.masked_scatter(mask.unsqueeze(1),
+                                                         self._pool_marks[start:])
+        self._pool_next = start + count
         self.t = t.masked_fill(mask, 0)
 
     def _fresh(self, mask: Tensor) -> None:
@@ -376,6 +400,7 @@ class GridRules:
         """Start a new episode in every environment; returns ``obs [B, 4, size, size]``."""
         if seed is not None:
             self.seed(seed)
+            self._empty_pool()  # what follows depends on the seed alone
         self._begin(self._all, self.num_envs, self._s, self.t)
         return self.observe()
 
@@ -466,17 +491,26 @@ class GridRules:
         self._grid = _grid_tables(self.size, self.device)
 
     def get_state(self) -> dict[str, Tensor]:
+        """The environments' state and the random state, for checkpoints (``start_pool``
+        holds starting states already drawn and not yet used)."""
         return {
             "objs": self.objs,
             "over": self.over,
             "spurious": self.spurious.clone(),
             "t": self.t.clone(),
             "generator": self.generator.get_state(),
+            "start_pool": self._pool[self._pool_next :].clone(),
+            "start_pool_marks": self._pool_marks[self._pool_next :].clone(),
         }
 
     def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`get_state`'s dict (one without the pool keys starts a fresh pool)."""
         self.objs = state["objs"].to(self.device)
         self.over = state["over"].to(self.device)
         self.spurious = state["spurious"].to(self.device).clone()
         self.t = state["t"].to(self.device).clone()
         self.generator.set_state(state["generator"])
+        self._empty_pool()
+        if "start_pool" in state:
+            self._pool = state["start_pool"].to(self.device).clone()
+            self._pool_marks = state["start_pool_marks"].to(self.device).clone()
