@@ -1,0 +1,440 @@
+"""Tables, figures and the paper-claims check for sweep records (:mod:`oversight_gr.sweep`).
+
+All statistics are over seeds: the mean and a 95% percentile-bootstrap confidence interval of
+the mean. Figures use matplotlib's Agg backend and are saved as PNG and SVG:
+
+* ``return_vs_oversight``: final steered ground-truth return vs oversight fraction, log x, one
+  line per method (paper Fig. 6a);
+* ``curves_p<level>``: learning curves at one oversight level vs env steps; the oracle is drawn
+  at ``reported_env_steps`` (its steps multiplied by p, the paper's charging; Fig. 13);
+* ``ghost_closer_unseen``: P(ghost | ghost closer and its cell unseen) vs oversight for naive
+  and steered routing.
+
+Methods are compared at equal env steps (every run of a sweep trains for the same number);
+wall-clock seconds per run are reported beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "bootstrap_ci",
+    "summarize",
+    "markdown_table",
+    "plot_return_vs_oversight",
+    "plot_learning_curves",
+    "plot_ghost_closer_unseen",
+    "check_claims",
+    "claims_markdown",
+    "write_report",
+]
+
+METHOD_ORDER = ("routing", "naive", "filtering", "oracle", "moe_no_routing", "constant_gate")
+COLORS = {"routing": "C0", "naive": "C3", "filtering": "C2", "oracle": "k",
+          "moe_no_routing": "C4", "constant_gate": "C1"}
+#: reference ceilings from PAPER.md §2 (our simulation, gamma 0.97, truncated-window protocol)
+OPTIMAL_RETURN = 0.91
+DIAMOND_SEEKER_RETURN = 0.73
+RANDOM_RETURN = -0.01
+
+
+def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 4000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap CI of the mean (a single value: low = high)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return mean, float(lo), float(hi)
+
+
+def _steered(record: dict[str, Any]) -> dict[str, Any]:
+    from oversight_gr.sweep import steered_metrics
+
+    return steered_metrics(record)
+
+
+def _method_key(m: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (algo, method, oversight): mean / CI / n of the steered return and of
+    P(ghost | closer, unseen), mean env steps and wall seconds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        c = r["config"]
+        groups[(c["algo"], c["method"], float(c["oversight_prob"]))].append(r)
+    rows = []
+    for (algo, method, p), rs in sorted(groups.items(),
+                                        key=lambda kv: (kv[0][0], _method_key(kv[0][1]), kv[0][2])):
+        ret = bootstrap_ci([_steered(r)["stepwise_return"] for r in rs])
+        gcu = bootstrap_ci([_steered(r)["p_ghost_closer_unseen"] for r in rs])
+        rows.append({
+            "algo": algo, "method": method, "oversight": p, "n": len(rs),
+            "return": ret[0], "return_lo": ret[1], "return_hi": ret[2],
+            "ghost_closer_unseen": gcu[0], "ghost_closer_unseen_lo": gcu[1],
+            "ghost_closer_unseen_hi": gcu[2],
+            "env_steps": float(np.mean([r["env_steps"] for r in rs])),
+            "reported_env_steps": float(np.mean([r["reported_env_steps"] for r in rs])),
+            "wall_seconds": float(np.mean([r["wall_seconds"] for r in rs])),
+            "seeds": sorted(r["seed"] for r in rs),
+        })
+    return rows
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:g}%"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], algo: str) -> str:
+    """Methods x oversight of the steered return, ``mean [lo, hi] (n)``, plus wall clock."""
+    rows = [r for r in rows if r["algo"] == algo]
+    if not rows:
+        return ""
+    levels = sorted({r["oversight"] for r in rows})
+    methods = sorted({r["method"] for r in rows}, key=_method_key)
+    cell = {(r["method"], r["oversight"]): r for r in rows}
+    steps = sorted({int(r["env_steps"]) for r in rows})
+    lines = [
+        f"Steered ground-truth return ({algo}; mean [95% bootstrap CI] (n seeds); "
+        f"{', '.join(f'{s:,}' for s in steps)} env steps per run):",
+        "",
+        "| method | " + " | ".join(_pct(p) for p in levels) + " | wall s/run |",
+        "|---|" + "---|" * len(levels) + "---|",
+    ]
+    for m in methods:
+        cells = []
+        walls = []
+        for p in levels:
+            r = cell.get((m, p))
+            if r is None:
+                cells.append("-")
+                continue
+            walls.append(r["wall_seconds"])
+            cells.append(f"{r['return']:.3f} [{r['return_lo']:.3f}, {r['return_hi']:.3f}] "
+                         f"({r['n']})")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- figures ------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Date": None} if ext == "svg"
+                    else None)
+        paths.append(path)
+    _pyplot().close(fig)
+    return paths
+
+
+def plot_return_vs_oversight(rows: Sequence[dict[str, Any]], algo: str, stem: Path) -> list[Path]:
+    """Fig. 6a: final steered return vs oversight fraction (log x), mean and 95% CI."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["algo"] == algo]
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for m in sorted({r["method"] for r in rows}, key=_method_key):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["oversight"])
+        x = [r["oversight"] for r in rs]
+        ax.plot(x, [r["return"] for r in rs], "o-", color=COLORS.get(m), label=m, ms=4)
+        ax.fill_between(x, [r["return_lo"] for r in rs], [r["return_hi"] for r in rs],
+                        color=COLORS.get(m), alpha=0.2, lw=0)
+    ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1, label="optimal")
+    ax.set_xscale("log")
+    ax.set_xlabel("oversight fraction p")
+    ax.set_ylabel("steered ground-truth return")
+    steps = sorted({int(r["env_steps"]) for r in rows})
+    ax.set_title(f"{algo}: return vs oversight ({', '.join(f'{s:,}' for s in steps)} steps)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, stem)
+
+
+def _curve_points(record: dict[str, Any]) -> list[dict[str, float]]:
+    """The record's curve plus its final evaluation (if the curve stops short of it)."""
+    from oversight_gr.agents.run import eval_steers
+
+    steer = "diamond" if "diamond" in eval_steers(record["config"]["method"]) else "none"
+    pts = [(c["env_steps"], c["reported_env_steps"], c["wall_seconds"], c[f"return_{steer}"])
+           for c in record.get("curve", [])]
+    if not pts or pts[-1][0] < record["env_steps"]:
+        pts.append((record["env_steps"], record["reported_env_steps"], record["wall_seconds"],
+                    record["metrics"][steer]["stepwise_return"]))
+    return [{"env_steps": a, "reported_env_steps": b, "wall_seconds": c, "return": d}
+            for a, b, c, d in pts]
+
+
+def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
+                ) -> dict[str, dict[str, np.ndarray]]:
+    """Per method at oversight ``p``: x (reported env steps), mean, lo, hi over seeds."""
+    by_method: dict[str, list[list[dict]]] = defaultdict(list)
+    for r in records:
+        c = r["config"]
+        if c["algo"] == algo and math.isclose(float(c["oversight_prob"]), p):
+            by_method[c["method"]].append(_curve_points(r))
+    out = {}
+    for m, curves in by_method.items():
+        n = min(len(cv) for cv in curves)
+        x = np.array([np.mean([cv[i]["reported_env_steps"] for cv in curves]) for i in range(n)])
+        stats = [bootstrap_ci([cv[i]["return"] for cv in curves]) for i in range(n)]
+        out[m] = {"x": x, "mean": np.array([s[0] for s in stats]),
+                  "lo": np.array([s[1] for s in stats]), "hi": np.array([s[2] for s in stats]),
+                  "n": len(curves)}
+    return out
+
+
+def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
+                         stem: Path) -> list[Path]:
+    """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps x p)."""
+    plt = _pyplot()
+    curves = mean_curves(records, algo, p)
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for m in sorted(curves, key=_method_key):
+        cv = curves[m]
+        label = f"{m} (steps x p)" if m == "oracle" else m
+        ax.plot(cv["x"], cv["mean"], ".-", color=COLORS.get(m), label=f"{label}, n={cv['n']}")
+        ax.fill_between(cv["x"], cv["lo"], cv["hi"], color=COLORS.get(m), alpha=0.2, lw=0)
+    ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1)
+    ax.set_xlabel("env steps (oracle: reported = steps x p)")
+    ax.set_ylabel("steered ground-truth return")
+    ax.set_title(f"{algo}: learning curves at {_pct(p)} oversight", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, stem)
+
+
+def plot_ghost_closer_unseen(rows: Sequence[dict[str, Any]], algo: str, stem: Path) -> list[Path]:
+    """P(reach ghost | ghost closer than the diamond and unseen) vs oversight."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["algo"] == algo and r["method"] in ("naive", "routing")]
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for m in sorted({r["method"] for r in rows}, key=_method_key):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["oversight"])
+        x = [r["oversight"] for r in rs]
+        label = "routing (steered)" if m == "routing" else m
+        ax.plot(x, [r["ghost_closer_unseen"] for r in rs], "o-", color=COLORS.get(m), label=label,
+                ms=4)
+        ax.fill_between(x, [r["ghost_closer_unseen_lo"] for r in rs],
+                        [r["ghost_closer_unseen_hi"] for r in rs], color=COLORS.get(m), alpha=0.2,
+                        lw=0)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("oversight fraction p")
+    ax.set_ylabel("P(ghost | ghost closer, unseen)")
+    ax.set_title(f"{algo}: going to the closer unseen ghost", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, stem)
+
+
+# -- the paper's claims -------------------------------------------------------------------------
+def _row(rows, algo, method, p) -> dict | None:
+    for r in rows:
+        if r["algo"] == algo and r["method"] == method and math.isclose(r["oversight"], p):
+            return r
+    return None
+
+
+def _levels(rows, algo, method) -> list[float]:
+    return sorted(r["oversight"] for r in rows if r["algo"] == algo and r["method"] == method)
+
+
+def _fmt(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r['return']:.3f} [{r['return_lo']:.3f}, {r['return_hi']:.3f}]"
+
+
+CLAIMS = (
+    ("nontrivial_1pct", "Steered routing is nontrivial at 1% oversight"),
+    ("routing5_vs_baselines30", "Routing at 5% matches the baselines (naive, filtering) at ~30%"),
+    ("filtering_fails", "Data filtering fails to learn optimal behaviour below 40% oversight"),
+    ("naive_exploits", "Naive training goes to the ghost ~100% when it is closer and unseen"),
+    ("oracle_steps", "The oracle needs ~3-4x more (charged) steps than routing at <= 10%"),
+    ("routing_gap", "Routing's asymptote sits ~0.2 below the oracle"),
+)
+
+
+def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
+                 algo: str) -> list[dict[str, str]]:
+    """One dict per claim of PAPER.md §2: claim, status (reproduced / not reproduced / not
+    measured), evidence (our numbers and the criterion)."""
+    out = []
+
+    def add(cid, status, evidence):
+        out.append({"id": cid, "claim": dict(CLAIMS)[cid], "algo": algo, "status": status,
+                    "evidence": evidence})
+
+    # 1. nontrivial at 1%
+    r = _row(rows, algo, "routing", 0.01)
+    if r is None:
+        add("nontrivial_1pct", "not measured", "no routing runs at 1%")
+    else:
+        naive = _row(rows, algo, "naive", 0.01)
+        ok = r["return_lo"] > 0.05 and (naive is None or r["return"] > naive["return"])
+        add("nontrivial_1pct", "reproduced" if ok else "not reproduced",
+            f"routing@1% {_fmt(r)}; naive@1% {_fmt(naive)}; random {RANDOM_RETURN}. "
+            "Criterion: CI low > 0.05 and mean above naive.")
+    # 2. routing at 5% vs baselines at ~30%
+    r5 = _row(rows, algo, "routing", 0.05)
+    base_levels = [p for m in ("naive", "filtering") for p in _levels(rows, algo, m)
+                   if 0.2 <= p <= 0.4]
+    if r5 is None or not base_levels:
+        add("routing5_vs_baselines30", "not measured",
+            "needs routing at 5% and naive/filtering at 20-40%")
+    else:
+        p30 = min(base_levels, key=lambda p: abs(p - 0.3))
+        bases = {m: _row(rows, algo, m, p30) for m in ("naive", "filtering")}
+        best = max((b for b in bases.values() if b), key=lambda b: b["return"])
+        ok = r5["return_hi"] >= best["return"]
+        add("routing5_vs_baselines30", "reproduced" if ok else "not reproduced",
+            f"routing@5% {_fmt(r5)}; " + "; ".join(f"{m}@{_pct(p30)} {_fmt(b)}"
+                                                  for m, b in bases.items())
+            + ". Criterion: routing CI high >= best baseline mean.")
+    # 3. filtering fails below 40%
+    lv = [p for p in _levels(rows, algo, "filtering") if p < 0.4]
+    if not lv:
+        add("filtering_fails", "not measured", "no filtering runs below 40%")
+    else:
+        parts, ok = [], True
+        for p in lv:
+            f = _row(rows, algo, "filtering", p)
+            o = _row(rows, algo, "oracle", p)
+            ceiling = o["return"] if o else OPTIMAL_RETURN
+            ok &= f["return_hi"] < ceiling - 0.1
+            parts.append(f"filtering@{_pct(p)} {_fmt(f)} vs oracle {o['return']:.3f}" if o else
+                         f"filtering@{_pct(p)} {_fmt(f)}")
+        add("filtering_fails", "reproduced" if ok else "not reproduced",
+            "; ".join(parts) + ". Criterion: CI high > 0.1 below the oracle at equal steps "
+            f"(or below optimal {OPTIMAL_RETURN}) at every level < 40%.")
+    # 4. naive exploits
+    lv = [p for p in _levels(rows, algo, "naive") if p <= 0.1]
+    if not lv:
+        add("naive_exploits", "not measured", "no naive runs at <= 10%")
+    else:
+        parts, ok = [], True
+        for p in lv:
+            nr = _row(rows, algo, "naive", p)
+            rr = _row(rows, algo, "routing", p)
+            ok &= nr["ghost_closer_unseen"] >= 0.9
+            parts.append(f"naive@{_pct(p)} {nr['ghost_closer_unseen']:.2f}"
+                         + (f" (routing steered {rr['ghost_closer_unseen']:.2f})" if rr else ""))
+        add("naive_exploits", "reproduced" if ok else "not reproduced",
+            "P(ghost | closer, unseen): " + "; ".join(parts) + ". Criterion: >= 0.9 at every "
+            "level <= 10%.")
+    # 5. oracle needs 3-4x charged steps
+    lv = [p for p in _levels(rows, algo, "routing") if p <= 0.1
+          and _row(rows, algo, "oracle", p) is not None]
+    if not lv:
+        add("oracle_steps", "not measured", "needs routing and oracle at <= 10%")
+    else:
+        parts, ratios, measurable = [], [], True
+        for p in lv:
+            cv = mean_curves(records, algo, p)
+            ro, orc = cv["routing"], cv["oracle"]
+            target = ro["mean"][-1]
+            reach_r = ro["x"][np.argmax(ro["mean"] >= 0.95 * target)] if target >= 0.2 else None
+            hit = np.nonzero(orc["mean"] >= 0.95 * target)[0]
+            routing_at = float(np.interp(orc["x"][-1], ro["x"], ro["mean"]))
+            if target < 0.2 or reach_r is None:
+                measurable = False
+                parts.append(f"{_pct(p)}: routing final {target:.3f} (< 0.2: nothing to match)")
+            elif hit.size:
+                ratio = orc["x"][hit[0]] / reach_r
+                ratios.append(ratio)
+                parts.append(f"{_pct(p)}: oracle reaches 95% of routing's {target:.3f} at "
+                             f"{orc['x'][hit[0]]:,.0f} charged steps vs routing "
+                             f"{reach_r:,.0f} ({ratio:.2f}x)")
+            else:
+                measurable = False
+                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} charged steps with "
+                             f"{orc['mean'][-1]:.3f} < routing's final {target:.3f} (routing at "
+                             f"that many steps: {routing_at:.3f}); ratio > "
+                             f"{orc['x'][-1] / reach_r:.2f}x")
+        if measurable and ratios:
+            ok = all(2.0 <= x <= 6.0 for x in ratios)
+            status = "reproduced" if ok else "not reproduced"
+        else:
+            status = "not measured"
+        add("oracle_steps", status, "; ".join(parts) + ". The oracle trains the same env steps "
+            "as the others and is charged steps x p, so it is measurable only where it reaches "
+            "routing's return. Criterion: ratio in [2, 6].")
+    # 6. routing 0.2 below the oracle
+    lv = [p for p in _levels(rows, algo, "routing") if _row(rows, algo, "oracle", p)]
+    if not lv:
+        add("routing_gap", "not measured", "needs routing and oracle at the same level")
+    else:
+        gaps = {p: _row(rows, algo, "oracle", p)["return"] - _row(rows, algo, "routing", p)[
+            "return"] for p in lv}
+        ok = all(0.1 <= g <= 0.3 for g in gaps.values())
+        add("routing_gap", "reproduced" if ok else "not reproduced",
+            "oracle - routing at equal env steps: " + "; ".join(
+                f"{_pct(p)} {g:+.3f}" for p, g in gaps.items())
+            + ". Criterion: gap in [0.1, 0.3] at every level (not an asymptote unless the runs "
+            "have converged).")
+    return out
+
+
+def claims_markdown(claims: Sequence[dict[str, str]]) -> str:
+    lines = ["| claim (PAPER.md §2) | algo | status | our numbers |", "|---|---|---|---|"]
+    for c in claims:
+        evidence = c["evidence"].replace("|", "\\|")
+        lines.append(f"| {c['claim']} | {c['algo']} | **{c['status']}** | {evidence} |")
+    return "\n".join(lines) + "\n"
+
+
+def _nearest(levels: Sequence[float], target: float) -> float:
+    return min(levels, key=lambda p: abs(math.log(p) - math.log(target)) if p > 0 else math.inf)
+
+
+def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
+                 curve_oversight: float | None = None, prefix: str = "") -> list[Path]:
+    """Write ``table.md`` (tables + claims), ``summary.json`` and the figures; return paths."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize(records)
+    written: list[Path] = []
+    md = []
+    for algo in sorted({r["algo"] for r in rows}):
+        written += plot_return_vs_oversight(rows, algo, out_dir / f"{prefix}return_vs_oversight_{algo}")
+        levels = sorted({r["oversight"] for r in rows if r["algo"] == algo})
+        p = curve_oversight if curve_oversight is not None else _nearest(levels, 0.1)
+        tag = f"{100 * p:g}pct".replace(".", "_")
+        written += plot_learning_curves(records, algo, p, out_dir / f"{prefix}curves_{algo}_{tag}")
+        if any(r["method"] in ("naive", "routing") for r in rows if r["algo"] == algo):
+            written += plot_ghost_closer_unseen(rows, algo,
+                                                out_dir / f"{prefix}ghost_closer_unseen_{algo}")
+        md.append(f"## {algo}\n\n" + markdown_table(rows, algo) + "\n"
+                  + claims_markdown(check_claims(rows, records, algo)))
+    table = out_dir / "table.md"
+    table.write_text("\n".join(md))
+    summary = out_dir / "summary.json"
+    summary.write_text(json.dumps(rows, indent=2))
+    return [table, summary, *written]

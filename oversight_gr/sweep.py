@@ -1,0 +1,596 @@
+"""Oversight sweeps: methods x oversight fractions x seeds x algorithms, resumable, local or Ray.
+
+Every run is one :func:`oversight_gr.agents.run.run_training` call (the code path of
+``oversight-gr train``). Results live in a directory::
+
+    OUT/sweep.json            the sweep's settings and the keys of its runs (rewritten each start)
+    OUT/records/KEY.json      one record per finished run, written atomically
+    OUT/work/KEY/             checkpoints of a run in flight (only with --checkpoint-every)
+    OUT/report/               table and figures (:mod:`oversight_gr.plots`)
+
+``KEY`` is a hash of the run's full :class:`TrainConfig`, so re-running a sweep skips every run
+whose record is present and valid; a missing, truncated or mismatched record is redone. Killing
+the sweep (Ctrl-C or SIGKILL) loses only the runs in flight: records are written by the driver
+with an atomic rename, and pool workers exit when their parent disappears.
+
+Backends: ``local`` (a spawn-started process pool of ``--workers N``; with one worker the runs
+execute in the driver process itself) and ``ray`` (``--backend
+ray``; ``--address`` joins an existing cluster, otherwise a local instance with ``--workers``
+CPUs is started). Records are written by the driver in both cases, so a Ray cluster needs no
+shared filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oversight_gr.agents.methods import METHODS
+from oversight_gr.agents.trainer import ALGOS, TrainConfig
+from oversight_gr.config import add_arguments, from_arguments, option, validate
+
+__all__ = [
+    "PRESETS",
+    "SweepConfig",
+    "RunSpec",
+    "RunOutcome",
+    "build_specs",
+    "config_key",
+    "record_path",
+    "load_record",
+    "load_records",
+    "finished_records",
+    "current_config",
+    "pending_specs",
+    "run_sweep",
+    "steered_metrics",
+    "register",
+]
+
+log = logging.getLogger(__name__)
+
+#: bump when the record layout changes (older records are then redone)
+RECORD_FORMAT = 1
+
+PAPER_LEVELS = (0.003, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
+PAPER_UPDATES = 20_000
+
+#: Named sweeps. ``train`` holds TrainConfig fields; the rest are the grid.
+#:
+#: ``paper``: the paper's REINFORCE setting (ALGO_DEFAULTS["reinforce"]: lr 5e-5, entropy 0.1,
+#: gate loss 0.01, no clipping; Monte-Carlo returns without bootstrap; hidden 256; the gate sees
+#: the full observation; 512 envs x 32 steps x 20,000 updates = 327.68M env steps per run).
+#: On this project's 2-core CPU one such run takes about 3 h, so the preset is for a GPU/cluster.
+#:
+#: ``quick``: 3 levels x 3 seeds x 4 methods of PPO at hidden 64, 256 envs, 0.25M env steps per
+#: run, learning curves every 50k steps: 36 runs, about 15 min with ``--workers 2`` on the shared
+#: 2-core CPU (a routing run ~40 s, a single-expert run ~20 s when it has a core to itself).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "methods": ("routing", "naive", "filtering", "oracle"),
+        "oversight": PAPER_LEVELS,
+        "seeds": 5,
+        "algos": ("reinforce",),
+        "train": {
+            "hidden": 256,
+            "bootstrap": False,
+            "gate_input": "full",
+            "num_envs": 512,
+            "rollout_steps": 32,
+            "total_env_steps": 512 * 32 * PAPER_UPDATES,
+            "eval_every": 512 * 32 * 500,
+        },
+    },
+    "quick": {
+        "methods": ("routing", "naive", "filtering", "oracle"),
+        "oversight": (0.01, 0.05, 0.3),
+        "seeds": 3,
+        "algos": ("ppo",),
+        "train": {
+            "hidden": 64,
+            "num_envs": 256,
+            "rollout_steps": 32,
+            "total_env_steps": 250_000,
+            "eval_every": 50_000,
+        },
+    },
+}
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: a preset, optionally overridden field by field (None keeps the preset's value)."""
+
+    preset: str = option("quick", "named sweep to start from", choices=tuple(PRESETS))
+    methods: tuple[str, ...] | None = option(None, "methods to run (default: the preset's)",
+                                             choices=tuple(METHODS))
+    oversight: tuple[float, ...] | None = option(None, "oversight fractions (default: the "
+                                                 "preset's)", low=0.0, high=1.0)
+    seeds: int | None = option(None, "number of seeds (default: the preset's)", low=1)
+    first_seed: int = option(0, "seeds are first_seed, first_seed+1, ...", low=0)
+    algos: tuple[str, ...] | None = option(None, "algorithms (default: the preset's)",
+                                           choices=ALGOS)
+    total_env_steps: int | None = option(None, "env steps per run (default: the preset's)",
+                                         low=1)
+    num_envs: int | None = option(None, "parallel envs per run (default: the preset's)", low=1)
+    hidden: int | None = option(None, "network width (default: the preset's)", low=1)
+    eval_every: int | None = option(None, "learning-curve interval in env steps, 0 = final "
+                                    "only (default: the preset's)", low=0)
+    eval_envs: int | None = option(None, "environments per evaluation (default: 512)", low=1)
+    train: tuple[str, ...] = option((), "further TrainConfig fields as KEY=VALUE (e.g. "
+                                    "lr=1e-4 gate_input=full)")
+    device: str = option("cpu", "torch device of every run (cpu, cuda, cuda:1, ...)")
+    threads: int = option(1, "torch CPU threads per run", low=1)
+    out: str = option("runs/sweep", "results directory (records, report)")
+    backend: str = option("local", "where runs execute", choices=BACKENDS)
+    workers: int = option(1, "runs at a time (local pool size; CPUs of a local Ray instance)",
+                          low=1)
+    address: str | None = option(None, "Ray cluster address to join (default: start a local "
+                                 "instance)")
+    checkpoint_every: int = option(0, "checkpoint runs in flight every N updates so a killed "
+                                   "sweep resumes them mid-run (0: restart them)", low=0)
+
+    def __post_init__(self):
+        validate(self)
+        for item in self.train:
+            _parse_override(item)
+
+    def preset_value(self, name: str) -> Any:
+        value = getattr(self, name)
+        return PRESETS[self.preset][name] if value is None else value
+
+    def train_fields(self) -> dict[str, Any]:
+        """TrainConfig fields shared by every run of the sweep."""
+        fields = dict(PRESETS[self.preset]["train"])
+        for name in ("total_env_steps", "num_envs", "hidden", "eval_every", "eval_envs"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
+        for item in self.train:
+            k, v = _parse_override(item)
+            fields[k] = v
+        fields["device"] = self.device
+        fields["threads"] = self.threads
+        return fields
+
+
+_GRID_FIELDS = ("method", "algo", "oversight_prob", "seed")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"SweepConfig.train entries must be KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if key not in fields:
+        raise ValueError(f"SweepConfig.train: {key!r} is not a TrainConfig field; allowed: "
+                         f"{sorted(fields)}")
+    if key in _GRID_FIELDS:
+        raise ValueError(f"SweepConfig.train: {key!r} is a sweep axis; use its own flag")
+    default = TrainConfig()
+    current = getattr(default, key)
+    if raw.lower() in ("none", "null"):
+        return key, None
+    if isinstance(current, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"SweepConfig.train: {key} must be true or false, got {raw!r}")
+        return key, raw.lower() in ("true", "1")
+    if isinstance(current, int):
+        return key, int(raw)
+    if isinstance(current, float) or key in ("lr", "ent_coef", "gate_loss_coef",
+                                              "max_grad_norm"):
+        return key, float(raw)
+    if key in ("update_epochs", "minibatches"):
+        return key, int(raw)
+    return key, raw
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its config and the hash that names its record."""
+
+    cfg: TrainConfig
+    key: str
+
+    @property
+    def label(self) -> str:
+        c = self.cfg
+        return f"{c.method}/{c.algo}/p={c.oversight_prob:g}/seed={c.seed}"
+
+
+def _canonical(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg_dict, sort_keys=True))
+
+
+def config_key(cfg: TrainConfig) -> str:
+    """16 hex digits of the SHA-256 of the run's full config (canonical JSON)."""
+    text = json.dumps(_canonical(cfg.to_dict()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_specs(sweep: SweepConfig) -> list[RunSpec]:
+    """The sweep's runs, seed-major so that an interrupted sweep has whole seeds done first."""
+    shared = sweep.train_fields()
+    seeds = range(sweep.first_seed, sweep.first_seed + sweep.preset_value("seeds"))
+    specs = []
+    for seed in seeds:
+        for algo in sweep.preset_value("algos"):
+            for p in sweep.preset_value("oversight"):
+                for method in sweep.preset_value("methods"):
+                    cfg = TrainConfig(method=method, algo=algo, oversight_prob=float(p),
+                                      seed=seed, **shared)
+                    specs.append(RunSpec(cfg, config_key(cfg)))
+    return specs
+
+
+# -- records ----------------------------------------------------------------------------------
+def record_path(out: str | Path, key: str) -> Path:
+    return Path(out) / "records" / f"{key}.json"
+
+
+def steered_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The steered evaluation of a record (gate fixed to the diamond expert for MoE methods)."""
+    from oversight_gr.agents.run import eval_steers
+
+    steers = eval_steers(record["config"]["method"])
+    return record["metrics"]["diamond" if "diamond" in steers else "none"]
+
+
+def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
+    """A stored config read with today's TrainConfig: fields added since it was written take
+    their defaults (an added option defaults to the old behaviour), unknown fields are dropped."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
+
+
+def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
+    from oversight_gr.agents.run import eval_steers
+
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("format") != RECORD_FORMAT or record.get("complete") is not True:
+        return "incomplete or old format"
+    try:
+        rcfg = current_config(record["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"bad config: {exc}"
+    if cfg is not None and config_key(rcfg) != config_key(cfg):
+        return "config differs"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return "no metrics"
+    for steer in eval_steers(rcfg.method):
+        m = metrics.get(steer)
+        value = m.get("stepwise_return") if isinstance(m, dict) else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"missing metrics[{steer!r}]"
+    if not isinstance(record.get("env_steps"), int) or record["env_steps"] < rcfg.total_env_steps:
+        return "stopped before total_env_steps"
+    return None
+
+
+def load_record(path: str | Path, spec: RunSpec | None = None) -> dict[str, Any] | None:
+    """The record at ``path`` if it is complete and (given ``spec``) belongs to it, else None."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        log.warning("record %s is unreadable; it will be redone", path)
+        return None
+    problem = _record_problem(record, spec.cfg if spec else None)
+    if problem is not None:
+        log.warning("record %s is invalid (%s); it will be redone", path, problem)
+        return None
+    return record
+
+
+def finished_records(out: str | Path, specs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
+    """``{key: record}`` for the specs that have a valid record.
+
+    A record is looked up by its key; failing that, by its config read with today's
+    TrainConfig (so adding a field to TrainConfig does not orphan finished runs). A record
+    found that way is moved to its new key."""
+    from oversight_gr.agents.run import write_json_atomic
+
+    found: dict[str, dict[str, Any]] = {}
+    missing: dict[str, RunSpec] = {}
+    for spec in specs:
+        path = record_path(out, spec.key)
+        record = load_record(path, spec) if path.exists() else None
+        if record is None:
+            missing[spec.key] = spec
+        else:
+            found[spec.key] = record
+    folder = Path(out) / "records"
+    if missing and folder.exists():
+        wanted = set(found) | set(missing)
+        for path in sorted(folder.glob("*.json")):
+            if path.stem in wanted:
+                continue
+            record = load_record(path)
+            if record is None:
+                continue
+            key = config_key(current_config(record["config"]))
+            if key in missing and key not in found:
+                spec = missing.pop(key)
+                record = {**record, "config": spec.cfg.to_dict(), "key": key,
+                          "stored_config": record["config"], "moved_from": path.stem}
+                write_json_atomic(record_path(out, key), record)
+                path.unlink()
+                found[key] = record
+    return found
+
+
+def load_records(out: str | Path, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every valid record under ``out/records`` (only ``keys`` if given)."""
+    folder = Path(out) / "records"
+    if keys is not None:
+        paths = [folder / f"{k}.json" for k in keys]
+    else:
+        paths = sorted(folder.glob("*.json")) if folder.exists() else []
+    records = []
+    for path in paths:
+        if path.exists():
+            record = load_record(path)
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def pending_specs(out: str | Path, specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The specs whose record is missing or invalid."""
+    done = finished_records(out, specs)
+    return [s for s in specs if s.key not in done]
+
+
+def _finish_record(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in record.items() if k != "trainer"}
+    record.update(format=RECORD_FORMAT, key=spec.key, complete=True,
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return record
+
+
+# -- executing one run (in a worker) ------------------------------------------------------------
+_PARENT_PID: int | None = None
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Pool worker setup: die with the driver, leave Ctrl-C to the driver."""
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:  # PR_SET_PDEATHSIG: the kernel kills us when the driver dies (even by SIGKILL)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except OSError:
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _orphan_guard(trainer, scalars) -> None:
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)  # the driver is gone: nobody will store this run
+
+
+def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
+                checkpoint_every: int = 0) -> dict[str, Any]:
+    """Train one config; returns ``{"ok": True, "record": ...}`` or ``{"ok": False, "error"}``.
+
+    Runs in a worker process (pool or Ray); never raises for a failed run."""
+    from oversight_gr.agents.run import run_training
+
+    try:
+        cfg = TrainConfig(**cfg_dict)
+        run_dir = work_dir if checkpoint_every else None
+        record = run_training(cfg, run_dir, tensorboard=False,
+                              checkpoint_every=checkpoint_every, progress=_orphan_guard)
+        record.pop("trainer", None)
+        return {"ok": True, "record": record}
+    except Exception as exc:  # a failed run is reported, the sweep goes on
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+
+
+def _execute_indexed(args: tuple[int, dict[str, Any], str | None, int]) -> tuple[int, dict]:
+    index, cfg_dict, work_dir, checkpoint_every = args
+    return index, execute_run(cfg_dict, work_dir, checkpoint_every)
+
+
+# -- backends -----------------------------------------------------------------------------------
+@dataclass
+class RunOutcome:
+    """What :func:`run_sweep` yields per run: ``status`` is done / skipped / failed."""
+
+    spec: RunSpec
+    status: str
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _local_results(jobs: list[tuple], workers: int) -> Iterator[tuple[int, dict]]:
+    ctx = mp.get_context("spawn")  # no fork after torch has started threads
+    pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        yield from pool.imap_unordered(_execute_indexed, jobs, chunksize=1)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()  # on Ctrl-C or an error in the driver: the runs in flight are lost
+
+
+def _ray_results(jobs: list[tuple], workers: int, address: str | None) -> Iterator[tuple[int, dict]]:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("--backend ray needs ray: pip install 'oversight-gr[ray]'") from exc
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            started = True
+    remote = ray.remote(num_cpus=1, max_retries=0)(_execute_indexed)
+    index_of = {remote.remote(job): job[0] for job in jobs}
+    pending = list(index_of)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # the worker died (killed, out of memory, ...)
+                    yield index_of[ref], {"ok": False, "error": f"ray task failed: {exc}"}
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    specs: Sequence[RunSpec] | None = None,
+    *,
+    on_start: Callable[[int, int], None] | None = None,
+) -> Iterator[RunOutcome]:
+    """Run the sweep's pending runs, yielding one :class:`RunOutcome` per run as it ends.
+
+    Finished runs (valid records) are yielded first as ``skipped``. Each new record is written
+    atomically as soon as its run ends. ``on_start(n_pending, n_total)`` is called once before
+    the first run starts.
+    """
+    from oversight_gr.agents.run import versions, write_json_atomic
+
+    specs = list(build_specs(sweep) if specs is None else specs)
+    out = Path(sweep.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "sweep.json", {
+        "sweep": dataclasses.asdict(sweep),
+        "keys": [s.key for s in specs],
+        "labels": [s.label for s in specs],
+        "versions": versions(),
+    })
+    done = finished_records(out, specs)
+    todo = []
+    for spec in specs:
+        if spec.key in done:
+            yield RunOutcome(spec, "skipped", done[spec.key])
+        else:
+            todo.append(spec)
+    if on_start is not None:
+        on_start(len(todo), len(specs))
+    if not todo:
+        return
+    jobs = [(i, s.cfg.to_dict(), str(out / "work" / s.key), sweep.checkpoint_every)
+            for i, s in enumerate(todo)]
+    if sweep.backend == "ray":
+        results = _ray_results(jobs, sweep.workers, sweep.address)
+    elif sweep.workers == 1:
+        results = (_execute_indexed(job) for job in jobs)  # in this process: no start-up cost
+    else:
+        results = _local_results(jobs, sweep.workers)
+    for index, result in results:
+        spec = todo[index]
+        if not result["ok"]:
+            yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
+                "traceback", ""))
+            continue
+        record = _finish_record(spec, result["record"])
+        write_json_atomic(record_path(out, spec.key), record)
+        shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
+        yield RunOutcome(spec, "done", record)
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, SweepConfig)
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the table and figures to OUT/report after the runs "
+                        "(default: on)")
+    parser.add_argument("--curve-oversight", type=float, default=None,
+                        help="oversight level of the learning-curve figure (default: the "
+                        "level nearest 0.1)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs and how many are pending, run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def sweep_from_arguments(args: argparse.Namespace) -> SweepConfig:
+    return from_arguments(SweepConfig, args)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``oversight-gr sweep``: run (or resume) a sweep, then write its report."""
+    sweep = sweep_from_arguments(args)
+    specs = build_specs(sweep)
+    if args.dry_run:
+        pending = {s.key for s in pending_specs(sweep.out, specs)}
+        for s in specs:
+            print(f"{s.key}  {'pending' if s.key in pending else 'done   '}  {s.label}")
+        print(f"{len(pending)} of {len(specs)} runs pending; results in {sweep.out}")
+        return 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(specs), unit="run", disable=args.quiet, dynamic_ncols=True)
+    failed = []
+
+    def on_start(n_pending: int, n_total: int) -> None:
+        bar.write(f"sweep {sweep.preset}: {n_total} runs, {n_total - n_pending} already done, "
+                  f"backend {sweep.backend} x{sweep.workers}; records in {sweep.out}/records")
+
+    t0 = time.perf_counter()
+    try:
+        for outcome in run_sweep(sweep, specs, on_start=on_start):
+            bar.update(1)
+            if outcome.status == "failed":
+                failed.append(outcome)
+                bar.write(f"FAILED {outcome.spec.label}: {outcome.error.splitlines()[0]}")
+            elif outcome.status == "done":
+                ret = steered_metrics(outcome.record)["stepwise_return"]
+                bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
+    finally:
+        bar.close()
+    print(f"{len(specs) - len(failed)} of {len(specs)} runs done in "
+          f"{time.perf_counter() - t0:.0f} s ({len(failed)} failed); records in "
+          f"{sweep.out}/records", flush=True)
+    if args.report:
+        from oversight_gr import plots
+
+        records = list(finished_records(sweep.out, specs).values())
+        written = plots.write_report(records, Path(sweep.out) / "report",
+                                     curve_oversight=args.curve_oversight)
+        for path in written:
+            print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="methods x oversight fractions x seeds, resumable, local pool or Ray",
+        description=__doc__.split("\n\n")[0] + " Presets: " + ", ".join(
+            f"{k} ({len(v['methods'])} methods x {len(v['oversight'])} levels x "
+            f"{v['seeds']} seeds, {v['train']['total_env_steps']:,} env steps/run)"
+            for k, v in PRESETS.items()),
+    )
+    add_sweep_arguments(parser)
+    parser.set_defaults(func=command)

@@ -1,0 +1,199 @@
+"""Sweeps: presets, record keys, resume after SIGKILL, corrupt records, Ray backend, report."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from oversight_gr import plots
+from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.cli import build_parser, main
+from oversight_gr.sweep import (
+    PRESETS,
+    SweepConfig,
+    build_specs,
+    config_key,
+    load_record,
+    load_records,
+    pending_specs,
+    record_path,
+    run_sweep,
+)
+
+# 2 updates of 8 envs x 32 steps; runs take about a second, most of a test is process start-up
+TINY = ["--num-envs", "8", "--total-env-steps", "512", "--hidden", "8", "--eval-envs", "8",
+        "--eval-every", "0", "--algos", "reinforce", "--quiet", "--no-report"]
+TINY_FIELDS = dict(num_envs=8, total_env_steps=512, hidden=8, eval_envs=8, eval_every=0,
+                   algos=("reinforce",))  # one minibatch per update: cheaper than PPO's 64
+
+
+def tiny_sweep(out, **kw) -> SweepConfig:
+    fields = dict(preset="quick", methods=("routing", "naive"), oversight=(0.1,), seeds=2,
+                  out=str(out), **{**TINY_FIELDS, "eval_every": 256})
+    fields.update(kw)
+    return SweepConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny sweep (4 runs, in-process)."""
+    sweep = tiny_sweep(tmp_path_factory.mktemp("sweep"))
+    outcomes = list(run_sweep(sweep))
+    assert [o.status for o in outcomes] == ["done"] * 4, [o.error for o in outcomes]
+    return sweep
+
+
+def test_presets_match_the_issue():
+    paper = SweepConfig(preset="paper")
+    assert set(paper.preset_value("methods")) == {"routing", "naive", "filtering", "oracle"}
+    assert paper.preset_value("oversight") == (0.003, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
+    assert paper.preset_value("seeds") >= 5
+    cfg = build_specs(paper)[0].cfg
+    assert (cfg.algo, cfg.hidden, cfg.bootstrap, cfg.lr) == ("reinforce", 256, False, None)
+    assert cfg.resolved("lr") == 5e-5
+    assert cfg.total_env_steps == 20_000 * 512 * 32
+    assert len(build_specs(paper)) == 4 * 8 * paper.preset_value("seeds")
+    quick = SweepConfig()
+    assert len(quick.preset_value("oversight")) == 3 and quick.preset_value("seeds") == 3
+    assert PRESETS["quick"]["train"]["total_env_steps"] <= 500_000
+
+
+def test_keys_hash_the_full_config():
+    specs = build_specs(SweepConfig(preset="quick"))
+    assert len({s.key for s in specs}) == len(specs)
+    a = TrainConfig(method="routing", seed=3)
+    assert config_key(a) == config_key(TrainConfig(method="routing", seed=3))
+    assert config_key(a) != config_key(dataclasses.replace(a, lr=1e-3))
+    assert config_key(a) != config_key(dataclasses.replace(a, device="cuda"))
+
+
+def test_flags_and_validation():
+    args = build_parser().parse_args(
+        ["sweep", "--methods", "routing", "oracle", "--oversight", "0.01", "0.5", "--seeds", "2",
+         "--algos", "reinforce", "--train", "lr=1e-4", "bootstrap=false", "--device", "cuda"])
+    from oversight_gr.sweep import sweep_from_arguments
+
+    sweep = sweep_from_arguments(args)
+    specs = build_specs(sweep)
+    assert len(specs) == 2 * 2 * 2
+    cfg = specs[0].cfg
+    assert (cfg.lr, cfg.bootstrap, cfg.device, cfg.algo) == (1e-4, False, "cuda", "reinforce")
+    with pytest.raises(ValueError, match="methods"):
+        SweepConfig(methods=("bogus",))
+    with pytest.raises(ValueError, match="oversight"):
+        SweepConfig(oversight=(1.5,))
+    with pytest.raises(ValueError, match="not a TrainConfig field"):
+        SweepConfig(train=("nope=1",))
+    with pytest.raises(ValueError, match="sweep axis"):
+        SweepConfig(train=("seed=1",))
+
+
+def test_rerun_skips_finished_and_corrupt_records_are_redone(finished):
+    specs = build_specs(finished)
+    paths = [record_path(finished.out, s.key) for s in specs]
+    assert all(load_record(p, s) for p, s in zip(paths, specs))
+    rec = json.loads(paths[0].read_text())
+    assert "trainer" not in rec and rec["key"] == specs[0].key and rec["curve"]
+    # truncate one record, empty another: both redone, the others skipped untouched
+    paths[1].write_text(paths[1].read_text()[:200])
+    paths[2].write_text("")
+    before = {p: p.stat().st_mtime_ns for p in (paths[0], paths[3])}
+    assert {s.key for s in pending_specs(finished.out, specs)} == {specs[1].key, specs[2].key}
+    statuses = {o.spec.key: o.status for o in run_sweep(finished)}
+    assert statuses[specs[1].key] == statuses[specs[2].key] == "done"
+    assert statuses[specs[0].key] == statuses[specs[3].key] == "skipped"
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert all(load_record(p, s) for p, s in zip(paths, specs))
+    # a record that belongs to another config is not accepted
+    assert load_record(paths[0], specs[1]) is None
+
+
+def test_records_survive_a_new_trainconfig_field(finished):
+    """A record written before TrainConfig gained a field (with its old-behaviour default) is
+    still found, and moved to the key of today's config."""
+    specs = build_specs(finished)
+    path = record_path(finished.out, specs[0].key)
+    rec = json.loads(path.read_text())
+    del rec["config"]["threads"]  # as if `threads` did not exist when the run was stored
+    old = path.with_name("0123456789abcdef.json")
+    old.write_text(json.dumps(rec))
+    path.unlink()
+    assert pending_specs(finished.out, specs) == []
+    assert not old.exists() and load_record(path, specs[0]) is not None
+
+
+def test_report_tables_and_figures(finished, tmp_path):
+    records = load_records(finished.out)
+    assert len(records) == 4
+    written = plots.write_report(records, tmp_path)
+    names = {p.name for p in written}
+    for stem in ("return_vs_oversight_reinforce", "curves_reinforce_10pct",
+                 "ghost_closer_unseen_reinforce"):
+        assert {stem + ".png", stem + ".svg"} <= names
+        assert (tmp_path / (stem + ".png")).stat().st_size > 1000
+    table = (tmp_path / "table.md").read_text()
+    assert "| routing |" in table and "| naive |" in table and "(2)" in table
+    assert "not measured" in table  # e.g. no runs at 1%
+
+
+def test_bootstrap_ci():
+    mean, lo, hi = plots.bootstrap_ci([0.1, 0.2, 0.3, 0.4])
+    assert mean == pytest.approx(0.25) and 0.1 <= lo < mean < hi <= 0.4
+    assert plots.bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_sigkill_loses_only_runs_in_flight(tmp_path):
+    out = tmp_path / "killed"
+    argv = ["sweep", "--methods", "naive", "filtering", "--oversight", "0.2", "--seeds", "2",
+            "--workers", "2", "--out", str(out), *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "oversight_gr.cli", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    records = out / "records"
+    deadline = time.monotonic() + 40
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.exists() and any(records.glob("*.json")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only; its workers must follow it
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    sweep = SweepConfig(preset="quick", methods=("naive", "filtering"), oversight=(0.2,),
+                        seeds=2, out=str(out), **TINY_FIELDS)
+    specs = build_specs(sweep)
+    kept = {p.name: p.read_bytes() for p in records.glob("*.json")}
+    assert 1 <= len(kept) < len(specs)
+    for name in kept:  # every record present is whole and valid
+        spec = next(s for s in specs if s.key + ".json" == name)
+        assert load_record(records / name, spec) is not None
+    # the workers died with the driver: no record appears afterwards
+    time.sleep(1.0)
+    assert {p.name for p in records.glob("*.json")} == set(kept)
+    assert main([*argv, "--workers", "1"]) == 0
+    assert len(list(records.glob("*.json"))) == len(specs)
+    for name, data in kept.items():  # finished runs were skipped, not redone
+        assert (records / name).read_bytes() == data
+
+
+def test_ray_backend(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sweep = tiny_sweep(tmp_path, methods=("routing",), seeds=2, eval_every=0,
+                           backend="ray", workers=2)
+        outcomes = list(run_sweep(sweep))
+        assert sorted(o.status for o in outcomes) == ["done", "done"], [o.error for o in outcomes]
+        assert len(load_records(tmp_path)) == 2
+        assert [o.status for o in run_sweep(sweep)] == ["skipped", "skipped"]
+    finally:
+        ray.shutdown()
