@@ -98,6 +98,8 @@ class TrainConfig:
     seed: int = option(0, "seed for parameters, environments and sampling", low=0)
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
+    precision: str = option("fp32", "matrix-multiply precision: 'fp32', or 'bf16' autocast "
+                            "(parameters and optimizer stay fp32)", choices=("fp32", "bf16"))
 
     def __post_init__(self):
         validate(self)
@@ -177,6 +179,11 @@ class Trainer:
         # hook for tests (honesty guard): transforms each StepResult before the learner sees it
         self.step_filter: Callable | None = None
 
+    def autocast(self):
+        """bf16 autocast for the networks' matrix multiplies when ``precision='bf16'``."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.precision == "bf16")
+
     # -- data ----------------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> Rollout:
@@ -192,10 +199,19 @@ class Trainer:
         outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         obs = self.obs
-        v = self.value(obs)
+        # one autocast region for the whole window, so bf16 weight casts are cached across steps
+        with self.autocast():
+            return self._collect(obs, obs_buf, actions, logp, values, next_values, done,
+                                 outcome, true_outcome)
+
+    def _collect(self, obs, obs_buf, actions, logp, values, next_values, done, outcome,
+                 true_outcome) -> Rollout:
+        cfg = self.cfg
+        T, B = cfg.rollout_steps, cfg.num_envs
+        v = self.value(obs).float()
         for t in range(T):
             obs_buf[t] = obs
-            logits = self.policy(obs).logits
+            logits = self.policy(obs).logits.float()
             a = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
             actions[t] = a
             logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
@@ -204,10 +220,10 @@ class Trainer:
             if self.step_filter is not None:
                 r = self.step_filter(r)
             obs = r.obs
-            v = self.value(obs)
+            v = self.value(obs).float()
             nv = v
             if cfg.bootstrap and bool(r.truncated.any()):
-                nv = torch.where(r.truncated, self.value(r.final_obs), v)
+                nv = torch.where(r.truncated, self.value(r.final_obs).float(), v)
             next_values[t] = torch.where(r.terminated, 0.0, nv)
             if not cfg.bootstrap:
                 next_values[t] = torch.where(r.done, 0.0, next_values[t])
@@ -248,8 +264,10 @@ class Trainer:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
         cfg = self.cfg
         route_lbl = route_labels(labels)
-        out = self.policy(obs, route=self._route(route_lbl))
-        logp_all = torch.log_softmax(out.logits, -1)
+        with self.autocast():
+            out = self.policy(obs, route=self._route(route_lbl))
+            values = self.value(obs)
+        logp_all = torch.log_softmax(out.logits.float(), -1)
         logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         denom = mask.sum().clamp_min(1.0)
@@ -259,7 +277,7 @@ class Trainer:
         else:
             pg = -adv * logp
         pg_loss = (pg * mask).sum() / denom
-        v_loss = ((self.value(obs) - returns) ** 2 * mask).sum() / denom
+        v_loss = ((values.float() - returns) ** 2 * mask).sum() / denom
         ent = (entropy * mask).sum() / denom
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
         gate_loss = torch.zeros((), device=obs.device)
@@ -267,7 +285,7 @@ class Trainer:
             labelled = (route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)
             if bool(labelled.any()):
                 target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
-                g = out.gate[labelled].clamp(1e-6, 1 - 1e-6)
+                g = out.gate[labelled].float().clamp(1e-6, 1 - 1e-6)
                 gate_loss = F.binary_cross_entropy(g, target)
                 total = total + cfg.resolved("gate_loss_coef") * gate_loss
         stats = {"policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": ent.detach(),

@@ -1,0 +1,155 @@
+"""Training speed and learning quality of the routed trainer.
+
+Part 1 (throughput): env steps per second of a full update (rollout + loss + backward + step)
+for routing, naive and filtering at the paper's network size (H=256, 512 envs x 32 steps),
+for our default PPO and for our REINFORCE configured exactly like the paper (lr 5e-5, entropy
+0.1, value 0.5, gate 0.01, no clipping, one pass, no bootstrap). The paper's code takes
+0.45-0.56 s per routing update on this machine (PAPER.md); that figure is quoted, not re-run.
+
+Part 2 (learning): PPO routing at p=0.1 for --learn-seconds wall clock, evaluating the steered
+policy every --eval-every env steps: when it first reaches 0.7, and whether it stays there.
+
+    python benchmarks/train_throughput.py                 # CPU, 1 thread, writes docs/RESULTS.md
+    python benchmarks/train_throughput.py --device cuda --num-envs 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_doc import update_section  # noqa: E402
+
+from oversight_gr.agents.evaluation import evaluate  # noqa: E402
+from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
+
+PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
+PAPER_REINFORCE = dict(algo="reinforce", hidden=256, bootstrap=False, gate_input="full")
+
+
+def time_updates(cfg: TrainConfig, updates: int) -> float:
+    trainer = Trainer(cfg)
+    trainer.train_update()  # warm-up
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        trainer.train_update()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / updates
+
+
+def throughput(args) -> tuple[list[str], dict]:
+    rows, out = [], {}
+    for label, extra in [("PPO (ours, default)", dict(algo="ppo", hidden=256)),
+                         ("REINFORCE, paper config", PAPER_REINFORCE)]:
+        for method in ("routing", "naive", "filtering"):
+            cfg = TrainConfig(method=method, num_envs=512, rollout_steps=32, device=args.device,
+                              threads=args.threads, **extra)
+            s = time_updates(cfg, args.updates)
+            sps = 512 * 32 / s
+            out[(label, method)] = s
+            rows.append(f"| {label} | {method} | {s:.3f} | {sps:,.0f} |")
+            print(rows[-1], flush=True)
+    return rows, out
+
+
+def learning(args) -> tuple[list[str], dict]:
+    cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
+                      num_envs=args.num_envs, device=args.device, threads=args.threads,
+                      total_env_steps=10**12, seed=args.seed, gate_input=args.gate_input)
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    train_time = 0.0
+    next_eval = args.eval_every
+    curve = []
+    while train_time < args.learn_seconds:
+        t = time.perf_counter()
+        trainer.train_update()
+        train_time += time.perf_counter() - t
+        if trainer.env_steps >= next_eval:
+            next_eval += args.eval_every
+            e = evaluate(trainer.policy, 0.1, "diamond", device=trainer.device)
+            curve.append((train_time, trainer.env_steps, e.stepwise_return,
+                          e.p_ghost_closer_unseen))
+            print(f"  {train_time:6.1f}s train  {trainer.env_steps / 1e6:6.2f}M steps  steered "
+                  f"{e.stepwise_return:.3f}  P(ghost|closer,unseen) {e.p_ghost_closer_unseen:.2f}",
+                  flush=True)
+    first = next((c for c in curve if c[2] >= 0.7), None)
+    after = [c[2] for c in curve if first and c[0] >= first[0]]
+    summary = {
+        "first_0.7_seconds": first[0] if first else None,
+        "first_0.7_steps": first[1] if first else None,
+        "min_after": min(after) if after else None,
+        "final": curve[-1][2] if curve else None,
+        "max": max(c[2] for c in curve) if curve else None,
+        "wall": time.perf_counter() - t0,
+    }
+    rows = [f"| {c[0]:.0f} | {c[1] / 1e6:.2f} | {c[2]:.3f} | {c[3]:.2f} |" for c in curve]
+    return rows, summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--updates", type=int, default=5, help="timed updates per cell")
+    p.add_argument("--learn-seconds", type=float, default=600.0, help="training wall clock of part 2")
+    p.add_argument("--eval-every", type=int, default=250_000, help="env steps between evaluations")
+    p.add_argument("--hidden", type=int, default=64, help="network width of part 2")
+    p.add_argument("--num-envs", type=int, default=512, help="environments of part 2")
+    p.add_argument("--gate-input", default="no_oversight", choices=("full", "no_oversight"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-learning", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device_name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+                   else f"{platform.processor() or platform.machine()} CPU, {args.threads} thread(s)")
+    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    md = [f"Command: `{cmd.strip()}` on {device_name}, torch {torch.__version__}.", ""]
+    if not args.skip_throughput:
+        print("| algorithm | method | s / update | env steps / s |")
+        rows, out = throughput(args)
+        ours = out[("REINFORCE, paper config", "routing")]
+        ppo = out[("PPO (ours, default)", "routing")]
+        md += ["### Throughput at paper size (H=256, 512 envs x 32 steps, full update)", "",
+               "| algorithm | method | s / update | env steps / s |", "|---|---|---|---|", *rows, "",
+               f"Routing, REINFORCE as the paper: {ours:.3f} s/update vs the paper code's "
+               f"{PAPER_SECONDS_PER_UPDATE[0]}-{PAPER_SECONDS_PER_UPDATE[1]} s here "
+               f"(speed-up {PAPER_SECONDS_PER_UPDATE[0] / ours:.2f}-"
+               f"{PAPER_SECONDS_PER_UPDATE[1] / ours:.2f}x; target >= 2x). PPO (4 epochs x 16 "
+               f"minibatches) takes {ppo:.3f} s/update.", ""]
+    if not args.skip_learning:
+        print(f"learning: PPO routing, p=0.1, hidden {args.hidden}, {args.learn_seconds:.0f}s")
+        rows, s = learning(args)
+        verdict = []
+        if s["first_0.7_seconds"] is None:
+            verdict.append(f"never reached 0.7 (max {s['max']:.3f}, final {s['final']:.3f})")
+        else:
+            verdict.append(f"first reached 0.7 after {s['first_0.7_seconds']:.0f} s of training "
+                           f"({s['first_0.7_steps'] / 1e6:.2f}M env steps); lowest afterwards "
+                           f"{s['min_after']:.3f}; final {s['final']:.3f}")
+        md += [f"### Learning: PPO routing at p=0.1 (hidden {args.hidden}, {args.num_envs} envs, "
+               f"gate input {args.gate_input}, seed {args.seed})", "",
+               "Targets: first 0.7 in under 60 s; stays >= 0.7 for the rest of a 10-minute run.",
+               "", "Result: " + "; ".join(verdict) + ".", "",
+               "| train seconds | env steps (M) | steered return | P(ghost \\| closer, unseen) |",
+               "|---|---|---|---|", *rows, ""]
+        print("; ".join(verdict))
+    if not args.no_write:
+        section = "train_throughput_" + ("gpu" if args.device.startswith("cuda") else "cpu")
+        update_section(section, "## Trainer speed and learning (" + section + ")\n\n" + "\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
