@@ -49,7 +49,9 @@ def time_updates(cfg: TrainConfig, updates: int) -> float:
 def throughput(args) -> tuple[list[str], dict]:
     rows, out = [], {}
     for label, extra in [("PPO (ours, default)", dict(algo="ppo", hidden=256)),
-                         ("REINFORCE, paper config", PAPER_REINFORCE)]:
+                         ("PPO, bf16 autocast", dict(algo="ppo", hidden=256, precision="bf16")),
+                         ("REINFORCE, paper config", PAPER_REINFORCE),
+                         ("REINFORCE, paper config, bf16", dict(PAPER_REINFORCE, precision="bf16"))]:
         for method in ("routing", "naive", "filtering"):
             cfg = TrainConfig(method=method, num_envs=512, rollout_steps=32, device=args.device,
                               threads=args.threads, **extra)
@@ -120,14 +122,17 @@ def main() -> int:
         print("| algorithm | method | s / update | env steps / s |")
         rows, out = throughput(args)
         ours = out[("REINFORCE, paper config", "routing")]
+        ours_bf16 = out[("REINFORCE, paper config, bf16", "routing")]
         ppo = out[("PPO (ours, default)", "routing")]
         md += ["### Throughput at paper size (H=256, 512 envs x 32 steps, full update)", "",
                "| algorithm | method | s / update | env steps / s |", "|---|---|---|---|", *rows, "",
                f"Routing, REINFORCE as the paper: {ours:.3f} s/update vs the paper code's "
                f"{PAPER_SECONDS_PER_UPDATE[0]}-{PAPER_SECONDS_PER_UPDATE[1]} s here "
                f"(speed-up {PAPER_SECONDS_PER_UPDATE[0] / ours:.2f}-"
-               f"{PAPER_SECONDS_PER_UPDATE[1] / ours:.2f}x; target >= 2x). PPO (4 epochs x 16 "
-               f"minibatches) takes {ppo:.3f} s/update.", ""]
+               f"{PAPER_SECONDS_PER_UPDATE[1] / ours:.2f}x; target >= 2x); with bf16 autocast "
+               f"{ours_bf16:.3f} s/update ({PAPER_SECONDS_PER_UPDATE[0] / ours_bf16:.2f}-"
+               f"{PAPER_SECONDS_PER_UPDATE[1] / ours_bf16:.2f}x). PPO (4 epochs x 16 "
+               f"minibatches, fp32) takes {ppo:.3f} s/update.", ""]
     if not args.skip_learning:
         print(f"learning: PPO routing, p=0.1, hidden {args.hidden}, {args.learn_seconds:.0f}s")
         rows, s = learning(args)

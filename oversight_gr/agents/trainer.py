@@ -91,6 +91,8 @@ class TrainConfig:
                                           low=0.0)
     max_grad_norm: float | None = option(None, "gradient clipping, 0 = off (None: 0.5 PPO, "
                                          "off REINFORCE)", low=0.0)
+    unlabelled_gate_grad: float = option(1.0, "gradient weight into the gate from the policy "
+                                         "loss of unlabelled steps (paper: 1)", low=0.0)
     bootstrap: bool = option(True, "bootstrap values at window ends and truncations (PPO always "
                              "does; --no-bootstrap gives the paper's REINFORCE returns)")
     eval_every: int = option(0, "evaluate every N env steps (0: only at the end)", low=0)
@@ -258,7 +260,10 @@ class Trainer:
         if not self.method.route:
             return None
         w = ROUTES(route_lbl).to(self.device)
-        return RouteWeights(w[:, 0], w[:, 1], w[:, 2])
+        gate = w[:, 2]
+        if self.cfg.unlabelled_gate_grad != 1.0:
+            gate = gate * self.cfg.unlabelled_gate_grad
+        return RouteWeights(w[:, 0], w[:, 1], gate)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
