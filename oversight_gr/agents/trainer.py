@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from oversight_gr.agents.methods import (
     METHODS,
+    ROUTE_BOTH,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
     ROUTES,
@@ -93,6 +94,10 @@ class TrainConfig:
                                          "off REINFORCE)", low=0.0)
     unlabelled_gate_grad: float = option(1.0, "gradient weight into the gate from the policy "
                                          "loss of unlabelled steps (paper: 1)", low=0.0)
+    unlabelled_sharpness: float = option(1.0, "unlabelled steps send each expert gradient in "
+                                         "proportion to gate^k (paper: k=1, plain mixture); k>1 "
+                                         "keeps ghost-bound steps out of the diamond expert",
+                                         low=1.0)
     bootstrap: bool = option(True, "bootstrap values at window ends and truncations (PPO always "
                              "does; --no-bootstrap gives the paper's REINFORCE returns)")
     eval_every: int = option(0, "evaluate every N env steps (0: only at the end)", low=0)
@@ -256,21 +261,30 @@ class Trainer:
         return adv, adv + ro.values
 
     # -- learning ------------------------------------------------------------------------------
-    def _route(self, route_lbl: Tensor) -> RouteWeights | None:
+    def _route(self, route_lbl: Tensor, obs: Tensor) -> RouteWeights | None:
         if not self.method.route:
             return None
         w = ROUTES(route_lbl).to(self.device)
-        gate = w[:, 2]
+        diamond, ghost, gate = w[:, 0], w[:, 1], w[:, 2]
         if self.cfg.unlabelled_gate_grad != 1.0:
             gate = gate * self.cfg.unlabelled_gate_grad
-        return RouteWeights(w[:, 0], w[:, 1], gate)
+        k = self.cfg.unlabelled_sharpness
+        if k != 1.0:
+            # the mixture already scales expert gradients by g and 1-g; multiplying by
+            # g^(k-1) and (1-g)^(k-1) on unlabelled steps makes them g^k and (1-g)^k
+            with torch.no_grad():
+                g = self.policy.gate_value(obs).float()
+            unlabelled = route_lbl == ROUTE_BOTH
+            diamond = torch.where(unlabelled, g.pow(k - 1), diamond)
+            ghost = torch.where(unlabelled, (1 - g).pow(k - 1), ghost)
+        return RouteWeights(diamond, ghost, gate)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
         cfg = self.cfg
         route_lbl = route_labels(labels)
         with self.autocast():
-            out = self.policy(obs, route=self._route(route_lbl))
+            out = self.policy(obs, route=self._route(route_lbl, obs))
             values = self.value(obs)
         logp_all = torch.log_softmax(out.logits.float(), -1)
         logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)
