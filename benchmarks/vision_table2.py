@@ -62,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, Table2Config)
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/RESULTS.md")
+    parser.add_argument(
+        "--tf32", action="store_true",
+        help="allow TF32 matmuls on CUDA (faster; the default keeps full float32 like the paper)",
+    )
     args = parser.parse_args(argv)
-    if "out" not in vars(args):
-        args.out = "runs/vision_table2_bench"
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg = from_arguments(Table2Config, args)
     table, records = run_table2(cfg, on_row=lambda row: print(row, flush=True))
     print(table)
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Budget: {cfg.epochs} epochs over {subset} training images, batch {cfg.batch_size}, "
         f"Adam lr 1e-3, weight decay 5e-5, {cfg.runs} run(s) per setting (seeds {cfg.seed}.."
         f"{cfg.seed + cfg.runs - 1}); the paper: 200 epochs over 60k, batch 2048. Device: "
-        f"{_device_name(cfg.device)}; {sum(seconds) / max(len(seconds), 1):.0f} s of training "
+        f"{_device_name(cfg.device)}{' (TF32 matmuls)' if args.tf32 else ''}; "
+        f"{sum(seconds) / max(len(seconds), 1):.0f} s of training "
         "per run (wall clock; on shared machines it depends on the other load).",
         "",
         "Certificate decoder reading the latent half routed for digits 5-9 (dims 16-31), on "
