@@ -1,0 +1,537 @@
+"""Expand-Route-Ablate (ERA) unlearning under partial labels, its baselines, and a retraining
+attack (paper §4, "Language models").
+
+Methods (one :func:`run_method` call each; every method sees the same number of optimizer
+steps, ``steps + finetune_steps``):
+
+* ``era``: expand the MLPs of ``expand_layers`` by ``expand_k`` units; train from scratch with
+  gradient routing on those MLP activations: a token of a *labelled* forget document gets the
+  route row ``[forget_weight] * H + [1] * k`` (original units reversed and shrunk, new units
+  trained), softened toward the all-ones retain row by how specific its target token is to the
+  labelled forget documents (:func:`oversight_gr.lm.data.token_specificity`,
+  :meth:`RouteTable.interpolate`); every other token trains everything. An L1 penalty
+  ``l1 * mean |h_new|`` keeps the new units quiet. Then ablate (delete the new units) and
+  fine-tune on the data believed to be retain (everything not labelled forget).
+* ``expand_control``: the same expansion, L1, ablation and fine-tune without routing.
+* ``filter``: data filtering: train without the labelled forget documents.
+* ``plain``: ordinary training on everything.
+
+Partial labels: only a fraction ``q`` of the training forget documents are labelled (the first
+``round(q * n)`` of a per-seed permutation, so labels are nested across ``q``); unlabelled forget
+documents look like retain data to every method.
+
+Metrics (mean next-token loss in nats on held-out documents, ground-truth topics): forget and
+retain loss before ablation, right after ablation, after the fine-tune, and the minimum forget
+loss reached by a retraining attack (fine-tune copies of the final model on
+``attack_docs`` held-out forget documents, ``attack_repeats`` times, up to ``attack_steps``
+steps, evaluated every ``attack_eval_every`` steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from oversight_gr.config import option, to_dict, validate
+from oversight_gr.lm import data as lm_data
+from oversight_gr.lm.model import GPT, GPTConfig
+from oversight_gr.routing import RouteTable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ERAConfig", "LMData", "prepare_data", "train", "evaluate", "retrain_attack",
+           "run_method", "summarize", "markdown_table", "plot_forget_retain", "METHODS"]
+
+METHODS = ("era", "filter", "plain", "expand_control")
+
+
+@dataclasses.dataclass(frozen=True)
+class ERAConfig:
+    """One ERA experiment: corpus, training budget, routing and the retraining attack."""
+
+    corpus: str = option("shakespeare", "corpus: the offline Shakespeare plays, a labelled "
+                         "JSONL file (--corpus-path) or TinyStories (needs `datasets`, internet)",
+                         choices=("shakespeare", "jsonl", "tinystories", "synthetic"))
+    corpus_path: str | None = option(None, "JSONL file of {text, forget} lines for --corpus jsonl")
+    keywords: tuple[str, ...] | None = option(
+        None, "forget-topic words (default: war words for Shakespeare, forest words for "
+        "TinyStories; for JSONL, label by these instead of the 'forget' field)")
+    doc_chars: int = option(1000, "minimum characters per Shakespeare document", low=50)
+    max_docs: int = option(20000, "at most this many TinyStories documents", low=10)
+    tokenizer: str = option("bpe", "bpe: byte-level BPE trained on the corpus; gpt2: GPT-2's",
+                            choices=("bpe", "gpt2"))
+    vocab_size: int = option(2048, "vocabulary of the trained BPE", low=257)
+    val_frac: float = option(0.1, "documents held out for validation", low=0.01, high=0.5)
+    attack_frac: float = option(0.05, "documents held out as the attack pool", low=0.01, high=0.5)
+    steps: int = option(400, "training steps (from scratch)", low=1)
+    finetune_steps: int = option(50, "retain fine-tune steps after ablation", low=0)
+    batch_size: int = option(24, "sequences per step", low=1)
+    lr: float = option(2e-3, "peak AdamW learning rate (cosine decay to a tenth of it)", low=0.0)
+    finetune_lr: float = option(5e-4, "learning rate of the retain fine-tune", low=0.0)
+    weight_decay: float = option(0.1, "AdamW weight decay", low=0.0)
+    warmup: int = option(20, "linear warm-up steps", low=0)
+    expand_layers: tuple[int, ...] = option((0, 1), "layers whose MLP ERA expands", low=0)
+    expand_k: int = option(32, "MLP units added per expanded layer", low=1)
+    forget_weight: float = option(-0.75, "route weight of the original units on forget tokens")
+    l1: float = option(1e-4, "L1 coefficient on the new units' activations (summed over "
+                       "units, averaged over tokens)", low=0.0)
+    soften: bool = option(True, "soften each forget token's route by its topic specificity")
+    route_floor: float = option(
+        0.3, "with --soften, a labelled forget token is routed with strength "
+        "floor + (1 - floor) * specificity (1 = no softening)", low=0.0, high=1.0)
+    attack_docs: int = option(32, "held-out forget documents the attacker fine-tunes on", low=1)
+    attack_steps: int = option(20, "attack fine-tune steps", low=1)
+    attack_repeats: int = option(3, "independent attacks (minimum forget loss is reported)",
+                                 low=1)
+    attack_eval_every: int = option(5, "evaluate the attacked model every this many steps", low=1)
+    attack_lr: float = option(1e-4, "attack learning rate (AdamW)", low=0.0)
+    attack_batch: int = option(8, "attack sequences per step", low=1)
+    eval_windows: int = option(48, "validation windows per split (ctx tokens each)", low=1)
+    device: str = option("cpu", "torch device (auto: cuda if available)",
+                         choices=("cpu", "cuda", "auto"))
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def __post_init__(self):
+        validate(self)
+        if self.corpus == "jsonl" and not self.corpus_path:
+            raise ValueError("ERAConfig.corpus_path is required when corpus is 'jsonl'")
+        if self.val_frac + self.attack_frac >= 0.9:
+            raise ValueError(
+                f"ERAConfig.val_frac + attack_frac must be < 0.9, got "
+                f"{self.val_frac + self.attack_frac}"
+            )
+
+
+@dataclasses.dataclass
+class LMData:
+    """A corpus split into train / validation / attack pool, tokenized."""
+
+    corpus: lm_data.Corpus
+    tokenizer: object
+    vocab_size: int
+    train_docs: list[str]
+    train_forget: np.ndarray  # bool [n_train]
+    val_forget: lm_data.TokenStream
+    val_retain: lm_data.TokenStream
+    attack_pool: list[str]  # held-out forget documents
+    _train_tokens: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+
+    def labels(self, q: float, seed: int) -> np.ndarray:
+        """Which training documents are *labelled* forget at fraction ``q`` (nested in q)."""
+        idx = np.flatnonzero(self.train_forget)
+        perm = np.random.default_rng([seed, 7919]).permutation(idx)
+        lab = np.zeros(len(self.train_docs), dtype=bool)
+        lab[perm[: int(round(q * len(idx)))]] = True
+        return lab
+
+    def train_stream(self, labelled: np.ndarray, drop_labelled: bool = False) -> lm_data.TokenStream:
+        if not self._train_tokens:
+            eot = lm_data.eot_id(self.tokenizer)
+            encs = self.tokenizer.encode_batch(self.train_docs)
+            self._train_tokens = [np.asarray(list(e.ids) + [eot], dtype=np.int64) for e in encs]
+        keep = ~labelled if drop_labelled else np.ones(len(labelled), dtype=bool)
+        toks = [t for t, k in zip(self._train_tokens, keep) if k]
+        lens = [len(t) for t in toks]
+        f = np.repeat(self.train_forget[keep], lens)
+        lb = np.repeat(labelled[keep], lens)
+        return lm_data.TokenStream(torch.from_numpy(np.concatenate(toks)),
+                                   torch.from_numpy(f), torch.from_numpy(lb))
+
+
+def load_corpus(cfg: ERAConfig) -> lm_data.Corpus:
+    if cfg.corpus == "shakespeare":
+        return lm_data.load_shakespeare(cfg.keywords or lm_data.WAR_WORDS, cfg.doc_chars)
+    if cfg.corpus == "jsonl":
+        return lm_data.load_jsonl(cfg.corpus_path, cfg.keywords)
+    if cfg.corpus == "tinystories":
+        return lm_data.load_tinystories(cfg.max_docs, cfg.keywords or lm_data.FOREST_WORDS)
+    return lm_data.synthetic_corpus()
+
+
+def prepare_data(cfg: ERAConfig, corpus: lm_data.Corpus | None = None, split_seed: int = 0) -> LMData:
+    """Load (or take) the corpus, train/load the tokenizer, split documents (fixed split,
+    independent of the run seed)."""
+    corpus = corpus if corpus is not None else load_corpus(cfg)
+    tok = lm_data.load_tokenizer(cfg.tokenizer, corpus, cfg.vocab_size)
+    n = len(corpus.docs)
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val, n_att = max(2, int(cfg.val_frac * n)), max(2, int(cfg.attack_frac * n))
+    val, att, tr = perm[:n_val], perm[n_val:n_val + n_att], perm[n_val + n_att:]
+    forget = np.asarray(corpus.forget, dtype=bool)
+    docs = corpus.docs
+    vf = [docs[i] for i in val if forget[i]]
+    vr = [docs[i] for i in val if not forget[i]]
+    if not vf or not vr:
+        raise ValueError("the validation split needs both forget and retain documents")
+    pool = [docs[i] for i in att if forget[i]]
+    if not pool:
+        raise ValueError("the attack pool holds no forget documents; raise attack_frac")
+    return LMData(
+        corpus=corpus, tokenizer=tok, vocab_size=tok.get_vocab_size(),
+        train_docs=[docs[i] for i in tr], train_forget=forget[tr],
+        val_forget=lm_data.build_stream(tok, vf, [True] * len(vf)),
+        val_retain=lm_data.build_stream(tok, vr, [False] * len(vr)),
+        attack_pool=pool,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+#: ``route(y, forget, labelled) -> keyword arguments of GPT.forward`` (``mlp_grad`` and/or
+#: ``resid_grad``), built from the targets ``y [B, T]`` and their document flags
+RouteFn = Callable[[Tensor, Tensor, Tensor], Mapping[str, Mapping[int, Tensor]]]
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def train(
+    model: GPT,
+    stream: lm_data.TokenStream,
+    steps: int,
+    *,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    weight_decay: float = 0.1,
+    warmup: int = 0,
+    route: RouteFn | None = None,
+    l1_units: Mapping[int, slice] | None = None,
+    l1: float = 0.0,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on random windows of ``stream``; returns the loss per step.
+
+    Args:
+        route: a :data:`RouteFn` (``None`` = no routing).
+        l1_units: ``{layer: units}`` whose MLP activations get ``l1 * mean |h|`` (per layer).
+        callback: called with (step, loss) after every step (progress bars live in the CLI).
+    """
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                            betas=(0.9, 0.95))
+    ctx = model.cfg.ctx
+    losses = []
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr, warmup)
+        x, y, fl, lab = stream.batch(batch_size, ctx, generator)
+        kwargs = route(y, fl, lab) if route is not None else {}
+        logits, hidden = model(x, return_hidden=True, **kwargs)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        total = loss
+        if l1_units and l1 > 0:
+            for layer, units in l1_units.items():
+                total = total + l1 * hidden[layer][..., units].abs().sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if callback is not None:
+            callback(step, losses[-1])
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model: GPT, stream: lm_data.TokenStream, max_windows: int) -> float:
+    """Mean next-token loss (nats) over non-overlapping windows of ``stream``."""
+    model.eval()
+    x, y = stream.windows(model.cfg.ctx, max_windows)
+    dev = next(model.parameters()).device
+    x, y = x.to(dev), y.to(dev)
+    total, n = 0.0, 0
+    for i in range(0, len(x), 32):
+        logits = model(x[i:i + 32])
+        total += float(F.cross_entropy(logits.flatten(0, 1), y[i:i + 32].flatten(), reduction="sum"))
+        n += y[i:i + 32].numel()
+    return total / n
+
+
+def retrain_attack(model: GPT, data: LMData, cfg: ERAConfig, seed: int) -> dict[str, float]:
+    """Fine-tune copies of ``model`` on held-out forget documents; report the minimum
+    validation forget loss over steps and repeats (and the retain loss at that point)."""
+    rng = np.random.default_rng([seed, 104729])
+    best_f, best_r = evaluate(model, data.val_forget, cfg.eval_windows), None
+    for rep in range(cfg.attack_repeats):
+        pick = rng.choice(len(data.attack_pool), size=min(cfg.attack_docs, len(data.attack_pool)),
+                          replace=False)
+        docs = [data.attack_pool[i] for i in pick]
+        stream = lm_data.build_stream(data.tokenizer, docs, [True] * len(docs))
+        stream = stream.to(next(model.parameters()).device)
+        attacked = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(seed * 1000 + rep)
+        opt = torch.optim.AdamW(attacked.parameters(), lr=cfg.attack_lr, weight_decay=0.0)
+        for step in range(1, cfg.attack_steps + 1):
+            attacked.train()
+            x, y, _, _ = stream.batch(cfg.attack_batch, min(attacked.cfg.ctx, len(stream) - 2), gen)
+            loss = F.cross_entropy(attacked(x).flatten(0, 1), y.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % cfg.attack_eval_every == 0 or step == cfg.attack_steps:
+                f = evaluate(attacked, data.val_forget, cfg.eval_windows)
+                if f < best_f:
+                    best_f = f
+                    best_r = evaluate(attacked, data.val_retain, cfg.eval_windows)
+    out = {"attack_forget": best_f}
+    if best_r is not None:
+        out["attack_retain"] = best_r
+    return out
+
+
+def era_route_fn(model_widths: Mapping[int, int], new_units: Mapping[int, slice],
+                 forget_weight: float, specificity: Tensor | None,
+                 floor: float = 0.0) -> RouteFn:
+    """The ERA routing rule as a function of the targets and their document flags."""
+    tables = {}
+    for layer, units in new_units.items():
+        width = model_widths[layer]
+        forget_row = torch.full((width,), float(forget_weight))
+        forget_row[units] = 1.0
+        # label 0: retain (all ones); label 1: forget
+        tables[layer] = RouteTable.from_mapping(width, {0: torch.ones(width), 1: forget_row})
+
+    def route(y: Tensor, _forget: Tensor, labelled: Tensor) -> dict[int, Tensor]:
+        t = labelled.float()
+        if specificity is not None:
+            t = t * (floor + (1.0 - floor) * specificity.to(y.device)[y])
+        ones, zeros = torch.ones_like(y), torch.zeros_like(y)
+        return {"mlp_grad": {layer: tab.interpolate(ones, zeros, t)
+                             for layer, tab in tables.items()}}
+
+    return route
+
+
+def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig, data: LMData,
+               callback: Callable[[str, int, float], None] | None = None) -> dict:
+    """Train, ablate, fine-tune and attack one model; returns a JSON-ready record."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    torch.manual_seed(seed)
+    gpt = dataclasses.replace(gpt, vocab_size=data.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    labelled = data.labels(q, seed)
+    device = cfg.torch_device
+    stream = data.train_stream(labelled, drop_labelled=(method == "filter")).to(device)
+    model = GPT(gpt, generator=torch.Generator().manual_seed(seed)).to(device)
+    cb = (lambda phase: (lambda s, l: callback(phase, s, l))) if callback else (lambda phase: None)
+    common = dict(batch_size=cfg.batch_size, generator=gen, weight_decay=cfg.weight_decay)
+    rec: dict = {"method": method, "q": q, "seed": seed,
+                 "forget_fraction_labelled": float(labelled.sum() / max(1, data.train_forget.sum()))}
+    ev = lambda m: (evaluate(m, data.val_forget, cfg.eval_windows),  # noqa: E731
+                    evaluate(m, data.val_retain, cfg.eval_windows))
+    if method in ("plain", "filter"):
+        train(model, stream, cfg.steps + cfg.finetune_steps, lr=cfg.lr, warmup=cfg.warmup,
+              callback=cb("train"), **common)
+        f, r = ev(model)
+        rec.update(pre_forget=f, pre_retain=r, ablated_forget=f, ablated_retain=r,
+                   final_forget=f, final_retain=r)
+    else:
+        new = model.expand_mlp(cfg.expand_layers, cfg.expand_k,
+                               generator=torch.Generator().manual_seed(seed + 1), out_std=0.02)
+        route = None
+        if method == "era":
+            spec = (lm_data.token_specificity(stream, data.vocab_size) if cfg.soften else None)
+            route = era_route_fn({i: model.blocks[i].mlp.width for i in new}, new,
+                                 cfg.forget_weight, spec, cfg.route_floor)
+        train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, route=route,
+              l1_units=new, l1=cfg.l1, callback=cb("train"), **common)
+        rec["pre_forget"], rec["pre_retain"] = ev(model)
+        model.contract_mlp(new)
+        rec["ablated_forget"], rec["ablated_retain"] = ev(model)
+        if cfg.finetune_steps:
+            # the fine-tune sees only what the trainer believes is retain data
+            retain = data.train_stream(labelled, drop_labelled=True).to(device)
+            train(model, retain, cfg.finetune_steps, lr=cfg.finetune_lr, warmup=0,
+                  callback=cb("finetune"), **common)
+        rec["final_forget"], rec["final_retain"] = ev(model)
+    rec.update(retrain_attack(model, data, cfg, seed))
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+METRICS = ("pre_forget", "pre_retain", "final_forget", "final_retain", "attack_forget")
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    # two-sided 95% Student-t quantiles for small n
+    tq = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
+          10: 2.262}.get(len(v), 1.96)
+    return float(v.mean()), float(tq * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def summarize(records: Iterable[Mapping]) -> list[dict]:
+    """Group records by (method, q): mean and 95% CI half-width of each metric."""
+    groups: dict[tuple[str, float], list[Mapping]] = {}
+    for r in records:
+        # plain and expand_control ignore labels: pool them under q=None
+        q = None if r["method"] in ("plain", "expand_control") else float(r["q"])
+        groups.setdefault((r["method"], q), []).append(r)
+    # the same seed's plain/control run is recorded once per q; keep one per seed
+    rows = []
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (method, q), recs in sorted(groups.items(),
+                                    key=lambda kv: (order[kv[0][0]], kv[0][1] or -1)):
+        by_seed = {r["seed"]: r for r in recs}
+        row: dict = {"method": method, "q": q, "n": len(by_seed)}
+        for m in METRICS:
+            row[m] = _mean_ci([r[m] for r in by_seed.values()])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping]) -> str:
+    """Rows of :func:`summarize` as a Markdown table (mean ± 95% CI)."""
+    def cell(mc):
+        m, c = mc
+        return f"{m:.3f}" if math.isnan(c) else f"{m:.3f} ± {c:.3f}"
+    head = ("| method | q | seeds | forget before ablation | retain before ablation | "
+            "forget after | retain after | forget after attack |")
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        q = "-" if r["q"] is None else f"{r['q']:g}"
+        lines.append(f"| {r['method']} | {q} | {r['n']} | "
+                     + " | ".join(cell(r[m]) for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def plot_forget_retain(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Fig. 5-style figure: forget loss (after ablation, and after the attack) against
+    retain loss, one point per (method, q)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    colors = {"era": "tab:red", "filter": "tab:blue", "plain": "black",
+              "expand_control": "tab:gray"}
+    for ax, fkey, title in ((axes[0], "final_forget", "after ablation + fine-tune"),
+                            (axes[1], "attack_forget", "after retraining attack")):
+        for r in rows:
+            (xr, xc), (yf, yc) = r["final_retain"], r[fkey]
+            label = r["method"] + ("" if r["q"] is None else f" q={r['q']:g}")
+            ax.errorbar(xr, yf, xerr=None if math.isnan(xc) else xc,
+                        yerr=None if math.isnan(yc) else yc, fmt="o",
+                        color=colors.get(r["method"], "tab:green"), capsize=3)
+            ax.annotate(label, (xr, yf), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("retain validation loss (nats)")
+        ax.set_ylabel("forget validation loss (nats)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle("ERA vs baselines: higher forget loss = more unlearning")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_record(rec: Mapping, out_dir: str | Path) -> Path:
+    """Write one run's record atomically as ``{method}_q{q}_s{seed}.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / record_name(rec["method"], rec["q"], rec["seed"])
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def record_name(method: str, q: float, seed: int) -> str:
+    if method in ("plain", "expand_control"):
+        return f"{method}_s{seed}.json"
+    return f"{method}_q{q:g}_s{seed}.json"
+
+
+def config_record(cfg: ERAConfig, gpt: GPTConfig) -> dict:
+    return {"era": to_dict(cfg), "gpt": to_dict(gpt)}
+
+
+def plan_runs(qs: Sequence[float], seeds: Sequence[int],
+              methods: Sequence[str] = METHODS) -> list[tuple[str, float, int]]:
+    """The (method, q, seed) runs of a grid; label-free methods run once per seed."""
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            if method in ("plain", "expand_control"):
+                runs.append((method, max(qs), seed))
+            else:
+                runs.extend((method, q, seed) for q in qs)
+    return runs
+
+
+def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequence[int],
+             out_dir: str | Path, methods: Sequence[str] = METHODS, data: LMData | None = None,
+             on_start: Callable[[str, float, int], None] | None = None,
+             on_done: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every planned run not already saved in ``out_dir`` (resumable), saving each record
+    as soon as it finishes; returns all records of the grid.
+
+    ``out_dir/config.json`` pins the configuration: resuming with a different one raises
+    ValueError rather than mixing results.
+    """
+    for q in qs:
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"q must be in (0, 1], got {q}")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; allowed: {list(METHODS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conf = config_record(cfg, gpt)
+    conf["era"].pop("device", None)
+    conf_path = out / "config.json"
+    if conf_path.exists():
+        old = json.loads(conf_path.read_text())
+        if old != json.loads(json.dumps(conf)):
+            raise ValueError(f"{out} holds results of another configuration; choose another --out")
+    else:
+        conf_path.write_text(json.dumps(conf, indent=1))
+    records = []
+    for method, q, seed in plan_runs(qs, seeds, methods):
+        path = out / record_name(method, q, seed)
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+            if on_done is not None:
+                on_done(records[-1])
+            continue
+        if data is None:
+            data = prepare_data(cfg)
+        if on_start is not None:
+            on_start(method, q, seed)
+        log.info("running %s q=%g seed=%d", method, q, seed)
+        rec = run_method(method, q, seed, cfg, gpt, data)
+        save_record(rec, out)
+        records.append(rec)
+        if on_done is not None:
+            on_done(rec)
+    return records
