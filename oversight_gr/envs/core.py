@@ -10,6 +10,10 @@ State per environment (``B`` environments):
   unless ``spurious_prob > 0``);
 * ``t [B]`` int64 moves taken in the current episode.
 
+Internally agent, ghost, diamond and the two oversight bits are packed into one integer per
+environment, and a step is a handful of table lookups (see ``_GridTables``); ``objs`` and
+``over`` are computed from it when read.
+
 Autoreset is "same step": :meth:`step` returns the first observation of the new episode for
 environments whose episode just ended, together with that episode's final observation and
 outcome.
