@@ -58,7 +58,7 @@ def test_rules_follow_reference(size, max_steps, p, q, mode, num_envs, seed):
 
 @pytest.mark.parametrize("size", [5, 6, 8])  # small grids use whole-state tables, larger don't
 def test_rules_follow_reference_by_grid_size(size):
-    check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 32, size, steps=40)
+    check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 16, size, steps=40)
 
 
 def check_against_reference(size, max_steps, p, q, mode, num_envs, seed, steps=48):
@@ -252,7 +252,7 @@ def test_batch_step_equals_single_row_replays(q):
 
     The start of a new episode comes from the batch's generator, so it is checked for
     validity only; everything else a step returns must match exactly."""
-    B = 24
+    B = 16
     rules = GridRules(B, size=4, max_episode_steps=6, oversight_prob=0.5, spurious_prob=q,
                       reward_mode="proxy", seed=9)
     rules.reset()
