@@ -120,21 +120,21 @@ class SweepConfig:
     """A sweep: a preset, optionally overridden field by field (None keeps the preset's value)."""
 
     preset: str = option("quick", "named sweep to start from", choices=tuple(PRESETS))
-    methods: tuple[str, ...] | None = option(None, "methods to run (default: the preset's)",
+    methods: tuple[str, ...] | None = option(None, "methods to run; None: the preset's",
                                              choices=tuple(METHODS))
-    oversight: tuple[float, ...] | None = option(None, "oversight fractions (default: the "
-                                                 "preset's)", low=0.0, high=1.0)
-    seeds: int | None = option(None, "number of seeds (default: the preset's)", low=1)
+    oversight: tuple[float, ...] | None = option(None, "oversight fractions; None: the "
+                                                 "preset's", low=0.0, high=1.0)
+    seeds: int | None = option(None, "number of seeds; None: the preset's", low=1)
     first_seed: int = option(0, "seeds are first_seed, first_seed+1, ...", low=0)
-    algos: tuple[str, ...] | None = option(None, "algorithms (default: the preset's)",
+    algos: tuple[str, ...] | None = option(None, "algorithms; None: the preset's",
                                            choices=ALGOS)
-    total_env_steps: int | None = option(None, "env steps per run (default: the preset's)",
+    total_env_steps: int | None = option(None, "env steps per run; None: the preset's",
                                          low=1)
-    num_envs: int | None = option(None, "parallel envs per run (default: the preset's)", low=1)
-    hidden: int | None = option(None, "network width (default: the preset's)", low=1)
+    num_envs: int | None = option(None, "parallel envs per run; None: the preset's", low=1)
+    hidden: int | None = option(None, "network width; None: the preset's", low=1)
     eval_every: int | None = option(None, "learning-curve interval in env steps, 0 = final "
-                                    "only (default: the preset's)", low=0)
-    eval_envs: int | None = option(None, "environments per evaluation (default: 512)", low=1)
+                                    "only; None: the preset's", low=0)
+    eval_envs: int | None = option(None, "environments per evaluation; None: 512", low=1)
     train: tuple[str, ...] = option((), "further TrainConfig fields as KEY=VALUE (e.g. "
                                     "lr=1e-4 gate_input=full)")
     device: str = option("cpu", "torch device of every run (cpu, cuda, cuda:1, ...)")
@@ -143,8 +143,11 @@ class SweepConfig:
     backend: str = option("local", "where runs execute", choices=BACKENDS)
     workers: int = option(1, "runs at a time (local pool size; CPUs of a local Ray instance)",
                           low=1)
-    address: str | None = option(None, "Ray cluster address to join (default: start a local "
-                                 "instance)")
+    address: str | None = option(None, "Ray cluster address to join; None: start a local "
+                                 "instance")
+    gpus_per_run: float | None = option(None, "Ray: GPUs each run reserves (0.25 packs 4 "
+                                        "runs on a GPU); None: 1/workers with a cuda "
+                                        "device, else 0", low=0.0)
     checkpoint_every: int = option(0, "checkpoint runs in flight every N updates so a killed "
                                    "sweep resumes them mid-run (0: restart them)", low=0)
 
@@ -436,7 +439,8 @@ def _local_results(jobs: list[tuple], workers: int) -> Iterator[tuple[int, dict]
         pool.terminate()  # on Ctrl-C or an error in the driver: the runs in flight are lost
 
 
-def _ray_results(jobs: list[tuple], workers: int, address: str | None) -> Iterator[tuple[int, dict]]:
+def _ray_results(jobs: list[tuple], workers: int, address: str | None,
+                 gpus: float) -> Iterator[tuple[int, dict]]:
     try:
         import ray
     except ImportError as exc:
@@ -448,7 +452,7 @@ def _ray_results(jobs: list[tuple], workers: int, address: str | None) -> Iterat
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
             started = True
-    remote = ray.remote(num_cpus=1, max_retries=0)(_execute_indexed)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_execute_indexed)
     index_of = {remote.remote(job): job[0] for job in jobs}
     pending = list(index_of)
     try:
@@ -503,7 +507,10 @@ def run_sweep(
     jobs = [(i, s.cfg.to_dict(), str(out / "work" / s.key), sweep.checkpoint_every)
             for i, s in enumerate(todo)]
     if sweep.backend == "ray":
-        results = _ray_results(jobs, sweep.workers, sweep.address)
+        gpus = sweep.gpus_per_run
+        if gpus is None:
+            gpus = 1.0 / sweep.workers if sweep.device.startswith("cuda") else 0.0
+        results = _ray_results(jobs, sweep.workers, sweep.address, gpus)
     elif sweep.workers == 1:
         results = (_execute_indexed(job) for job in jobs)  # in this process: no start-up cost
     else:

@@ -197,3 +197,15 @@ def test_ray_backend(tmp_path):
         assert [o.status for o in run_sweep(sweep)] == ["skipped", "skipped"]
     finally:
         ray.shutdown()
+
+
+def test_checkpointed_runs_and_dry_run(tmp_path, capsys):
+    argv = ["sweep", "--methods", "naive", "--oversight", "0.1", "--seeds", "1",
+            "--checkpoint-every", "1", "--out", str(tmp_path), *TINY]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "1 of 1 runs pending" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert len(list((tmp_path / "records").glob("*.json"))) == 1
+    assert not any((tmp_path / "work").glob("*"))  # checkpoints of finished runs are removed
+    assert main([*argv, "--dry-run"]) == 0
+    assert "0 of 1 runs pending" in capsys.readouterr().out
