@@ -373,3 +373,28 @@ def test_rules_reject_bad_arguments(kwargs, words):
         GridRules(**args)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rules_on_cuda_match_cpu():
+    """The same state and action give the same step on the GPU as on the CPU."""
+    B = 256
+    kw = dict(size=5, max_episode_steps=8, oversight_prob=0.5, spurious_prob=0.2)
+    cpu = GridRules(B, seed=0, **kw)
+    gpu = GridRules(B, seed=1, device="cuda", **kw)
+    cpu.reset()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        state = cpu.get_state()
+        state["generator"] = gpu.generator.get_state()
+        gpu.set_state(state)
+        action = torch.randint(4, (B,), generator=gen)
+        r, s = cpu.step(action), gpu.step(action.cuda())
+        for name in ("reward", "terminated", "truncated", "outcome", "true_outcome",
+                     "overseen", "length", "done", "final_obs"):
+            assert torch.equal(getattr(r, name), getattr(s, name).cpu()), name
+        keep = ~r.done
+        assert torch.equal(r.obs[keep], s.obs.cpu()[keep])
+        for o in s.obs.cpu().numpy():  # the GPU's new episodes are valid first frames
+            st = decode_obs(o)
+            assert len({st.agent, st.ghost, st.diamond}) == 3
