@@ -235,3 +235,30 @@ def test_cli_train_eval_steer_roundtrip(tmp_path):
     helptext = subprocess.run(base + ["train", "--help"], capture_output=True, text=True).stdout
     for field in dataclasses.fields(TrainConfig):
         assert "--" + field.name.replace("_", "-") in helptext
+
+
+def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
+    grads = {}
+    for k in (1.0, 3.0):
+        trainer = Trainer(TrainConfig(unlabelled_sharpness=k, gate_loss_coef=0.0, **TINY))
+        obs = trainer.obs
+        captured = {}
+
+        def keep(_m, _i, out, captured=captured):
+            out.retain_grad()
+            captured["e_d"] = out
+
+        handle = trainer.policy.expert_diamond.register_forward_hook(keep)
+        n = obs.shape[0]
+        labels = torch.tensor([U, D] * (n // 2))
+        loss, _ = trainer.loss(obs, torch.zeros(n, dtype=torch.long), torch.zeros(n),
+                               torch.ones(n), torch.zeros(n), labels, torch.ones(n))
+        loss.backward()
+        handle.remove()
+        grads[k] = captured["e_d"].grad
+        gate = trainer.policy.gate_value(obs).detach()
+    unl = labels == U
+    ratio = grads[3.0][unl].norm(dim=1) / grads[1.0][unl].norm(dim=1)
+    torch.testing.assert_close(ratio, gate[unl] ** 2, rtol=1e-4, atol=1e-6)
+    # labelled steps are untouched by the option
+    torch.testing.assert_close(grads[3.0][~unl], grads[1.0][~unl])
