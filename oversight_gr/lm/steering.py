@@ -123,6 +123,19 @@ def sample(model: GPT, tokenizer, prompt: str, n_new: int, seed: int, layers: Se
     return tokenizer.decode(out[0, len(ids):].tolist())
 
 
+def _residuals(model: GPT, idx: Tensor, layers: Sequence[int]) -> list[Tensor]:
+    """Residual stream ``[B, T, d]`` after each of ``layers`` (forward hooks, no edits)."""
+    out: list[Tensor] = []
+    handles = [model.blocks[i].register_forward_hook(lambda _m, _i, o: out.append(o[0]))
+               for i in layers]
+    try:
+        model(idx)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def run_steering(cfg: SteerConfig, gpt: GPTConfig, era_cfg: ERAConfig | None = None,
                  data: LMData | None = None) -> dict:
     """Train, inspect and sample; returns a JSON-ready dict."""
@@ -131,9 +144,19 @@ def run_steering(cfg: SteerConfig, gpt: GPTConfig, era_cfg: ERAConfig | None = N
     model, tid, layers = train_steered(cfg, gpt, data, era_cfg.torch_device)
     near = closest_tokens(model, data.tokenizer, cfg.top)
     tok = data.tokenizer
+    with torch.no_grad():
+        w = model.lm_head.weight * model.ln_f.weight[None, :]
+        cos = w[:, 0] / w.norm(dim=1).clamp_min(1e-12)
+        own_rank = int((cos > cos[tid]).sum()) + 1
+        # scale of dimension 0 in the routed layers, to read the steering strength against
+        x, _ = data.val_retain.windows(model.cfg.ctx, 8)
+        model.eval()
+        resid = _residuals(model, x.to(next(model.parameters()).device), layers)
+        dim0_std = float(torch.stack([r[..., 0].std() for r in resid]).mean())
     count = lambda text: text.count(cfg.token.strip())  # noqa: E731
     plain = sample(model, tok, cfg.prompt, cfg.n_new, cfg.seed, layers, 0.0)
     steered = sample(model, tok, cfg.prompt, cfg.n_new, cfg.seed, layers, cfg.strength)
     return {"token": cfg.token, "token_id": tid, "layers": list(layers), "closest": near,
+            "token_cos_e0": float(cos[tid]), "token_rank_e0": own_rank, "dim0_std": dim0_std,
             "unsteered": plain, "steered": steered,
             "token_count_unsteered": count(plain), "token_count_steered": count(steered)}
