@@ -85,7 +85,7 @@ class _Timing(BaseCallback):
         return True
 
 
-def run_sb3(cfg: TrainConfig) -> dict:
+def run_sb3(cfg: TrainConfig, rollout_norm: bool = False) -> dict:
     minibatch = cfg.num_envs * cfg.rollout_steps // cfg.resolved("minibatches")
     model = RoutedPPO(
         "MoEPolicy",
@@ -105,6 +105,8 @@ def run_sb3(cfg: TrainConfig) -> dict:
         max_grad_norm=cfg.resolved("max_grad_norm"),
         gate_loss_coef=cfg.resolved("gate_loss_coef"),
         policy_kwargs={"hidden": cfg.hidden, "gate_input": cfg.gate_input},
+        normalize_advantage=not rollout_norm,
+        rollout_buffer_kwargs={"normalize_advantage": rollout_norm},
         seed=cfg.seed,
         device=cfg.device,
     )
@@ -115,6 +117,16 @@ def run_sb3(cfg: TrainConfig) -> dict:
     timing.bar.close()
     return {"env_steps": model.num_timesteps, "train_s": wall, "collect_s": timing.collect_s,
             "returns": _evaluate(model.policy.actor, cfg.oversight_prob, cfg.seed)}
+
+
+def run_sb3_rollout_norm(cfg: TrainConfig) -> dict:
+    return run_sb3(cfg, rollout_norm=True)
+
+
+#: the configuration fields that put runs in the same table
+GROUP_BY = ("method", "algo", "oversight_prob", "hidden", "num_envs", "rollout_steps", "threads",
+            "device")
+TRAINERS = {"native": run_native, "sb3": run_sb3, "sb3_rollout_norm": run_sb3_rollout_norm}
 
 
 def _host(note: str) -> str:
@@ -145,8 +157,9 @@ def _summary(rs: list[dict]) -> dict[str, float]:
 def _table(runs: list[dict]) -> list[str]:
     """One table for runs made on the same host with the same configuration."""
     cfg, host = runs[0]["config"], runs[0]["host"]
-    results = {name: sorted((r for run in runs for r in run["results"][name]),
-                            key=lambda r: r["seed"]) for name in ("native", "sb3")}
+    names = [n for n in TRAINERS if any(n in run["results"] for run in runs)]
+    results = {name: sorted((r for run in runs for r in run["results"].get(name, [])),
+                            key=lambda r: r["seed"]) for name in names}
     seeds = [r["seed"] for r in results["native"]]
     lines = ["Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)),
              "",
@@ -159,7 +172,7 @@ def _table(runs: list[dict]) -> list[str]:
              "| trainer | seed | steered diamond | learned gate | steered ghost | "
              "train env steps/s | rollout env steps/s |",
              "|---|---|---|---|---|---|---|"]
-    for name in ("native", "sb3"):
+    for name in names:
         for r in results[name]:
             ret = r["returns"]
             lines.append(f"| {name} | {r['seed']} | {ret['diamond']:.3f} | {ret['none']:.3f} | "
@@ -170,13 +183,16 @@ def _table(runs: list[dict]) -> list[str]:
         sd = "" if s["diamond_sd"] != s["diamond_sd"] else f" (sd {s['diamond_sd']:.3f})"
         lines.append(f"| **{name} mean** | | **{s['diamond']:.3f}**{sd} | {s['none']:.3f} | "
                      f"{s['ghost']:.3f} | {s['sps']:,.0f} | {s['rollout_sps']:,.0f} |")
-    gap = summary["sb3"]["diamond"] - summary["native"]["diamond"]
-    sb3, native = summary["sb3"], summary["native"]
-    lines += ["",
-              f"Mean steered (diamond) return, SB3 minus native: **{gap:+.3f}** "
-              f"({'within' if abs(gap) <= 0.1 else 'NOT within'} 0.1). Training throughput "
-              f"SB3 / native: {sb3['sps'] / native['sps']:.2f}x; "
-              f"rollouts alone: {sb3['rollout_sps'] / native['rollout_sps']:.2f}x."]
+    lines.append("")
+    native = summary["native"]
+    for name in names[1:]:
+        other = summary[name]
+        gap = other["diamond"] - native["diamond"]
+        lines.append(
+            f"- {name}: mean steered (diamond) return minus native's **{gap:+.3f}** "
+            f"({'within' if abs(gap) <= 0.1 else 'NOT within'} 0.1); training throughput "
+            f"{other['sps'] / native['sps']:.2f}x native's, rollouts alone "
+            f"{other['rollout_sps'] / native['rollout_sps']:.2f}x.")
     return lines
 
 
@@ -191,13 +207,17 @@ def _markdown(runs: list[dict], merge_command: str | None) -> str:
         "(`oversight_gr.agents.evaluation.evaluate`, 512 envs x 32 steps, gamma 0.97, sampled "
         "actions, evaluation seed 10000 + seed) with the gate steered to the diamond expert, "
         "learned, or steered to the ghost expert. Steps/s count env steps over the whole "
-        "training loop (rollouts + updates) and over the rollouts alone.",
+        "training loop (rollouts + updates) and over the rollouts alone. `sb3` normalises "
+        "advantages per minibatch (SB3's PPO); `sb3_rollout_norm` over the whole rollout, as "
+        "the native trainer does (`normalize_advantage=False, "
+        "rollout_buffer_kwargs={\"normalize_advantage\": True}`).",
     ]
     if merge_command:
         lines += ["", f"Report: `{merge_command}`"]
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        groups.setdefault(json.dumps([run["host"], run["config"]], sort_keys=True), []).append(run)
+        key = [run["host"]] + [run["config"][k] for k in GROUP_BY]
+        groups.setdefault(json.dumps(key), []).append(run)
     for group in groups.values():
         lines += [""] + _table(group)
     return "\n".join(lines)
@@ -212,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rollout-steps", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trainers", nargs="+", choices=tuple(TRAINERS),
+                        default=["native", "sb3"])
     parser.add_argument("--note", default="shared with other work",
                         help="said about the machine in the report")
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
@@ -231,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
                           total_env_steps=args.steps, hidden=args.hidden,
                           num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                           threads=args.threads)
-        results: dict[str, list] = {"native": [], "sb3": []}
+        results: dict[str, list] = {name: [] for name in args.trainers}
         for seed in args.seeds:
-            for name, fn in (("native", run_native), ("sb3", run_sb3)):
-                r = {"seed": seed, **fn(dataclasses.replace(cfg, seed=seed))}
+            for name in args.trainers:
+                r = {"seed": seed, **TRAINERS[name](dataclasses.replace(cfg, seed=seed))}
                 results[name].append(r)
                 print(name, json.dumps(r), flush=True)
         run = {"command": command, "host": _host(args.note),

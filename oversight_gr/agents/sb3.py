@@ -178,6 +178,13 @@ class RoutedRolloutBuffer(RolloutBuffer):
 
     route_labels: np.ndarray  # [n_steps, n_envs] int64 (flattened to [n_steps * n_envs, 1] by get)
 
+    def __init__(self, *args: Any, normalize_advantage: bool = False, **kwargs: Any):
+        # The native trainer normalises advantages over the whole rollout; SB3's PPO per
+        # minibatch. rollout_buffer_kwargs={"normalize_advantage": True} with PPO's
+        # normalize_advantage=False gives the native behaviour.
+        self.normalize_advantage = normalize_advantage
+        super().__init__(*args, **kwargs)
+
     def reset(self) -> None:
         super().reset()
         shape = (self.buffer_size, self.n_envs)
@@ -201,6 +208,9 @@ class RoutedRolloutBuffer(RolloutBuffer):
 
     def compute_returns_and_advantage(self, last_values: Tensor, dones: np.ndarray) -> None:
         super().compute_returns_and_advantage(last_values, dones)
+        if self.normalize_advantage:  # after the returns were taken from the raw advantages
+            adv = self.advantages
+            self.advantages = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
         if self._recorded != self.buffer_size:
             raise RuntimeError(
                 f"route labels were recorded for {self._recorded} of {self.buffer_size} steps; "
@@ -438,6 +448,10 @@ class RoutedPPO(PPO):
             native PPO default 0.3).
         n_envs, env_kwargs: used only when ``env`` is an id string.
 
+    Advantages are normalised per minibatch, as in SB3. For the native trainer's normalisation
+    over the whole rollout pass ``normalize_advantage=False,
+    rollout_buffer_kwargs={"normalize_advantage": True}``.
+
     The label of an episode applies to all its steps in the rollout; steps of an episode that
     has not ended when the rollout does train both experts and the gate (as natively).
     """
@@ -480,6 +494,12 @@ class RoutedPPO(PPO):
                 f"rollout_buffer_class must subclass RoutedRolloutBuffer, got {buffer_class!r}"
             )
         kwargs["rollout_buffer_class"] = buffer_class
+        if (kwargs.get("rollout_buffer_kwargs") or {}).get("normalize_advantage") and \
+                kwargs.get("normalize_advantage", True):
+            raise ValueError(
+                "rollout_buffer_kwargs normalize_advantage=True (over the rollout, as natively) "
+                "needs PPO's normalize_advantage=False (per minibatch); pick one"
+            )
         super().__init__(policy, env, *args, **kwargs)
         if not issubclass(self.policy_class, RoutedMoEPolicy):
             raise ValueError(

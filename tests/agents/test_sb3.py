@@ -15,7 +15,7 @@ sb3 = pytest.importorskip("stable_baselines3")
 
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
-from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
 from oversight_gr.agents.methods import (  # noqa: E402
@@ -43,13 +43,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _tiny(env="OversightGrid-v0", **kw):
+def _tiny(**kw):
     args = dict(n_envs=16, n_steps=8, batch_size=128, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"hidden": 16}, env_kwargs={"oversight_prob": 0.5})
-    args.update(kw)
-    if not isinstance(env, str):
-        args.pop("n_envs"), args.pop("env_kwargs")
-    return RoutedPPO("MoEPolicy", env, **args)
+    return RoutedPPO("MoEPolicy", "OversightGrid-v0", **(args | kw))
 
 
 # -- the adapter ---------------------------------------------------------------------------------
@@ -84,6 +81,25 @@ def test_adapter_matches_native_vector_env_with_sb3_semantics():
     assert seen_trunc and seen_term
     assert adapter.get_attr("render_mode") == [None] * 8
     assert adapter.env_is_wrapped(gym.Wrapper) == [False] * 8
+
+
+def test_fast_monitor_records_what_vec_monitor_records():
+    fast = make_sb3_vec_env("OversightGrid-v0", 32)
+    assert isinstance(fast, VecMonitor)  # evaluate_policy and the ep_* logs recognise it
+    slow = VecMonitor(make_sb3_vec_env("OversightGrid-v0", 32, monitor=False))
+    fast.seed(3), slow.seed(3)
+    fast.reset(), slow.reset()
+    rng = np.random.default_rng(1)
+    episodes = 0
+    for _ in range(60):
+        actions = rng.integers(0, 4, size=32)
+        for a, b in zip(fast.step(actions)[3], slow.step(actions)[3]):
+            assert a.keys() == b.keys()
+            if "episode" in a:
+                assert (a["episode"]["r"], a["episode"]["l"]) == (b["episode"]["r"],
+                                                                  b["episode"]["l"])
+                episodes += 1
+    assert episodes > 0 and fast.episode_count == slow.episode_count == episodes
 
 
 def test_adapter_rejects_next_step_autoreset():
@@ -313,6 +329,28 @@ def test_sb3_train_step_gives_the_native_routed_gradient():
     assert set(native) == set(grads[0])
     for name, g in native.items():
         torch.testing.assert_close(grads[0][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_rollout_advantage_normalisation_matches_the_native_one():
+    model = _tiny(normalize_advantage=False, rollout_buffer_kwargs={"normalize_advantage": True})
+    raw = []
+
+    class Raw(BaseCallback):
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            buf = self.model.rollout_buffer
+            raw.append(torch.from_numpy(buf.returns - buf.values))
+
+    model.learn(128, callback=Raw())
+    adv = raw[0]  # returns - values = the raw GAE advantages
+    expected = (adv - adv.mean()) / (adv.std() + 1e-8)  # Trainer.update's normalisation
+    # the buffer was flattened by get(); put it back to [T, B]
+    got = model.rollout_buffer.advantages.reshape(16, 8).T
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pick one"):
+        _tiny(rollout_buffer_kwargs={"normalize_advantage": True})
 
 
 def test_add_to_loss_adds_the_extra_term_once():
