@@ -43,7 +43,10 @@ def verdict(rows) -> list[str]:
             (em, ec), (fm, fc) = r[key], f[key]
             diff = em - fm
             ci = math.sqrt((0 if math.isnan(ec) else ec) ** 2 + (0 if math.isnan(fc) else fc) ** 2)
-            if diff - ci > 0:
+            if math.isnan(ec) or math.isnan(fc):
+                word = "ERA higher" if diff > 0 else "ERA lower"
+                word += " (one seed: no confidence interval)"
+            elif diff - ci > 0:
                 word = "ERA > filtering (holds)"
             elif diff + ci < 0:
                 word = "ERA < filtering (reversed)"
@@ -91,7 +94,8 @@ def main(argv: list[str]) -> int:
     wall = time.time() - start + (json.loads(wall_file.read_text())["wall_s"]
                                   if wall_file.exists() else 0.0)
     wall_file.write_text(json.dumps({"wall_s": wall}))
-    records = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*_s*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*_s*.json"))
+               if p.name != "wall_s.json"]
     cfg = json.loads((Path(args.out) / "config.json").read_text())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     wanted = set(E.plan_runs(args.q, seeds, args.methods))
