@@ -15,6 +15,11 @@ steps, ``steps + finetune_steps``):
 * ``expand_control``: the same expansion, L1, ablation and fine-tune without routing.
 * ``filter``: data filtering: train without the labelled forget documents.
 * ``plain``: ordinary training on everything.
+* ``rmu``: Representation Misdirection for Unlearning after ordinary training: for
+  ``finetune_steps`` the MLPs of blocks ``0..rmu_layer`` are tuned so that the residual stream
+  after block ``rmu_layer`` on labelled forget documents moves to a fixed random direction
+  (``rmu_scale`` times its usual norm) while on the other documents it stays where the frozen
+  trained model had it (weight ``rmu_alpha``).
 
 Partial labels: only a fraction ``q`` of the training forget documents are labelled (the first
 ``round(q * n)`` of a per-seed permutation, so labels are nested across ``q``); unlabelled forget
@@ -53,7 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ERAConfig", "LMData", "prepare_data", "train", "evaluate", "retrain_attack",
            "run_method", "summarize", "markdown_table", "plot_forget_retain", "METHODS"]
 
-METHODS = ("era", "filter", "plain", "expand_control")
+METHODS = ("era", "filter", "plain", "expand_control", "rmu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,10 @@ class ERAConfig:
     route_floor: float = option(
         0.3, "with --soften, a labelled forget token is routed with strength "
         "floor + (1 - floor) * specificity (1 = no softening)", low=0.0, high=1.0)
+    rmu_layer: int = option(1, "RMU: block whose output residual is misdirected", low=0)
+    rmu_scale: float = option(5.0, "RMU: target norm, in units of the residual's mean norm",
+                              low=0.0)
+    rmu_alpha: float = option(10.0, "RMU: weight of the retain-preservation term", low=0.0)
     attack_docs: int = option(32, "held-out forget documents the attacker fine-tunes on", low=1)
     attack_steps: int = option(20, "attack fine-tune steps", low=1)
     attack_repeats: int = option(3, "independent attacks (minimum forget loss is reported)",
@@ -324,6 +333,39 @@ def era_route_fn(model_widths: Mapping[int, int], new_units: Mapping[int, slice]
     return route
 
 
+def rmu_unlearn(model: GPT, forget: lm_data.TokenStream, retain: lm_data.TokenStream,
+                cfg: ERAConfig, generator: torch.Generator) -> list[float]:
+    """RMU (see the module docstring) in place; returns the loss per step."""
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    layer, ctx = cfg.rmu_layer, model.cfg.ctx
+    params = [p for i in range(layer + 1) for p in model.blocks[i].mlp.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.finetune_lr, weight_decay=0.0)
+    dev = next(model.parameters()).device
+    u = torch.rand(model.cfg.d_model, generator=generator)
+    u = (u / u.norm()).to(dev)
+    with torch.no_grad():
+        x, *_ = retain.batch(cfg.batch_size, ctx, generator)
+        norm = frozen.residual(x, layer).norm(dim=-1).mean()
+    target = cfg.rmu_scale * norm * u
+    losses = []
+    model.train()
+    for _ in range(cfg.finetune_steps):
+        xf, *_ = forget.batch(cfg.batch_size, min(ctx, len(forget) - 2), generator)
+        xr, *_ = retain.batch(cfg.batch_size, ctx, generator)
+        with torch.no_grad():
+            hr0 = frozen.residual(xr, layer)
+        lf = (model.residual(xf, layer) - target).square().sum(-1).mean()
+        lr_ = (model.residual(xr, layer) - hr0).square().sum(-1).mean()
+        loss = (lf + cfg.rmu_alpha * lr_) / norm.square()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig, data: LMData,
                callback: Callable[[str, int, float], None] | None = None) -> dict:
     """Train, ablate, fine-tune and attack one model; returns a JSON-ready record."""
@@ -348,6 +390,21 @@ def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig,
         f, r = ev(model)
         rec.update(pre_forget=f, pre_retain=r, ablated_forget=f, ablated_retain=r,
                    final_forget=f, final_retain=r)
+    elif method == "rmu":
+        if cfg.rmu_layer >= gpt.n_layer:
+            raise ValueError(f"ERAConfig.rmu_layer {cfg.rmu_layer} must be < n_layer {gpt.n_layer}")
+        train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, callback=cb("train"),
+              **common)
+        rec["pre_forget"], rec["pre_retain"] = ev(model)
+        rec["ablated_forget"], rec["ablated_retain"] = rec["pre_forget"], rec["pre_retain"]
+        if cfg.finetune_steps and labelled.any():
+            forget = data.train_stream(labelled, drop_labelled=False)
+            keep = forget.labelled
+            forget = lm_data.TokenStream(forget.tokens[keep], forget.forget[keep],
+                                         forget.labelled[keep]).to(device)
+            retain = data.train_stream(labelled, drop_labelled=True).to(device)
+            rmu_unlearn(model, forget, retain, cfg, gen)
+        rec["final_forget"], rec["final_retain"] = ev(model)
     else:
         new = model.expand_mlp(cfg.expand_layers, cfg.expand_k,
                                generator=torch.Generator().manual_seed(seed + 1), out_std=0.02)
@@ -512,6 +569,13 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     conf_path = out / "config.json"
     if conf_path.exists():
         old = json.loads(conf_path.read_text())
+        # a field added since the folder was written stands at its default there
+        for part, cls in (("era", ERAConfig), ("gpt", GPTConfig)):
+            for f in dataclasses.fields(cls):
+                if f.name not in old.get(part, {}) and f.name != "device":
+                    default = (f.default if f.default is not dataclasses.MISSING
+                               else f.default_factory())
+                    old.setdefault(part, {})[f.name] = json.loads(json.dumps(default))
         if old != json.loads(json.dumps(conf)):
             raise ValueError(f"{out} holds results of another configuration; choose another --out")
     else:

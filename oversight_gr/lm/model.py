@@ -200,6 +200,14 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         return (logits, hidden) if return_hidden else logits
 
+    def residual(self, idx: Tensor, layer: int) -> Tensor:
+        """The residual stream ``[B, T, d]`` after block ``layer`` (later blocks not run)."""
+        B, T = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+        for block in self.blocks[: layer + 1]:
+            x, _ = block(x)
+        return x
+
     def expand_mlp(self, layers: Sequence[int], k: int, generator: torch.Generator | None = None,
                    out_std: float = 0.0) -> dict[int, slice]:
         """Add ``k`` MLP units to each of ``layers``; returns ``{layer: slice of new units}``."""

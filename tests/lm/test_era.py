@@ -122,7 +122,7 @@ def test_config_validation():
 def test_tiny_end_to_end_era_and_resume(data, tmp_path):
     cfg = E.ERAConfig(**TINY_ERA)
     recs = E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path, data=data)
-    assert len(recs) == len(E.plan_runs([0.5], [0])) == 4
+    assert len(recs) == len(E.plan_runs([0.5], [0])) == 5
     era = next(r for r in recs if r["method"] == "era" and r["q"] == 0.5)
     for key in ("pre_forget", "ablated_forget", "final_forget", "final_retain", "attack_forget"):
         assert np.isfinite(era[key])
@@ -137,12 +137,35 @@ def test_tiny_end_to_end_era_and_resume(data, tmp_path):
         [json.dumps(r, sort_keys=True) for r in recs]
     with pytest.raises(ValueError, match="another configuration"):
         E.run_grid(E.ERAConfig(**{**TINY_ERA, "steps": 7}), TINY_GPT, [0.5], [0], tmp_path)
+    # a folder written before a config field existed resumes if the field is at its default
+    conf = json.loads((tmp_path / "config.json").read_text())
+    del conf["era"]["rmu_alpha"]
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert len(E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path)) == 5
+    with pytest.raises(ValueError, match="another configuration"):
+        E.run_grid(E.ERAConfig(**{**TINY_ERA, "rmu_alpha": 3.0}), TINY_GPT, [0.5], [0], tmp_path)
 
 
-def test_era_model_loses_new_units_after_ablation(data):
-    cfg = E.ERAConfig(**TINY_ERA)
-    rec = E.run_method("era", 1.0, 0, cfg, TINY_GPT, data)
-    assert rec["method"] == "era" and rec["forget_fraction_labelled"] == 1.0
+def test_rmu_moves_forget_residual_and_keeps_retain(data):
+    torch.manual_seed(0)
+    cfg = E.ERAConfig(**{**TINY_ERA, "finetune_steps": 30, "finetune_lr": 3e-3})
+    model = GPT(TINY_GPT.__class__(**{**TINY_GPT.__dict__, "vocab_size": data.vocab_size}))
+    lab = data.labels(1.0, 0)
+    full = data.train_stream(lab)
+    forget = D.TokenStream(full.tokens[full.labelled], full.forget[full.labelled],
+                           full.labelled[full.labelled])
+    retain = data.train_stream(lab, drop_labelled=True)
+    before = [p.clone() for p in model.blocks[1].parameters()]
+    losses = E.rmu_unlearn(model, forget, retain, cfg, torch.Generator().manual_seed(0))
+    assert losses[-1] < losses[0]
+    # only MLPs of blocks 0..rmu_layer are tuned (rmu_layer = 1: attention of block 1 stays)
+    assert torch.equal(model.blocks[1].qkv.weight, before[2])
+
+
+def test_rmu_record(data):
+    rec = E.run_method("rmu", 1.0, 0, E.ERAConfig(**TINY_ERA), TINY_GPT, data)
+    assert rec["method"] == "rmu" and rec["forget_fraction_labelled"] == 1.0
+    assert rec["attack_forget"] <= rec["final_forget"]
 
 
 def test_jsonl_corpus(tmp_path):
