@@ -23,7 +23,6 @@ import platform
 import shlex
 import shutil
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,19 +57,34 @@ def hardware(device: str) -> str:
 
 def budget_line(sweep: sweep_mod.SweepConfig, specs) -> str:
     t = specs[0].cfg
+    per_update = t.num_envs * t.rollout_steps
+    updates = -(-t.total_env_steps // per_update)
     return (f"{len(specs)} runs = {len(sweep.preset_value('methods'))} methods x "
             f"{len(sweep.preset_value('oversight'))} oversight levels x "
             f"{sweep.preset_value('seeds')} seeds x {len(sweep.preset_value('algos'))} "
-            f"algorithm(s); each run {t.total_env_steps:,} env steps ({t.num_envs} envs x "
+            f"algorithm(s); each run {t.total_env_steps:,} env steps requested, "
+            f"{updates:,} updates = {updates * per_update:,} trained ({t.num_envs} envs x "
             f"{t.rollout_steps} steps per update, hidden {t.hidden}, gate input "
             f"{t.gate_input}, bootstrap {t.bootstrap}), learning-curve evaluation every "
             f"{t.eval_every:,} steps on {t.eval_envs} envs; all methods train the same env "
             "steps (the oracle is additionally charged steps x p on the curve axis).")
 
 
-def section(sweep, specs, records, claims_by_algo, tables, figures, command, wall, load) -> str:
+def sweep_span(records) -> float:
+    """Seconds from the first run's start to the last run's end (from the records)."""
+    ends = [datetime.strptime(r["finished_at"], "%Y-%m-%dT%H:%M:%SZ").timestamp()
+            for r in records]
+    starts = [e - r["wall_seconds"] for e, r in zip(ends, records)]
+    return max(ends) - min(starts)
+
+
+def section(sweep, specs, records, claims_by_algo, tables, figures, command, load) -> str:
     v = versions()
     n_runs = len(records)
+    load_text = (f" The machine was shared with other jobs (load average {load[0]:.1f} at "
+                 f"start, {load[1]:.1f} at end of the sweep), so wall-clock numbers are upper "
+                 "bounds." if load else " The machine was shared with other jobs, so "
+                 "wall-clock numbers are upper bounds.")
     lines = [
         f"## Oversight sweep (`{sweep.preset}` preset)",
         "",
@@ -80,13 +94,13 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, wal
         "",
         f"- Budget: {budget_line(sweep, specs)}",
         f"- Finished runs in this report: {n_runs} of {len(specs)}.",
-        f"- Wall clock: {wall / 60:.1f} min for the runs done by this invocation (summed "
-        f"training time of all reported runs: {sum(r['wall_seconds'] for r in records) / 60:.1f}"
-        f" min), backend "
+        f"- Wall clock: {sweep_span(records) / 60:.1f} min from the first run's start to the "
+        f"last run's end (summed training time of all runs: "
+        f"{sum(r['wall_seconds'] for r in records) / 60:.1f} min), backend "
         f"`{sweep.backend}` with {sweep.workers} worker(s), device `{sweep.device}`, "
-        f"{sweep.threads} torch thread(s) per run. The machine was shared with other jobs "
-        f"(load average {load[0]:.1f} at start, {load[1]:.1f} at end), so wall-clock numbers "
-        "are upper bounds; the per-run `wall s/run` column is the mean training time per run.",
+        f"{sweep.threads} torch thread(s) per run; the `wall s/run` column is the mean "
+        "training time of one run (evaluations included; MoE methods evaluate three gate "
+        "settings, single-expert methods one)." + load_text,
         f"- Hardware: {hardware(sweep.device)}.",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "- Metric: the paper's average stepwise ground-truth return (512 envs x 32 steps, gamma "
@@ -104,6 +118,13 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, wal
     lines += ["### Paper claims (PAPER.md §2) at this budget", "",
               plots.claims_markdown([c for a in ("reinforce", "ppo") for c in claims_by_algo[a]]),
               ""]
+    steps = specs[0].cfg.total_env_steps
+    paper_steps = sweep_mod.PRESETS["paper"]["train"]["total_env_steps"]
+    if steps < paper_steps:
+        lines += [f"These runs train {steps:,} env steps each, {100 * steps / paper_steps:.2g}% "
+                  f"of the paper's {paper_steps:,}: \"not reproduced\" means not at this "
+                  "budget; claims about converged behaviour (the naive exploit, the asymptote "
+                  "gap) need longer runs.", ""]
     lines += [
         "Claims about REINFORCE at the paper's length (20,000 updates, 328M env steps per run) "
         "need `--preset paper`; on this 2-core CPU one such run takes about 3 h, so those rows "
@@ -123,17 +144,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sweep = sweep_mod.sweep_from_arguments(args)
     specs = sweep_mod.build_specs(sweep)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # the command that reproduces the section runs the sweep; --report-only only rebuilds it
     command = "python benchmarks/oversight_sweep.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+        [a for a in given if a != "--report-only"])
     load_start = os.getloadavg()[0]
-    t0 = time.perf_counter()
     rc = 0
     if not args.report_only and not args.dry_run:
         run_args = argparse.Namespace(**{**vars(args), "report": False})
         rc = sweep_mod.command(run_args)
     elif args.dry_run:
         return sweep_mod.command(args)
-    wall = time.perf_counter() - t0
     records = list(sweep_mod.finished_records(sweep.out, specs).values())
     if not records:
         print("no finished runs to report")
@@ -158,8 +179,8 @@ def main(argv=None) -> int:
             algo = next((a for a in algos if f"_{a}" in path.stem), None)
             if path.suffix == ".png" and algo is not None:
                 figures[algo].append(dest)
-        md = section(sweep, specs, records, claims, tables, figures, command, wall,
-                     (load_start, os.getloadavg()[0]))
+        load = None if args.report_only else (load_start, os.getloadavg()[0])
+        md = section(sweep, specs, records, claims, tables, figures, command, load)
         print(f"wrote {update_section('oversight_sweep', md)}")
     return rc
 
