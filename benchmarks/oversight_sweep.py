@@ -34,7 +34,6 @@ from oversight_gr import sweep as sweep_mod  # noqa: E402
 from oversight_gr.agents.run import versions  # noqa: E402
 
 FIGURES = RESULTS.parent / "figures"
-PREFIX = "oversight_sweep_"
 
 
 def hardware(device: str) -> str:
@@ -78,7 +77,8 @@ def sweep_span(records) -> float:
     return max(ends) - min(starts)
 
 
-def section(sweep, specs, records, claims_by_algo, tables, figures, command, load) -> str:
+def section(sweep, specs, records, claims_by_algo, tables, figures, command, load,
+            title="") -> str:
     v = versions()
     n_runs = len(records)
     load_text = (f" The machine was shared with other jobs (load average {load[0]:.1f} at "
@@ -86,7 +86,7 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
                  "bounds." if load else " The machine was shared with other jobs, so "
                  "wall-clock numbers are upper bounds.")
     lines = [
-        f"## Oversight sweep (`{sweep.preset}` preset)",
+        f"## Oversight sweep (`{sweep.preset}` preset{title})",
         "",
         f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by",
         "",
@@ -139,6 +139,9 @@ def main(argv=None) -> int:
     sweep_mod.add_sweep_arguments(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="skip running; report the records already present")
+    parser.add_argument("--section", default="oversight_sweep",
+                        help="docs/RESULTS.md section and figure-name prefix (default: "
+                        "oversight_sweep; use another name for a second sweep)")
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                         help="write docs/RESULTS.md and docs/figures (default: on)")
     args = parser.parse_args(argv)
@@ -174,14 +177,15 @@ def main(argv=None) -> int:
         for path in written:
             if path.suffix not in (".png", ".svg"):
                 continue
-            dest = FIGURES / (PREFIX + path.name)
+            dest = FIGURES / f"{args.section}_{path.name}"
             shutil.copyfile(path, dest)
             algo = next((a for a in algos if f"_{a}" in path.stem), None)
             if path.suffix == ".png" and algo is not None:
                 figures[algo].append(dest)
         load = None if args.report_only else (load_start, os.getloadavg()[0])
-        md = section(sweep, specs, records, claims, tables, figures, command, load)
-        print(f"wrote {update_section('oversight_sweep', md)}")
+        title = "" if args.section == "oversight_sweep" else f", {args.section}"
+        md = section(sweep, specs, records, claims, tables, figures, command, load, title)
+        print(f"wrote {update_section(args.section, md)}")
     return rc
 
 
