@@ -52,7 +52,7 @@ def _evaluate(actor, p: float, seed: int) -> dict[str, float]:
             for s in STEERS}
 
 
-def run_native(cfg: TrainConfig) -> dict:
+def run_native(cfg: TrainConfig, evaluate_returns: bool = True) -> dict:
     trainer = Trainer(cfg)
     collect_s = 0.0
     t0 = time.perf_counter()
@@ -62,8 +62,10 @@ def run_native(cfg: TrainConfig) -> dict:
         collect_s += time.perf_counter() - t1
         trainer.update(ro)
     wall = time.perf_counter() - t0
-    return {"env_steps": trainer.env_steps, "train_s": wall, "collect_s": collect_s,
-            "returns": _evaluate(trainer.policy, cfg.oversight_prob, cfg.seed)}
+    out = {"env_steps": trainer.env_steps, "train_s": wall, "collect_s": collect_s}
+    if evaluate_returns:
+        out["returns"] = _evaluate(trainer.policy, cfg.oversight_prob, cfg.seed)
+    return out
 
 
 class _Timing(BaseCallback):
@@ -85,7 +87,7 @@ class _Timing(BaseCallback):
         return True
 
 
-def run_sb3(cfg: TrainConfig, rollout_norm: bool = False) -> dict:
+def run_sb3(cfg: TrainConfig, evaluate_returns: bool = True, rollout_norm: bool = False) -> dict:
     minibatch = cfg.num_envs * cfg.rollout_steps // cfg.resolved("minibatches")
     model = RoutedPPO(
         "MoEPolicy",
@@ -115,12 +117,14 @@ def run_sb3(cfg: TrainConfig, rollout_norm: bool = False) -> dict:
     model.learn(cfg.total_env_steps, callback=timing)
     wall = time.perf_counter() - t0
     timing.bar.close()
-    return {"env_steps": model.num_timesteps, "train_s": wall, "collect_s": timing.collect_s,
-            "returns": _evaluate(model.policy.actor, cfg.oversight_prob, cfg.seed)}
+    out = {"env_steps": model.num_timesteps, "train_s": wall, "collect_s": timing.collect_s}
+    if evaluate_returns:
+        out["returns"] = _evaluate(model.policy.actor, cfg.oversight_prob, cfg.seed)
+    return out
 
 
-def run_sb3_rollout_norm(cfg: TrainConfig) -> dict:
-    return run_sb3(cfg, rollout_norm=True)
+def run_sb3_rollout_norm(cfg: TrainConfig, evaluate_returns: bool = True) -> dict:
+    return run_sb3(cfg, evaluate_returns, rollout_norm=True)
 
 
 #: the configuration fields that put runs in the same table
@@ -196,6 +200,29 @@ def _table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _speed_table(runs: list[dict]) -> list[str]:
+    """Throughput-only runs: trainers alternated round by round, medians over rounds."""
+    cfg, host = runs[0]["config"], runs[0]["host"]
+    names = [n for n in TRAINERS if any(n in run["results"] for run in runs)]
+    rs = {n: [r for run in runs for r in run["results"].get(n, [])] for n in names}
+    med = {n: (statistics.median(r["env_steps"] / r["train_s"] for r in rs[n]),
+               statistics.median(r["env_steps"] / r["collect_s"] for r in rs[n])) for n in names}
+    lines = ["Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in runs)),
+             "",
+             f"Speed only: {len(rs[names[0]])} rounds, the trainers alternating within each "
+             f"round, {rs[names[0]][0]['env_steps']:,} env steps per run, {cfg['num_envs']} "
+             f"envs x {cfg['rollout_steps']} steps per update, hidden {cfg['hidden']}, "
+             f"{cfg['threads']} torch thread; {host}. Medians over rounds.",
+             "",
+             "| trainer | train env steps/s | rollout env steps/s | train vs native | "
+             "rollout vs native |",
+             "|---|---|---|---|---|"]
+    for n in names:
+        lines.append(f"| {n} | {med[n][0]:,.0f} | {med[n][1]:,.0f} | "
+                     f"{med[n][0] / med['native'][0]:.2f}x | {med[n][1] / med['native'][1]:.2f}x |")
+    return lines
+
+
 def _markdown(runs: list[dict], merge_command: str | None) -> str:
     lines = [
         "## stable-baselines3 RoutedPPO vs the native trainer",
@@ -216,10 +243,11 @@ def _markdown(runs: list[dict], merge_command: str | None) -> str:
         lines += ["", f"Report: `{merge_command}`"]
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        key = [run["host"]] + [run["config"][k] for k in GROUP_BY]
+        key = [run.get("kind", "learn"), run["host"]] + [run["config"][k] for k in GROUP_BY]
         groups.setdefault(json.dumps(key), []).append(run)
     for group in groups.values():
-        lines += [""] + _table(group)
+        lines += [""] + (_speed_table(group) if group[0].get("kind") == "speed"
+                         else _table(group))
     return "\n".join(lines)
 
 
@@ -234,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trainers", nargs="+", choices=tuple(TRAINERS),
                         default=["native", "sb3"])
+    parser.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
+                        help="measure throughput only (no evaluation): ROUNDS rounds, the "
+                             "trainers alternating within each round")
     parser.add_argument("--note", default="shared with other work",
                         help="said about the machine in the report")
     parser.add_argument("--json", type=Path, default=None, help="also write raw results here")
@@ -254,12 +285,14 @@ def main(argv: list[str] | None = None) -> None:
                           num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                           threads=args.threads)
         results: dict[str, list] = {name: [] for name in args.trainers}
-        for seed in args.seeds:
+        for seed in range(args.speed) if args.speed else args.seeds:
             for name in args.trainers:
-                r = {"seed": seed, **TRAINERS[name](dataclasses.replace(cfg, seed=seed))}
+                r = {"seed": seed, **TRAINERS[name](dataclasses.replace(cfg, seed=seed),
+                                                    evaluate_returns=not args.speed)}
                 results[name].append(r)
                 print(name, json.dumps(r), flush=True)
-        run = {"command": command, "host": _host(args.note),
+        run = {"command": command, "kind": "speed" if args.speed else "learn",
+               "host": _host(args.note),
                "config": {k: v for k, v in cfg.to_dict().items() if k != "seed"},
                "results": results}
         if args.json:
