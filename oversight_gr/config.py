@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str
         if f.name in skip or not f.metadata.get("flag", True):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
+        # argparse formats help with %-interpolation: a literal % must be doubled
+        help_text = f.metadata.get("help", "").replace("%", "%%")
         base = _base_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         shown = f" (default: {default})"

@@ -1,0 +1,41 @@
+"""Config dataclasses: validation errors and the generated command-line flags."""
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from oversight_gr.config import add_arguments, from_arguments, option, validate
+
+
+@dataclass(frozen=True)
+class Demo:
+    rate: float = option(0.5, "a rate in percent-ish terms: 50% by default", low=0.0, high=1.0)
+    mode: str = option("a", "one of a/b", choices=("a", "b"))
+    steps: int = option(3, "steps", low=1)
+    flag: bool = option(False, "a switch")
+    levels: tuple[float, ...] = option((0.1, 0.2), "levels")
+
+    def __post_init__(self):
+        validate(self)
+
+
+def test_validation_names_field_value_and_allowed():
+    with pytest.raises(ValueError, match=r"Demo.rate must be in \[0.0, 1.0\], got 1.5"):
+        Demo(rate=1.5)
+    with pytest.raises(ValueError, match=r"Demo.mode must be one of \['a', 'b'\], got 'c'"):
+        Demo(mode="c")
+    with pytest.raises(ValueError, match="Demo.steps must be an int"):
+        Demo(steps=2.5)
+    with pytest.raises(ValueError, match="Demo.flag must be true or false"):
+        Demo(flag="yes")
+
+
+def test_generated_flags_roundtrip_and_help_with_percent_sign():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Demo)
+    assert "50%" in parser.format_help()
+    ns = parser.parse_args(["--rate", "0.25", "--mode", "b", "--flag", "--levels", "0.3", "0.4"])
+    cfg = from_arguments(Demo, ns)
+    assert cfg == Demo(rate=0.25, mode="b", flag=True, levels=(0.3, 0.4))
+    assert from_arguments(Demo, parser.parse_args([])) == Demo()
