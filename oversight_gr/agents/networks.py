@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from oversight_gr.routing import two_expert_mixture
 
 __all__ = [
+    "orthogonal_init",
     "GATE_INPUTS",
     "STEER",
     "MoEOutput",
@@ -32,6 +33,21 @@ __all__ = [
 GATE_INPUTS = ("full", "no_oversight")
 #: gate steering at evaluation: fix the gate to 1 (diamond expert), 0 (ghost expert), or learned
 STEER = ("diamond", "ghost", "none")
+
+
+def orthogonal_init(module: nn.Module, head_gain: float = 0.01, out_gain: float = 1.0) -> None:
+    """CleanRL-style initialisation: orthogonal weights with gain sqrt(2) for hidden layers,
+    zero biases, and a small gain on the action head (a near-uniform initial policy)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(m.weight, gain=2**0.5)
+            nn.init.zeros_(m.bias)
+    head = getattr(module, "head", None)
+    if isinstance(head, nn.Linear):
+        nn.init.orthogonal_(head.weight, gain=head_gain)
+    net = getattr(module, "net", None)
+    if isinstance(net, nn.Sequential) and isinstance(net[-1], nn.Linear):
+        nn.init.orthogonal_(net[-1].weight, gain=out_gain)
 
 
 def _mlp(d_in: int, hidden: int, layers: int = 2) -> nn.Sequential:

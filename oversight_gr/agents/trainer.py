@@ -37,7 +37,14 @@ from oversight_gr.agents.methods import (
     route_labels,
     train_mask,
 )
-from oversight_gr.agents.networks import GATE_INPUTS, MoEPolicy, RouteWeights, SingleExpertPolicy, ValueNet
+from oversight_gr.agents.networks import (
+    GATE_INPUTS,
+    MoEPolicy,
+    RouteWeights,
+    SingleExpertPolicy,
+    ValueNet,
+    orthogonal_init,
+)
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.envs.core import GridRules, Outcome
 
@@ -105,6 +112,8 @@ class TrainConfig:
     seed: int = option(0, "seed for parameters, environments and sampling", low=0)
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
+    init: str = option("torch", "parameter initialisation: PyTorch's default, or 'orthogonal' "
+                       "(gain sqrt 2, action head 0.01)", choices=("torch", "orthogonal"))
     precision: str = option("fp32", "matrix-multiply precision: 'fp32', or 'bf16' autocast "
                             "(parameters and optimizer stay fp32)", choices=("fp32", "bf16"))
 
@@ -166,6 +175,9 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.policy = build_policy(cfg).to(self.device)
             self.value = ValueNet(cfg.size, cfg.hidden).to(self.device)
+            if cfg.init == "orthogonal":
+                orthogonal_init(self.policy)
+                orthogonal_init(self.value)
         params = list(self.policy.parameters()) + list(self.value.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.resolved("lr"), eps=1e-5)
         self.rules = GridRules(
