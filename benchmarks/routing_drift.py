@@ -35,8 +35,8 @@ VARIANTS = {
     "ent_0.03": {"ent_coef": 0.03},
     "lr_1e-3": {"lr": 1e-3},
     "hidden_128": {"hidden": 128},
-    "orthogonal_init": {"init": "orthogonal"},
-    "orthogonal_sharpen_3": {"init": "orthogonal", "unlabelled_sharpness": 3.0},
+    "torch_init": {"init": "torch"},
+    "torch_init_sharpen_3": {"init": "torch", "unlabelled_sharpness": 3.0},
     "sharpen_2": {"unlabelled_sharpness": 2.0},
     "sharpen_3": {"unlabelled_sharpness": 3.0},
 }

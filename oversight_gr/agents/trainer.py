@@ -112,7 +112,7 @@ class TrainConfig:
     seed: int = option(0, "seed for parameters, environments and sampling", low=0)
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
-    init: str = option("torch", "parameter initialisation: PyTorch's default, or 'orthogonal' "
+    init: str = option("orthogonal", "parameter initialisation: PyTorch's default ('torch') or 'orthogonal' "
                        "(gain sqrt 2, action head 0.01)", choices=("torch", "orthogonal"))
     precision: str = option("fp32", "matrix-multiply precision: 'fp32', or 'bf16' autocast "
                             "(parameters and optimizer stay fp32)", choices=("fp32", "bf16"))
