@@ -192,9 +192,12 @@ def _table(runs: list[dict]) -> list[str]:
     for name in names[1:]:
         other = summary[name]
         gap = other["diamond"] - native["diamond"]
+        se = (native["diamond_sd"] ** 2 / len(results["native"])
+              + other["diamond_sd"] ** 2 / len(results[name])) ** 0.5
         lines.append(
             f"- {name}: mean steered (diamond) return minus native's **{gap:+.3f}** "
-            f"({'within' if abs(gap) <= 0.1 else 'NOT within'} 0.1); training throughput "
+            f"({'within' if abs(gap) <= 0.1 else 'NOT within'} 0.1; standard error of the "
+            f"difference {se:.3f}); training throughput "
             f"{other['sps'] / native['sps']:.2f}x native's, rollouts alone "
             f"{other['rollout_sps'] / native['rollout_sps']:.2f}x.")
     return lines
@@ -248,6 +251,10 @@ def _markdown(runs: list[dict], merge_command: str | None) -> str:
     for group in groups.values():
         lines += [""] + (_speed_table(group) if group[0].get("kind") == "speed"
                          else _table(group))
+    if any(run.get("kind") == "speed" for run in runs) and len(groups) > 1:
+        lines += ["", "The steps/s of the learning runs were taken whenever each run happened to "
+                  "go, under the machine's changing load; the speed-only table, whose trainers "
+                  "alternate round by round, is the side-by-side comparison."]
     return "\n".join(lines)
 
 
