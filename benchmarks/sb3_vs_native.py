@@ -106,7 +106,8 @@ def run_sb3(cfg: TrainConfig, evaluate_returns: bool = True, rollout_norm: bool 
         vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.resolved("max_grad_norm"),
         gate_loss_coef=cfg.resolved("gate_loss_coef"),
-        policy_kwargs={"hidden": cfg.hidden, "gate_input": cfg.gate_input},
+        policy_kwargs={"hidden": cfg.hidden, "gate_input": cfg.gate_input,
+                       "ortho_init": getattr(cfg, "init", "torch") == "orthogonal"},
         normalize_advantage=not rollout_norm,
         rollout_buffer_kwargs={"normalize_advantage": rollout_norm},
         seed=cfg.seed,
@@ -129,8 +130,13 @@ def run_sb3_rollout_norm(cfg: TrainConfig, evaluate_returns: bool = True) -> dic
 
 #: the configuration fields that put runs in the same table
 GROUP_BY = ("method", "algo", "oversight_prob", "hidden", "num_envs", "rollout_steps", "threads",
-            "device")
+            "device", "init")
 TRAINERS = {"native": run_native, "sb3": run_sb3, "sb3_rollout_norm": run_sb3_rollout_norm}
+
+
+def _config(run: dict, key: str):
+    # runs recorded before TrainConfig had `init` used PyTorch's default initialisation
+    return run["config"].get(key, "torch" if key == "init" else None)
 
 
 def _host(note: str) -> str:
@@ -169,7 +175,8 @@ def _table(runs: list[dict]) -> list[str]:
              "",
              f"Routing, PPO, oversight p = {cfg['oversight_prob']}, hidden {cfg['hidden']}, "
              f"{cfg['num_envs']} envs x {cfg['rollout_steps']} steps per update, the native PPO "
-             f"defaults for both, {results['native'][0]['env_steps']:,} env steps per run, "
+             f"defaults for both, initialisation `{_config(runs[0], 'init')}` for both, "
+             f"{results['native'][0]['env_steps']:,} env steps per run, "
              f"seeds {', '.join(map(str, seeds))}, {cfg['threads']} torch thread per run; "
              f"{host}.",
              "",
@@ -246,7 +253,7 @@ def _markdown(runs: list[dict], merge_command: str | None) -> str:
         lines += ["", f"Report: `{merge_command}`"]
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        key = [run.get("kind", "learn"), run["host"]] + [run["config"][k] for k in GROUP_BY]
+        key = [run.get("kind", "learn"), run["host"]] + [_config(run, k) for k in GROUP_BY]
         groups.setdefault(json.dumps(key), []).append(run)
     for group in groups.values():
         lines += [""] + (_speed_table(group) if group[0].get("kind") == "speed"

@@ -72,7 +72,14 @@ from oversight_gr.agents.methods import (
     episode_labels,
     route_labels,
 )
-from oversight_gr.agents.networks import GATE_INPUTS, STEER, MoEPolicy, RouteWeights, ValueNet
+from oversight_gr.agents.networks import (
+    GATE_INPUTS,
+    STEER,
+    MoEPolicy,
+    RouteWeights,
+    ValueNet,
+    orthogonal_init,
+)
 from oversight_gr.envs.core import Outcome
 from oversight_gr.envs.registration import ENV_IDS
 
@@ -262,8 +269,10 @@ class RoutedMoEPolicy(ActorCriticPolicy):
     ``self.actor`` is a :class:`~oversight_gr.agents.networks.MoEPolicy` (so
     ``oversight_gr.agents.evaluation.evaluate(model.policy.actor, p, "diamond")`` works as for
     the native trainer), ``self.critic`` a :class:`~oversight_gr.agents.networks.ValueNet`.
-    Both use PyTorch's default initialisation, as the native trainer does (SB3's
-    ``net_arch``, ``activation_fn`` and ``ortho_init`` do not apply and are ignored).
+    ``ortho_init=True`` (SB3's default) initialises both with
+    :func:`~oversight_gr.agents.networks.orthogonal_init` (gain sqrt 2, action head 0.01), the
+    native trainer's ``init="orthogonal"``; ``ortho_init=False`` keeps PyTorch's default
+    (``init="torch"``). SB3's ``net_arch`` and ``activation_fn`` do not apply and are ignored.
 
     Args:
         hidden: width of experts, gate and value net (the native default 64; paper 256).
@@ -301,7 +310,6 @@ class RoutedMoEPolicy(ActorCriticPolicy):
             raise ValueError(f"gate_input must be one of {GATE_INPUTS}, got {gate_input!r}")
         # read by _build, which ActorCriticPolicy.__init__ calls
         self._arch = {"hidden": hidden, "gate_input": gate_input, "constant_gate": constant_gate}
-        kwargs.setdefault("ortho_init", False)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self.steer = steer
         # set by RoutedPPO: during learn the rollout uses the learned gate; during train the
@@ -316,6 +324,9 @@ class RoutedMoEPolicy(ActorCriticPolicy):
         a = self._arch
         self.actor = MoEPolicy(size, a["hidden"], a["gate_input"], constant_gate=a["constant_gate"])
         self.critic = ValueNet(size, a["hidden"])
+        if self.ortho_init:
+            orthogonal_init(self.actor)
+            orthogonal_init(self.critic)
         # index into networks.STEER; a buffer so save/load and state_dict carry it
         self.register_buffer("steer_code", torch.tensor(STEER.index("none")))
         self.optimizer = self.optimizer_class(

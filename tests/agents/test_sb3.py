@@ -438,6 +438,23 @@ def test_steer_values_and_policy_fn():
                                    model.policy.actor(obs, steer="diamond").logits)
 
 
+def test_ortho_init_is_the_native_orthogonal_init():
+    from oversight_gr.agents.networks import MoEPolicy, ValueNet, orthogonal_init
+
+    model = _tiny(seed=3)
+    actor, critic = MoEPolicy(5, 16, "no_oversight"), ValueNet(5, 16)
+    torch.manual_seed(0)
+    orthogonal_init(actor), orthogonal_init(critic)
+    for mine, ref in ((model.policy.actor, actor), (model.policy.critic, critic)):
+        for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+            if name.endswith("bias"):
+                assert torch.count_nonzero(p) == 0, name
+            else:  # same gains: orthogonal matrices of the same shape have the same norm
+                torch.testing.assert_close(p.norm(), q.norm(), msg=name)
+    plain = _tiny(policy_kwargs={"hidden": 16, "ortho_init": False})
+    assert torch.count_nonzero(plain.policy.actor.head.bias) > 0  # PyTorch's default init
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="route_map values"):
         _tiny(route_map={1: "left"})
@@ -469,7 +486,7 @@ def test_small_budget_learning_steers_to_the_diamond():
     """Full oversight, 31k env steps: steered to the diamond expert the policy mostly reaches
     the diamond (random: return about -0.01), steered to the ghost expert mostly the ghost."""
     model = RoutedPPO("MoEPolicy", "OversightGrid-v0", n_envs=64, n_steps=16, batch_size=512,
-                      n_epochs=4, learning_rate=2e-3, gamma=0.97, ent_coef=0.01, seed=0,
+                      n_epochs=4, learning_rate=3e-3, gamma=0.97, ent_coef=0.01, seed=0,
                       device="cpu", policy_kwargs={"hidden": 32},
                       env_kwargs={"oversight_prob": 1.0})
     model.learn(64 * 16 * 30)
