@@ -258,9 +258,13 @@ def steered_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
-    """A stored config read with today's TrainConfig: fields added since it was written take
-    their defaults (an added option defaults to the old behaviour), unknown fields are dropped."""
+    """A stored config as a TrainConfig. Every field must be present: filling a missing field
+    with today's default would credit a run to a config it never trained with when a default
+    changes (as ``init`` did), so such a record is redone instead."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(names - set(cfg_dict))
+    if missing:
+        raise ValueError(f"stored config lacks fields {missing}")
     return TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
 
 
@@ -305,39 +309,14 @@ def load_record(path: str | Path, spec: RunSpec | None = None) -> dict[str, Any]
 
 
 def finished_records(out: str | Path, specs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
-    """``{key: record}`` for the specs that have a valid record.
-
-    A record is looked up by its key; failing that, by its config read with today's
-    TrainConfig (so adding a field to TrainConfig does not orphan finished runs). A record
-    found that way is moved to its new key."""
-    from oversight_gr.agents.run import write_json_atomic
-
+    """``{key: record}`` for the specs that have a valid record (looked up by key; a record
+    counts only if its stored config is the spec's full config)."""
     found: dict[str, dict[str, Any]] = {}
-    missing: dict[str, RunSpec] = {}
     for spec in specs:
         path = record_path(out, spec.key)
         record = load_record(path, spec) if path.exists() else None
-        if record is None:
-            missing[spec.key] = spec
-        else:
+        if record is not None:
             found[spec.key] = record
-    folder = Path(out) / "records"
-    if missing and folder.exists():
-        wanted = set(found) | set(missing)
-        for path in sorted(folder.glob("*.json")):
-            if path.stem in wanted:
-                continue
-            record = load_record(path)
-            if record is None:
-                continue
-            key = config_key(current_config(record["config"]))
-            if key in missing and key not in found:
-                spec = missing.pop(key)
-                record = {**record, "config": spec.cfg.to_dict(), "key": key,
-                          "stored_config": record["config"], "moved_from": path.stem}
-                write_json_atomic(record_path(out, key), record)
-                path.unlink()
-                found[key] = record
     return found
 
 

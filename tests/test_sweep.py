@@ -114,18 +114,20 @@ def test_rerun_skips_finished_and_corrupt_records_are_redone(finished):
     assert load_record(paths[0], specs[1]) is None
 
 
-def test_records_survive_a_new_trainconfig_field(finished):
-    """A record written before TrainConfig gained a field (with its old-behaviour default) is
-    still found, and moved to the key of today's config."""
+def test_record_missing_a_config_field_is_redone_not_credited(finished):
+    """A record whose stored config lacks a field (written before the field existed) must not
+    be credited to today's config: the field's default may have changed since (as `init` did)."""
     specs = build_specs(finished)
     path = record_path(finished.out, specs[0].key)
-    rec = json.loads(path.read_text())
-    del rec["config"]["threads"]  # as if `threads` did not exist when the run was stored
-    old = path.with_name("0123456789abcdef.json")
-    old.write_text(json.dumps(rec))
-    path.unlink()
-    assert pending_specs(finished.out, specs) == []
-    assert not old.exists() and load_record(path, specs[0]) is not None
+    original = path.read_text()
+    rec = json.loads(original)
+    del rec["config"]["init"]
+    path.write_text(json.dumps(rec))
+    try:
+        assert load_record(path, specs[0]) is None
+        assert [s.key for s in pending_specs(finished.out, specs)] == [specs[0].key]
+    finally:
+        path.write_text(original)  # the fixture's records are shared with later tests
 
 
 def test_report_tables_and_figures(finished, tmp_path):
