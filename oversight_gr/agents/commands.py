@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -75,7 +74,6 @@ def _load(run_dir: str):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from oversight_gr.agents.evaluation import evaluate
-    from oversight_gr.agents.reference import diamond_seeker, optimal_policy
 
     trainer = _load(args.run_dir)
     cfg = trainer.cfg

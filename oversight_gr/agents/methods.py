@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from oversight_gr.agents.networks import RouteWeights
 from oversight_gr.envs.core import Outcome
 from oversight_gr.routing import RouteTable
 
@@ -32,6 +34,8 @@ __all__ = [
     "ROUTE_BOTH",
     "ROUTES",
     "episode_labels",
+    "gate_bce",
+    "route_weights",
     "method_reward",
     "route_labels",
     "train_mask",
@@ -149,3 +153,45 @@ def train_mask(method: Method, labels: Tensor) -> Tensor:
     if method.filter_unseen:
         return (labels != int(Outcome.UNKNOWN)).float()
     return torch.ones_like(labels, dtype=torch.float32)
+
+
+def route_weights(
+    route_lbl: Tensor,
+    gate: Tensor | None = None,
+    unlabelled_gate_grad: float = 1.0,
+    sharpness: float = 1.0,
+) -> RouteWeights:
+    """Route labels ``[B]`` -> per-sample gradient weights (rows of :data:`ROUTES`).
+
+    Args:
+        route_lbl: ``[B]`` ROUTE_DIAMOND / ROUTE_GHOST / ROUTE_BOTH.
+        gate: ``[B]`` detached gate values; needed only when ``sharpness != 1``.
+        unlabelled_gate_grad: weight of the policy gradient into the gate on unlabelled steps
+            (the paper: 1).
+        sharpness: unlabelled steps send the experts gradient in proportion to ``g^k`` and
+            ``(1-g)^k`` instead of the mixture's ``g`` and ``1-g`` (the paper: k = 1).
+    """
+    w = ROUTES(route_lbl)
+    diamond, ghost, gate_w = w[:, 0], w[:, 1], w[:, 2]
+    if unlabelled_gate_grad != 1.0:
+        gate_w = gate_w * unlabelled_gate_grad
+    if sharpness != 1.0:
+        if gate is None:
+            raise ValueError("route_weights needs the gate values when sharpness != 1")
+        # the mixture already scales expert gradients by g and 1-g; multiplying by
+        # g^(k-1) and (1-g)^(k-1) on unlabelled steps makes them g^k and (1-g)^k
+        unlabelled = route_lbl == ROUTE_BOTH
+        g = gate.detach().float()
+        diamond = torch.where(unlabelled, g.pow(sharpness - 1), diamond)
+        ghost = torch.where(unlabelled, (1 - g).pow(sharpness - 1), ghost)
+    return RouteWeights(diamond, ghost, gate_w)
+
+
+def gate_bce(gate: Tensor, route_lbl: Tensor) -> Tensor | None:
+    """The gate loss: BCE of the gate ``[B]`` toward 1 on overseen-diamond steps and 0 on
+    overseen-ghost steps (mean over those steps); ``None`` when the batch has none."""
+    labelled = (route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)
+    if not bool(labelled.any()):
+        return None
+    target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
+    return F.binary_cross_entropy(gate[labelled].float().clamp(1e-6, 1 - 1e-6), target)

@@ -53,7 +53,6 @@ from typing import Any, ClassVar, NamedTuple
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3 import PPO
@@ -68,15 +67,15 @@ from oversight_gr.agents.methods import (
     ROUTE_BOTH,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
-    ROUTES,
     episode_labels,
+    gate_bce,
     route_labels,
+    route_weights,
 )
 from oversight_gr.agents.networks import (
     GATE_INPUTS,
     STEER,
     MoEPolicy,
-    RouteWeights,
     ValueNet,
     orthogonal_init,
 )
@@ -140,24 +139,6 @@ def add_to_loss(x: Tensor, extra: Tensor) -> Tensor:
     if not extra.requires_grad:
         return x
     return _AddToLoss.apply(x, extra)
-
-
-def gate_bce(gate: Tensor, route_lbl: Tensor) -> Tensor | None:
-    """The gate loss: BCE of the gate ``[B]`` toward 1 on overseen-diamond steps and 0 on
-    overseen-ghost steps (mean over those steps); ``None`` when the batch has none.
-
-    Same term as the native trainer's (``Trainer.loss``), including the clamp."""
-    labelled = (route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)
-    if not bool(labelled.any()):
-        return None
-    target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
-    return F.binary_cross_entropy(gate[labelled].clamp(1e-6, 1 - 1e-6), target)
-
-
-def route_weights(route_lbl: Tensor) -> RouteWeights:
-    """Route labels ``[B]`` -> per-sample gradient weights (rows of ``methods.ROUTES``)."""
-    w = ROUTES(route_lbl)
-    return RouteWeights(w[:, 0], w[:, 1], w[:, 2])
 
 
 # -- rollout buffer ------------------------------------------------------------------------------

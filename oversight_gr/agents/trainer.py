@@ -22,19 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oversight_gr.agents.methods import (
     METHODS,
-    ROUTE_BOTH,
-    ROUTE_DIAMOND,
-    ROUTE_GHOST,
-    ROUTES,
     Method,
     episode_labels,
+    gate_bce,
     method_reward,
     route_labels,
+    route_weights,
     train_mask,
 )
 from oversight_gr.agents.networks import (
@@ -46,7 +43,7 @@ from oversight_gr.agents.networks import (
     orthogonal_init,
 )
 from oversight_gr.config import option, to_dict, validate
-from oversight_gr.envs.core import GridRules, Outcome
+from oversight_gr.envs.core import GridRules
 
 __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS"]
 
@@ -276,20 +273,13 @@ class Trainer:
     def _route(self, route_lbl: Tensor, obs: Tensor) -> RouteWeights | None:
         if not self.method.route:
             return None
-        w = ROUTES(route_lbl).to(self.device)
-        diamond, ghost, gate = w[:, 0], w[:, 1], w[:, 2]
-        if self.cfg.unlabelled_gate_grad != 1.0:
-            gate = gate * self.cfg.unlabelled_gate_grad
-        k = self.cfg.unlabelled_sharpness
-        if k != 1.0:
-            # the mixture already scales expert gradients by g and 1-g; multiplying by
-            # g^(k-1) and (1-g)^(k-1) on unlabelled steps makes them g^k and (1-g)^k
+        cfg = self.cfg
+        gate = None
+        if cfg.unlabelled_sharpness != 1.0:
             with torch.no_grad():
-                g = self.policy.gate_value(obs).float()
-            unlabelled = route_lbl == ROUTE_BOTH
-            diamond = torch.where(unlabelled, g.pow(k - 1), diamond)
-            ghost = torch.where(unlabelled, (1 - g).pow(k - 1), ghost)
-        return RouteWeights(diamond, ghost, gate)
+                gate = self.policy.gate_value(obs)
+        return route_weights(route_lbl.to(self.device), gate, cfg.unlabelled_gate_grad,
+                             cfg.unlabelled_sharpness)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
@@ -313,11 +303,9 @@ class Trainer:
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
         gate_loss = torch.zeros((), device=obs.device)
         if self.method.gate_loss:
-            labelled = (route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)
-            if bool(labelled.any()):
-                target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
-                g = out.gate[labelled].float().clamp(1e-6, 1 - 1e-6)
-                gate_loss = F.binary_cross_entropy(g, target)
+            bce = gate_bce(out.gate, route_lbl)
+            if bce is not None:
+                gate_loss = bce
                 total = total + cfg.resolved("gate_loss_coef") * gate_loss
         stats = {"policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": ent.detach(),
                  "gate": gate_loss.detach()}

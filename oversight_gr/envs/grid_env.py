@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from oversight_gr.envs.core import NUM_ACTIONS, GridRules, Outcome, validate_env_args
+from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
 from oversight_gr.envs.render import render_ansi, render_rgb
 
 __all__ = ["OversightGridEnv", "LEARNER_INFO_KEYS", "EVAL_INFO_KEYS", "check_action"]
