@@ -75,17 +75,7 @@ def summarize(curve: list) -> dict:
             "min_after_best": min(rets[best:]), "pgc_final": curve[-1][2]}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--env-steps", type=int, default=2_000_000)
-    ap.add_argument("--eval-every", type=int, default=250_000)
-    ap.add_argument("--oversight-prob", type=float, default=0.1)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="docs/routing_drift.json")
-    ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args()
+def train_all(args) -> list[dict]:
     jobs = [(v, s) for v in args.variants for s in args.seeds]
     results = []
     with ProcessPoolExecutor(args.workers) as pool:
@@ -97,18 +87,41 @@ def main() -> int:
             s = summarize(r["curve"])
             print(f"[{i}/{len(jobs)}] {r['variant']} seed {r['seed']}: best {s['best']:.3f} "
                   f"final {s['final']:.3f} first>=0.7 {s['first_0.7']}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results))
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--env-steps", type=int, default=2_000_000)
+    ap.add_argument("--eval-every", type=int, default=250_000)
+    ap.add_argument("--oversight-prob", type=float, default=0.1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="docs/routing_drift.json")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the table from the curves in --out")
+    args = ap.parse_args()
+    if args.report_only:
+        results = json.loads(Path(args.out).read_text())
+    else:
+        results = train_all(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results))
     rows = []
     for v in args.variants:
         ss = [summarize(r["curve"]) for r in results if r["variant"] == v]
+        if not ss:
+            continue
         mean = lambda k: statistics.mean(x[k] for x in ss)  # noqa: E731
         firsts = [x["first_0.7"] for x in ss]
         first = ", ".join("never" if f is None else f"{f / 1e6:.2f}M" for f in firsts)
         rows.append(f"| {v} | {VARIANTS[v]} | {len(ss)} | {first} | {mean('best'):.3f} | "
                     f"{mean('final'):.3f} | {mean('min_after_best'):.3f} | {mean('pgc_final'):.2f} |")
         print(rows[-1])
-    cmd = "python benchmarks/routing_drift.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/routing_drift.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--report-only")
     md = ["## Routing drift study (PPO routing variants)", "",
           f"Command: `{cmd}` on {os.cpu_count()} CPUs ({platform.machine()}), "
           f"{args.env_steps:,} env steps per run, p={args.oversight_prob}, evaluation every "
