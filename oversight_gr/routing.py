@@ -155,21 +155,28 @@ class RouteTable:
     def dim(self) -> int:
         return self.rows.shape[1]
 
-    def _lookup(self, labels: Tensor) -> Tensor:
+    def _lookup(self, labels: Tensor, check: bool = True) -> Tensor:
         labels = torch.as_tensor(labels)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"route labels must be an integer tensor, got dtype {labels.dtype}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_routes):
+        # the range check reads min/max back to the host: a device sync per call on a GPU
+        if check and labels.numel() and (
+            int(labels.min()) < 0 or int(labels.max()) >= self.num_routes
+        ):
             raise ValueError(
                 f"route labels must lie in [0, {self.num_routes - 1}], got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
-        rows = self.rows.to(labels.device)
-        return rows[labels.long()]
+        if self.rows.device != labels.device:
+            self.rows = self.rows.to(labels.device)  # keep one copy where the labels live
+        return self.rows[labels.long()]
 
-    def __call__(self, labels: Tensor) -> Tensor:
-        """``labels [*B]`` (ints) -> weights ``[*B, D]``."""
-        return self._lookup(labels)
+    def __call__(self, labels: Tensor, check: bool = True) -> Tensor:
+        """``labels [*B]`` (ints) -> weights ``[*B, D]``.
+
+        ``check=False`` skips the label range check (and its host sync) for hot loops whose
+        labels are valid by construction."""
+        return self._lookup(labels, check)
 
     def interpolate(self, labels_a: Tensor, labels_b: Tensor, t: Tensor | float) -> Tensor:
         """Per-sample soft mix of two routes: ``t * row[a] + (1 - t) * row[b]``.

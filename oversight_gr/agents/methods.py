@@ -171,7 +171,7 @@ def route_weights(
         sharpness: unlabelled steps send the experts gradient in proportion to ``g^k`` and
             ``(1-g)^k`` instead of the mixture's ``g`` and ``1-g`` (the paper: k = 1).
     """
-    w = ROUTES(route_lbl)
+    w = ROUTES(route_lbl, check=False)  # labels come from route_labels: valid by construction
     diamond, ghost, gate_w = w[:, 0], w[:, 1], w[:, 2]
     if unlabelled_gate_grad != 1.0:
         gate_w = gate_w * unlabelled_gate_grad
