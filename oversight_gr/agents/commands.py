@@ -10,7 +10,10 @@ from pathlib import Path
 from oversight_gr.config import add_arguments, from_arguments
 
 DEMO_METHODS = ("routing", "naive", "filtering")
-#: the demo's embedded default, chosen from measurements (see docs/RESULTS.md, "demo")
+#: steered returns closer than this are reported as level (one seed, 512 x 32 evaluation)
+LEVEL_MARGIN = 0.02
+#: the demo's embedded default: p=0.1 and 1M steps is where steered routing measurably reaches
+#: ~0.75 within the 3-minute budget (docs/RESULTS.md: train_throughput_cpu, routing_drift)
 DEMO_DEFAULTS = {"oversight_prob": 0.1, "total_env_steps": 1_000_000, "num_envs": 512,
                  "hidden": 64}
 
@@ -155,13 +158,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(table)
     print_references(kwargs["oversight_prob"])
     steered = {m: r["metrics"][_steered_key(m)]["stepwise_return"] for m, r in records.items()}
-    best_other = max(v for m, v in steered.items() if m != "routing")
-    if steered["routing"] > best_other:
+    best_name, best_other = max(((m, v) for m, v in steered.items() if m != "routing"),
+                                key=lambda mv: mv[1])
+    gap = steered["routing"] - best_other
+    if abs(gap) < LEVEL_MARGIN:
+        verdict = (f"routing is level with {best_name} at these settings: steered "
+                   f"{steered['routing']:.3f} vs {best_other:.3f} (difference {gap:+.3f}, "
+                   f"within one seed's noise)")
+    elif gap > 0:
         verdict = (f"routing is ahead: steered {steered['routing']:.3f} vs the best baseline "
-                   f"{best_other:.3f}")
+                   f"({best_name}) {best_other:.3f}")
     else:
         verdict = (f"routing is NOT ahead at these settings: steered {steered['routing']:.3f} vs "
-                   f"the best baseline {best_other:.3f}")
+                   f"the best baseline ({best_name}) {best_other:.3f}")
+    naive_pgc = records["naive"]["metrics"]["none"]["p_ghost_closer_unseen"]
+    if naive_pgc < 0.9:
+        verdict += (f"\nnote: naive takes the closer unseen ghost only {naive_pgc:.0%} of the time "
+                    f"here; its exploit (~100% in the paper) needs far longer training, which is "
+                    f"where the paper reports routing's advantage")
     print(verdict)
     trainer = Trainer.load(run_dir / "routing")
     fig = policy_arrows_figure(trainer.policy, run_dir / "routing_policy_arrows.png",
