@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,17 @@ HEADER = (
     "# Results\n\nEvery section below is written by the benchmark command it names; re-run that "
     "command to regenerate it.\n"
 )
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's machine name elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def update_section(name: str, markdown: str, path: Path = RESULTS) -> Path:

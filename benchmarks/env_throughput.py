@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_doc import update_section  # noqa: E402
+from _results_doc import cpu_name, update_section  # noqa: E402
 
 import oversight_gr  # noqa: E402,F401  (registers the ids)
 from oversight_gr.envs import GridRules  # noqa: E402
@@ -91,15 +91,7 @@ def bench_rules(n: int, device: torch.device, seconds: float) -> tuple[float, fl
 
 
 def hardware(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"CPU {cpu} ({os.cpu_count()} logical cores visible, torch threads 1)"]
+    parts = [f"CPU {cpu_name()} ({os.cpu_count()} logical cores visible, torch threads 1)"]
     if device.type == "cuda":
         parts.append(f"GPU {torch.cuda.get_device_name(device)}")
     parts.append(f"torch {torch.__version__}, gymnasium {gym.__version__}, "

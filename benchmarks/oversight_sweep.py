@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -27,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_doc import RESULTS, update_section  # noqa: E402
+from _results_doc import RESULTS, cpu_name, update_section  # noqa: E402
 
 from oversight_gr import plots  # noqa: E402
 from oversight_gr import sweep as sweep_mod  # noqa: E402
@@ -37,15 +36,7 @@ FIGURES = RESULTS.parent / "figures"
 
 
 def hardware(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} logical CPUs"
+    text = f"{cpu_name()}, {os.cpu_count()} logical CPUs"
     if device.startswith("cuda"):
         import torch
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results_doc import update_section  # noqa: E402
+from _results_doc import cpu_name, update_section  # noqa: E402
 
 import oversight_gr  # noqa: E402,F401
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
@@ -140,15 +140,7 @@ def _config(run: dict, key: str):
 
 
 def _host(note: str) -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = " " + line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{platform.machine()}{model}, {os.cpu_count()} cores, torch {torch.__version__}"
+    text = f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
     return f"{text} ({note})" if note else text
 
 
