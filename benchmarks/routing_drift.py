@@ -37,6 +37,8 @@ VARIANTS = {
     "hidden_128": {"hidden": 128},
     "torch_init": {"init": "torch"},
     "torch_init_sharpen_3": {"init": "torch", "unlabelled_sharpness": 3.0},
+    "reinforce_paper": {"algo": "reinforce"},
+    "reinforce_lr_3e-4": {"algo": "reinforce", "lr": 3e-4},
     "sharpen_2": {"unlabelled_sharpness": 2.0},
     "sharpen_3": {"unlabelled_sharpness": 3.0},
 }
@@ -49,8 +51,9 @@ def run_one(variant: str, seed: int, env_steps: int, eval_every: int, p: float) 
     from oversight_gr.agents.evaluation import evaluate
     from oversight_gr.agents.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=p, seed=seed,
-                      total_env_steps=env_steps, **VARIANTS[variant])
+    fields = dict(method="routing", algo="ppo", oversight_prob=p, seed=seed,
+                  total_env_steps=env_steps)
+    cfg = TrainConfig(**{**fields, **VARIANTS[variant]})
     trainer = Trainer(cfg)
     curve = []
     t0 = time.perf_counter()
@@ -100,6 +103,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="docs/routing_drift.json")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default="routing_drift", help="docs/RESULTS.md section name")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: rebuild the table from the curves in --out")
     args = ap.parse_args()
@@ -122,14 +126,14 @@ def main() -> int:
         print(rows[-1])
     cmd = "python benchmarks/routing_drift.py " + " ".join(
         a for a in sys.argv[1:] if a != "--report-only")
-    md = ["## Routing drift study (PPO routing variants)", "",
+    md = [f"## Routing variants ({args.section})", "",
           f"Command: `{cmd}` on {os.cpu_count()} CPUs ({platform.machine()}), "
           f"{args.env_steps:,} env steps per run, p={args.oversight_prob}, evaluation every "
           f"{args.eval_every:,} steps (512 envs x 32 steps, steered gate=1). Curves: `{args.out}`.",
           "", "| variant | overrides | seeds | first steered >= 0.7 | best | final | lowest after best"
           " | P(ghost \\| closer, unseen) final |", "|---|---|---|---|---|---|---|---|", *rows]
     if not args.no_write:
-        update_section("routing_drift", "\n".join(md))
+        update_section(args.section, "\n".join(md))
     return 0
 
 
