@@ -139,16 +139,15 @@ def run_training(
                 trainer.save(run_dir)
             if progress is not None:
                 progress(trainer, scalars)
+        wall = time.perf_counter() - t0
+        evals = _evaluate_all(trainer)
+        if writer is not None:
+            for steer, res in evals.items():
+                writer.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
+                                  trainer.env_steps)
     finally:
         if writer is not None:
             writer.close()
-    wall = time.perf_counter() - t0
-    evals = _evaluate_all(trainer)
-    if writer is not None:
-        writer = SummaryWriter(str(run_dir / "tb"))
-        for steer, res in evals.items():
-            writer.add_scalar(f"eval/return_{steer}", res["stepwise_return"], trainer.env_steps)
-        writer.close()
     record = {
         "config": cfg.to_dict(),
         "metrics": evals,

@@ -204,9 +204,15 @@ class Trainer:
     @torch.no_grad()
     def collect(self) -> Rollout:
         """Run ``rollout_steps`` moves in every environment with the current policy."""
+        # one autocast region for the whole window, so bf16 weight casts are cached across steps
+        with self.autocast():
+            return self._collect()
+
+    def _collect(self) -> Rollout:
         cfg, dev = self.cfg, self.device
         T, B = cfg.rollout_steps, cfg.num_envs
-        obs_buf = torch.empty((T, *self.obs.shape), dtype=torch.uint8, device=dev)
+        obs = self.obs
+        obs_buf = torch.empty((T, *obs.shape), dtype=torch.uint8, device=dev)
         actions = torch.empty(T, B, dtype=torch.long, device=dev)
         logp = torch.empty(T, B, device=dev)
         values = torch.empty(T, B, device=dev)
@@ -214,16 +220,6 @@ class Trainer:
         done = torch.empty(T, B, dtype=torch.bool, device=dev)
         outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
-        obs = self.obs
-        # one autocast region for the whole window, so bf16 weight casts are cached across steps
-        with self.autocast():
-            return self._collect(obs, obs_buf, actions, logp, values, next_values, done,
-                                 outcome, true_outcome)
-
-    def _collect(self, obs, obs_buf, actions, logp, values, next_values, done, outcome,
-                 true_outcome) -> Rollout:
-        cfg = self.cfg
-        T, B = cfg.rollout_steps, cfg.num_envs
         v = self.value(obs).float()
         for t in range(T):
             obs_buf[t] = obs
