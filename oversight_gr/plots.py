@@ -177,9 +177,9 @@ def plot_return_vs_oversight(rows: Sequence[dict[str, Any]], algo: str, stem: Pa
 
 def _curve_points(record: dict[str, Any]) -> list[dict[str, float]]:
     """The record's curve plus its final evaluation (if the curve stops short of it)."""
-    from oversight_gr.agents.run import eval_steers
+    from oversight_gr.agents.run import steered_mode
 
-    steer = "diamond" if "diamond" in eval_steers(record["config"]["method"]) else "none"
+    steer = steered_mode(record["config"]["method"])
     pts = [(c["env_steps"], c["reported_env_steps"], c["wall_seconds"], c[f"return_{steer}"])
            for c in record.get("curve", [])]
     if not pts or pts[-1][0] < record["env_steps"]:

@@ -251,10 +251,9 @@ def record_path(out: str | Path, key: str) -> Path:
 
 def steered_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The steered evaluation of a record (gate fixed to the diamond expert for MoE methods)."""
-    from oversight_gr.agents.run import eval_steers
+    from oversight_gr.agents.run import steered_mode
 
-    steers = eval_steers(record["config"]["method"])
-    return record["metrics"]["diamond" if "diamond" in steers else "none"]
+    return record["metrics"][steered_mode(record["config"]["method"])]
 
 
 def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:

@@ -22,12 +22,6 @@ def _default_run_dir(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _steered_key(method: str) -> str:
-    from oversight_gr.agents.run import eval_steers
-
-    return "diamond" if "diamond" in eval_steers(method) else "none"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -126,6 +120,7 @@ def _demo_worker(method: str, kwargs: dict, run_dir: str) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from oversight_gr.agents.figures import policy_arrows_figure
+    from oversight_gr.agents.run import steered_mode
     from oversight_gr.agents.trainer import Trainer
 
     kwargs = dict(DEMO_DEFAULTS)
@@ -149,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{'P(ghost|closer,unseen)':>23}")
     lines = [header, "-" * len(header)]
     for m, rec in records.items():
-        steered = rec["metrics"][_steered_key(m)]
+        steered = rec["metrics"][steered_mode(m)]
         unsteered = rec["metrics"]["none"]
         lines.append(f"{m:<10} {rec['env_steps']:>10,} {steered['stepwise_return']:8.3f} "
                      f"{unsteered['stepwise_return']:9.3f} "
@@ -157,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = "\n".join(lines)
     print(table)
     print_references(kwargs["oversight_prob"])
-    steered = {m: r["metrics"][_steered_key(m)]["stepwise_return"] for m, r in records.items()}
+    steered = {m: r["metrics"][steered_mode(m)]["stepwise_return"] for m, r in records.items()}
     best_name, best_other = max(((m, v) for m, v in steered.items() if m != "routing"),
                                 key=lambda mv: mv[1])
     gap = steered["routing"] - best_other

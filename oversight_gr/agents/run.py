@@ -17,7 +17,7 @@ import torch
 from oversight_gr.agents.evaluation import evaluate
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 
-__all__ = ["run_training", "versions", "write_json_atomic", "eval_steers"]
+__all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def eval_steers(method: str) -> tuple[str, ...]:
     from oversight_gr.agents.methods import METHODS
 
     return ("diamond", "none", "ghost") if METHODS[method].policy == "moe" else ("none",)
+
+
+def steered_mode(method: str) -> str:
+    """The evaluation reported as "steered": gate fixed to the diamond expert for MoE methods,
+    the policy as trained otherwise."""
+    return "diamond" if "diamond" in eval_steers(method) else "none"
 
 
 def _evaluate_all(trainer: Trainer) -> dict[str, dict]:
