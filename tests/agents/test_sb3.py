@@ -35,14 +35,6 @@ from oversight_gr.agents.sb3 import (  # noqa: E402
 from oversight_gr.envs import OversightGridVectorEnv  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(**kw):
     args = dict(n_envs=16, n_steps=8, batch_size=128, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs={"hidden": 16}, env_kwargs={"oversight_prob": 0.5})
