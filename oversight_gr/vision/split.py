@@ -40,6 +40,7 @@ __all__ = [
     "split_losses",
     "train_split",
     "evaluate_split",
+    "latent_diagnostics",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ IMAGE_DIM = 784
 LATENT_DIM = 32
 HALF = LATENT_DIM // 2
 ROUTINGS = ("split", "overlap", "none")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,12 @@ class TrainConfig:
     hidden: tuple[int, ...] = option(
         (2048, 512), "encoder hidden widths, mirrored by the decoders (the paper: 2048 512)",
         low=1, flag=False,
+    )
+    precision: str = option(
+        "fp32",
+        "fp32: full float32 (the paper); bf16: bfloat16 autocast of the training forward pass "
+        "(weights, optimizer and evaluation stay float32; about 4x faster on CPUs with AMX)",
+        choices=PRECISIONS,
     )
 
     def __post_init__(self) -> None:
@@ -243,7 +251,9 @@ def split_losses(
         ``certificate`` (sum of the two certificates' pixel MAE), all scalars.
     """
     group = digit_group(labels)
-    z = model.encoder(x)
+    # float32 latent even under bf16 autocast: the L1, correlation and routing arithmetic stays
+    # exact (a no-op in float32)
+    z = model.encoder(x).float()
     if weights is None and table is not None:
         weights = table(group)
     routed = z if weights is None else scale_gradient(z, weights)
@@ -280,6 +290,7 @@ def train_split(
     images: Tensor,
     labels: Tensor,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_model: Callable[[SplitAutoencoder], None] | None = None,
 ) -> SplitAutoencoder:
     """Train the split autoencoder and its certificates.
 
@@ -289,6 +300,8 @@ def train_split(
         labels: ``[N]`` digits.
         on_epoch: called after every epoch with ``(epoch, mean losses)``; the only place that
             synchronizes with the device.
+        on_model: called once with the freshly built model before training (lets ``on_epoch``
+            evaluate it mid-training).
 
     Returns:
         The trained model (in eval mode).
@@ -299,12 +312,15 @@ def train_split(
     if config.train_subset is not None:
         images, labels = images[: config.train_subset], labels[: config.train_subset]
     model = build_model(setting, config.seed, device, config.hidden)
+    if on_model is not None:
+        on_model(model)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     table = route_table_for(setting.routing)
     allowed = torch.zeros(10, dtype=torch.float32, device=device)
     allowed[list(setting.train_digits)] = 1.0
     gen = torch.Generator(device=device).manual_seed(config.seed)
+    bf16 = config.precision == "bf16"
     n = images.shape[0]
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen, device=device)
@@ -315,9 +331,11 @@ def train_split(
             y = labels[idx]
             # groups are 0/1 by construction: skip the range check's per-step device sync
             weights = None if table is None else table(digit_group(y), check=False)
-            losses = split_losses(
-                model, to_pixels(images[idx]), y, setting, train_mask=allowed[y], weights=weights
-            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = split_losses(
+                    model, to_pixels(images[idx]), y, setting, train_mask=allowed[y],
+                    weights=weights,
+                )
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
@@ -366,3 +384,46 @@ def evaluate_split(
         name: {"mse": (s[0] / counts).tolist(), "mae": (s[1] / counts).tolist()}
         for name, s in sums.items()
     }
+
+
+@torch.no_grad()
+def latent_diagnostics(
+    model: SplitAutoencoder, images: Tensor, labels: Tensor, batch_size: int = 4096
+) -> dict[str, Any]:
+    """How large each latent half is and how much the decoder relies on it, per digit group.
+
+    Returns:
+        ``rms``: ``[half][group]`` root mean square of the half's latent values;
+        ``decoder_mse``: the decoder's per-image MSE ``[group]``;
+        ``decoder_mse_without``: ``[half][group]`` the decoder's MSE when that half is replaced
+        by its mean over all images (the larger, the more the decoder needs that half).
+    """
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    zs, groups = [], []
+    for start in range(0, images.shape[0], batch_size):
+        zs.append(model.encoder(to_pixels(images[start : start + batch_size])))
+        groups.append(digit_group(labels[start : start + batch_size]))
+    z, group = torch.cat(zs), torch.cat(groups)
+    onehot = nn.functional.one_hot(group, 2).to(torch.float64)
+    counts = onehot.sum(0).clamp_min(1.0)
+
+    def per_group(values: Tensor) -> list[float]:
+        return ((values.to(torch.float64) @ onehot) / counts).tolist()
+
+    def decoder_mse(latent: Tensor) -> list[float]:
+        errs = []
+        for start in range(0, latent.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            out = model.decode(latent[sl], group[sl])
+            errs.append((out - to_pixels(images[sl])).square().mean(-1))
+        return per_group(torch.cat(errs))
+
+    rms, without = [], []
+    for h in range(2):
+        dims = slice(h * HALF, (h + 1) * HALF)
+        rms.append([v**0.5 for v in per_group(z[:, dims].square().mean(-1))])
+        ablated = z.clone()
+        ablated[:, dims] = z[:, dims].mean(0)
+        without.append(decoder_mse(ablated))
+    return {"rms": rms, "decoder_mse": decoder_mse(z), "decoder_mse_without": without}

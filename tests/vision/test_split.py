@@ -13,6 +13,7 @@ from oversight_gr.vision.split import (
     TrainConfig,
     build_model,
     evaluate_split,
+    latent_diagnostics,
     pearson_cross_abs,
     route_table_for,
     split_losses,
@@ -181,3 +182,56 @@ def test_training_is_seeded_and_evaluates_per_group():
     result = evaluate_split(m1, images, labels, batch_size=50)
     assert set(result) == {"decoder", "certificate_0", "certificate_1"}
     assert all(len(v) == 2 for r in result.values() for v in r.values())
+
+
+def test_bf16_autocast_keeps_routing_exact():
+    # under bf16 autocast the routed-away half still gets exactly zero gradient
+    setting = SplitSetting()
+    model = build_model(setting, seed=0, device="cpu", hidden=SMALL)
+    x, labels = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grad = _latent_grad(model, x, labels, setting)
+    assert torch.count_nonzero(grad[labels < 5][:, HALF:]) == 0
+    assert torch.count_nonzero(grad[labels >= 5][:, :HALF]) == 0
+    assert grad[labels >= 5][:, HALF:].abs().sum() > 0
+
+
+def test_precision_option():
+    assert TrainConfig().precision == "fp32"  # the paper's (and the default) arithmetic
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 784), dtype=torch.uint8, generator=g)
+    labels = torch.arange(64) % 10
+    seen = []
+    models = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(epochs=3, batch_size=32, seed=1, hidden=(64, 32), precision=precision)
+        models[precision] = train_split(
+            SplitSetting(), cfg, images, labels,
+            on_epoch=lambda e, losses, p=precision: seen.append((p, e, losses["total"])),
+        )
+    # bf16 trains a different but close model: same start, losses agree to bf16 precision
+    totals = {p: [t for q, _, t in seen if q == p] for p in ("fp32", "bf16")}
+    assert totals["fp32"][0] == pytest.approx(totals["bf16"][0], rel=2e-2)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(models["fp32"].parameters(), models["bf16"].parameters()))
+    assert all(p.dtype == torch.float32 for p in models["bf16"].parameters())
+
+
+def test_latent_diagnostics_measure_what_the_decoder_uses():
+    model = build_model(SplitSetting(), 0, "cpu", SMALL).eval()
+    with torch.no_grad():
+        model.decoder[0].weight[:, HALF:] = 0  # the decoder ignores dims 16-31
+        model.encoder[-1].weight[:HALF] *= 30  # a large latent, so the decoder output moves
+        model.encoder[-1].weight[HALF:] *= 90  # and dims 16-31 are three times larger
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 784), dtype=torch.uint8, generator=g)
+    labels = torch.arange(50) % 10
+    d = latent_diagnostics(model, images, labels, batch_size=16)
+    assert d["decoder_mse_without"][1] == pytest.approx(d["decoder_mse"], rel=1e-6)
+    assert all(abs(w - m) > 1e-3 for w, m in zip(d["decoder_mse_without"][0], d["decoder_mse"]))
+    for g_ in range(2):
+        assert d["rms"][1][g_] > 2 * d["rms"][0][g_] > 0
+    reference = evaluate_split(model, images, labels)["decoder"]["mse"]
+    assert d["decoder_mse"] == pytest.approx(reference, rel=1e-6)
