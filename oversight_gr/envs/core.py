@@ -79,6 +79,22 @@ def _check_prob(name: str, value: float) -> float:
     return v
 
 
+def _per_env_probs(value: Tensor, num_envs: int, device: torch.device) -> Tensor:
+    """Check a per-environment oversight tensor: ``[num_envs]`` real values in [0, 1]."""
+    if value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"oversight_prob tensor must hold real numbers, got dtype {value.dtype}")
+    if tuple(value.shape) != (num_envs,):
+        raise ValueError(
+            f"oversight_prob tensor must have shape [num_envs] = ({num_envs},), got "
+            f"{tuple(value.shape)}"
+        )
+    p = value.detach().to(device=device, dtype=torch.float64)
+    if bool(((p < 0) | (p > 1) | p.isnan()).any()):
+        raise ValueError(f"oversight_prob tensor values must be in [0, 1], got values in "
+                         f"[{float(p.min())}, {float(p.max())}]")
+    return p.clone()
+
+
 def validate_env_args(
     size: int, max_episode_steps: int, oversight_prob: float, spurious_prob: float, reward_mode
 ) -> tuple[int, int, float, float, RewardMode]:
@@ -227,7 +243,9 @@ class GridRules:
         num_envs: batch size ``B``.
         size: grid side (cells = size * size, at least 3).
         max_episode_steps: truncation after exactly this many moves.
-        oversight_prob: probability that each terminal cell is overseen, drawn per reset.
+        oversight_prob: probability that each terminal cell is overseen, drawn per reset: a
+            number, or a ``[B]`` tensor giving each environment its own probability (used to
+            step the environments of many training runs together, one level per run).
         spurious_prob: probability that each non-terminal cell is marked overseen.
         reward_mode: ``proxy`` | ``terminal`` | ``true`` (see :class:`RewardMode`).
         device: torch device.
@@ -245,22 +263,28 @@ class GridRules:
         num_envs: int,
         size: int = 5,
         max_episode_steps: int = 32,
-        oversight_prob: float = 0.1,
+        oversight_prob: float | Tensor = 0.1,
         spurious_prob: float = 0.0,
         reward_mode: str = "proxy",
         device: str | torch.device = "cpu",
         seed: int | None = None,
     ):
+        per_env = isinstance(oversight_prob, Tensor)
         size, max_episode_steps, p, q, mode = validate_env_args(
-            size, max_episode_steps, oversight_prob, spurious_prob, reward_mode
+            size, max_episode_steps, 0.0 if per_env else oversight_prob, spurious_prob,
+            reward_mode
         )
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if per_env:
+            p = _per_env_probs(oversight_prob, num_envs, torch.device(device))
         self.num_envs = num_envs
         self.size = size
         self.num_cells = size * size
         self.max_episode_steps = max_episode_steps
+        #: a float, or a ``[B]`` float64 tensor (one probability per environment)
         self.oversight_prob = p
+        self.per_env_oversight = per_env
         self.spurious_prob = q
         self.reward_mode = mode
         self.device = torch.device(device)
@@ -280,6 +304,9 @@ class GridRules:
     def _empty_pool(self) -> None:
         self._pool = torch.empty(0, dtype=torch.long, device=self.device)
         self._pool_marks = torch.empty(0, self.num_cells, dtype=torch.bool, device=self.device)
+        # per-env oversight: the uniform draws that become oversight bits once the environment
+        # that takes the pool entry (and so its probability) is known
+        self._pool_u = torch.empty(0, dtype=torch.float64, device=self.device)
         self._pool_next = 0
 
     def seed(self, seed: int | None) -> None:
@@ -293,10 +320,15 @@ class GridRules:
         dev, p = self.device, self.oversight_prob
         # oversight code (ghost + 2 * diamond) of a new episode from one uniform draw:
         # P = (1-p)^2, p(1-p), (1-p)p, p^2, i.e. two independent Bernoulli(p)
-        self._over_cdf = torch.tensor(
-            [(1 - p) ** 2, (1 - p) ** 2 + p * (1 - p), (1 - p) ** 2 + 2 * p * (1 - p)],
-            dtype=torch.float64, device=dev,
-        )
+        if self.per_env_oversight:
+            self._over_cdf = torch.stack(
+                [(1 - p) ** 2, (1 - p) ** 2 + p * (1 - p), (1 - p) ** 2 + 2 * p * (1 - p)]
+            )  # [3, B]
+        else:
+            self._over_cdf = torch.tensor(
+                [(1 - p) ** 2, (1 - p) ** 2 + p * (1 - p), (1 - p) ** 2 + 2 * p * (1 - p)],
+                dtype=torch.float64, device=dev,
+            )
         # reward by [true terminal (diamond 0 / ghost 1), overseen (0 / 1)], flat
         table = {
             RewardMode.PROXY: [[1.0, 1.0], [1.0, -1.0]],
@@ -367,8 +399,12 @@ class GridRules:
         g, dev, grid = self.generator, self.device, self._grid
         triple = torch.randint(grid.triples.shape[1], (count,), generator=g, device=dev)
         u = torch.rand(count, dtype=torch.float64, generator=g, device=dev)
-        over_code = torch.bucketize(u, self._over_cdf, right=True)
-        self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
+        if self.per_env_oversight:  # oversight bits are added in _begin, per environment
+            self._pool = grid.start.index_select(0, triple * 4)
+            self._pool_u = u
+        else:
+            over_code = torch.bucketize(u, self._over_cdf, right=True)
+            self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
         if self.spurious_prob > 0:
             self._pool_marks = (
                 torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
@@ -388,6 +424,12 @@ class GridRules:
             self._draw_starts(max(count, self._pool_size))
             start = 0
         self._s = s.masked_scatter(mask, self._pool[start:])
+        if self.per_env_oversight:
+            # the code is the number of CDF points <= u (bucketize with right=True), here
+            # against each environment's own CDF
+            u = torch.zeros_like(self.oversight_prob).masked_scatter(mask, self._pool_u[start:])
+            code = (u.unsqueeze(0) >= self._over_cdf).sum(0)
+            self._s = torch.where(mask, self._s + self.num_cells**3 * code, self._s)
         if self.spurious_prob > 0:
             self.spurious = self.spurious.masked_scatter(mask.unsqueeze(1),
                                                          self._pool_marks[start:])
@@ -497,7 +539,7 @@ class GridRules:
     def get_state(self) -> dict[str, Tensor]:
         """The environments' state and the random state, for checkpoints (``start_pool``
         holds starting states already drawn and not yet used)."""
-        return {
+        state = {
             "objs": self.objs,
             "over": self.over,
             "spurious": self.spurious.clone(),
@@ -506,6 +548,9 @@ class GridRules:
             "start_pool": self._pool[self._pool_next :].clone(),
             "start_pool_marks": self._pool_marks[self._pool_next :].clone(),
         }
+        if self.per_env_oversight:
+            state["start_pool_u"] = self._pool_u[self._pool_next :].clone()
+        return state
 
     def set_state(self, state: dict[str, Tensor]) -> None:
         """Restore :meth:`get_state`'s dict (one without the pool keys starts a fresh pool)."""
@@ -518,3 +563,5 @@ class GridRules:
         if "start_pool" in state:
             self._pool = state["start_pool"].to(self.device).clone()
             self._pool_marks = state["start_pool_marks"].to(self.device).clone()
+            if self.per_env_oversight:
+                self._pool_u = state["start_pool_u"].to(self.device).clone()
