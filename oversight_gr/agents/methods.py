@@ -35,6 +35,10 @@ __all__ = [
     "ROUTES",
     "episode_labels",
     "gate_bce",
+    "gate_bce_rows",
+    "advantages_and_returns",
+    "policy_terms",
+    "masked_mean",
     "route_weights",
     "method_reward",
     "route_labels",
@@ -195,3 +199,62 @@ def gate_bce(gate: Tensor, route_lbl: Tensor) -> Tensor | None:
         return None
     target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
     return F.binary_cross_entropy(gate[labelled].float().clamp(1e-6, 1 - 1e-6), target)
+
+
+def gate_bce_rows(gate: Tensor, route_lbl: Tensor) -> Tensor:
+    """:func:`gate_bce` for each row of a ``[R, N]`` batch (R training runs side by side):
+    ``[R]`` losses, 0 for a row without overseen steps (where :func:`gate_bce` gives None)."""
+    labelled = ((route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)).float()
+    target = (route_lbl == ROUTE_DIAMOND).float()
+    bce = F.binary_cross_entropy(gate.float().clamp(1e-6, 1 - 1e-6), target, reduction="none")
+    return (bce * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
+
+
+def advantages_and_returns(
+    rewards: Tensor, values: Tensor, next_values: Tensor, done: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and returns, ``[T, B]`` each (``lam = 1``: Monte-Carlo
+    returns minus the baseline, as REINFORCE uses them).
+
+    Args:
+        rewards, values, done: ``[T, B]`` per step.
+        next_values: ``[T, B]`` value of the state after the step (0 where the episode
+            terminated; the bootstrap value where it was truncated or the window ends).
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in range(T - 1, -1, -1):
+        nonterminal = (~done[t]).float()
+        delta = rewards[t] + gamma * next_values[t] - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def policy_terms(
+    logits: Tensor, actions: Tensor, old_logp: Tensor, adv: Tensor, algo: str, clip_coef: float
+) -> tuple[Tensor, Tensor]:
+    """Per-step policy-gradient loss and entropy (any leading shape ``[...]``).
+
+    ``algo="ppo"``: the clipped surrogate ``max(-A r, -A clip(r))`` with ``r`` the probability
+    ratio to ``old_logp``; ``"reinforce"``: ``-A log pi(a)``."""
+    logp_all = torch.log_softmax(logits.float(), -1)
+    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    if algo == "ppo":
+        ratio = (logp - old_logp).exp()
+        pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    elif algo == "reinforce":
+        pg = -adv * logp
+    else:
+        raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
+    return pg, entropy
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1 (over ``dim``, or everything); 0 when
+    there are none."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp_min(1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)

@@ -17,7 +17,8 @@ import torch
 from oversight_gr.agents.evaluation import evaluate
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 
-__all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode"]
+__all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
+           "evaluate_all", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,17 @@ def steered_mode(method: str) -> str:
 
 
 def _evaluate_all(trainer: Trainer) -> dict[str, dict]:
-    cfg = trainer.cfg
+    return evaluate_all(trainer.cfg, trainer.policy, trainer.device)
+
+
+def evaluate_all(cfg: TrainConfig, policy: torch.nn.Module,
+                 device: str | torch.device) -> dict[str, dict]:
+    """The run's evaluations, one per steering mode worth reporting (``{steer: EvalResult
+    dict}``); the evaluation seed depends on ``cfg.seed`` only."""
     out = {}
     for steer in eval_steers(cfg.method):
         res = evaluate(
-            trainer.policy,
+            policy,
             cfg.oversight_prob,
             steer,
             num_envs=cfg.eval_envs,
@@ -72,10 +79,36 @@ def _evaluate_all(trainer: Trainer) -> dict[str, dict]:
             max_episode_steps=cfg.max_episode_steps,
             gamma=cfg.gamma,
             seed=10_000 + cfg.seed,
-            device=trainer.device,
+            device=device,
         )
         out[steer] = res.as_dict()
     return out
+
+
+def curve_point(evals: dict[str, dict], env_steps: int, reported_env_steps: float,
+                wall_seconds: float) -> dict[str, float]:
+    """One learning-curve entry of a record, from :func:`evaluate_all`'s result."""
+    point = {"env_steps": env_steps, "reported_env_steps": reported_env_steps,
+             "wall_seconds": wall_seconds}
+    for steer, res in evals.items():
+        point[f"return_{steer}"] = res["stepwise_return"]
+        point[f"p_ghost_closer_unseen_{steer}"] = res["p_ghost_closer_unseen"]
+    return point
+
+
+def make_record(cfg: TrainConfig, evals: dict[str, dict], curve: list[dict[str, float]],
+                env_steps: int, reported_env_steps: float, wall_seconds: float) -> dict[str, Any]:
+    """A finished run's results record (what ``results.json`` and sweep records hold)."""
+    return {
+        "config": cfg.to_dict(),
+        "metrics": evals,
+        "curve": curve,
+        "env_steps": env_steps,
+        "reported_env_steps": reported_env_steps,
+        "wall_seconds": wall_seconds,
+        "versions": versions(),
+        "seed": cfg.seed,
+    }
 
 
 def run_training(
@@ -128,12 +161,9 @@ def run_training(
             if next_eval is not None and trainer.env_steps >= next_eval:
                 next_eval += cfg.eval_every
                 evals = _evaluate_all(trainer)
-                point = {"env_steps": trainer.env_steps,
-                         "reported_env_steps": trainer.reported_env_steps,
-                         "wall_seconds": time.perf_counter() - t0}
+                point = curve_point(evals, trainer.env_steps, trainer.reported_env_steps,
+                                    time.perf_counter() - t0)
                 for steer, res in evals.items():
-                    point[f"return_{steer}"] = res["stepwise_return"]
-                    point[f"p_ghost_closer_unseen_{steer}"] = res["p_ghost_closer_unseen"]
                     if writer is not None:
                         writer.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
                                           trainer.env_steps)
@@ -154,16 +184,7 @@ def run_training(
     finally:
         if writer is not None:
             writer.close()
-    record = {
-        "config": cfg.to_dict(),
-        "metrics": evals,
-        "curve": curve,
-        "env_steps": trainer.env_steps,
-        "reported_env_steps": trainer.reported_env_steps,
-        "wall_seconds": wall,
-        "versions": versions(),
-        "seed": cfg.seed,
-    }
+    record = make_record(cfg, evals, curve, trainer.env_steps, trainer.reported_env_steps, wall)
     if run_dir is not None:
         trainer.save(run_dir)
         write_json_atomic(run_dir / "results.json", record)
