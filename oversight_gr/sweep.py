@@ -18,6 +18,13 @@ execute in the driver process itself) and ``ray`` (``--backend
 ray``; ``--address`` joins an existing cluster, otherwise a local instance with ``--workers``
 CPUs is started). Records are written by the driver in both cases, so a Ray cluster needs no
 shared filesystem.
+
+Batched runs (``--batch-runs N``): pending runs that differ only in seed and oversight level
+(same method, algorithm and every other field) are trained N at a time in one process by
+:class:`oversight_gr.agents.batched.BatchedTrainer`, one job per group on either backend. The
+records are the same per-run records (same keys and fields, plus ``batched``: the group), so
+reports and resuming work unchanged; they are written when their group ends, so a killed sweep
+loses the groups in flight. ``wall_seconds`` of a batched record is its group's wall time.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oversight_gr.agents.batched import group_key
 from oversight_gr.agents.methods import METHODS
 from oversight_gr.agents.trainer import ALGOS, TrainConfig
 from oversight_gr.config import add_arguments, from_arguments, option, validate
@@ -76,7 +84,8 @@ PAPER_UPDATES = 20_000
 #: ``paper``: the paper's REINFORCE setting (ALGO_DEFAULTS["reinforce"]: lr 5e-5, entropy 0.1,
 #: gate loss 0.01, no clipping; Monte-Carlo returns without bootstrap; hidden 256; the gate sees
 #: the full observation; 512 envs x 32 steps x 20,000 updates = 327.68M env steps per run).
-#: On this project's 2-core CPU one such run takes about 3 h, so the preset is for a GPU/cluster.
+#: On this project's 2-core CPU one such run takes about 3 h, so the preset is for a GPU/cluster;
+#: on one GPU, ``--batch-runs 40`` trains each method's 8 levels x 5 seeds as one batched group.
 #:
 #: ``quick``: 3 levels x 3 seeds x 4 methods of PPO at hidden 64, 256 envs, 0.25M env steps per
 #: run, learning curves every 50k steps: 36 runs, about 15 min with ``--workers 2`` on the shared
@@ -145,16 +154,23 @@ class SweepConfig:
                           low=1)
     address: str | None = option(None, "Ray cluster address to join; None: start a local "
                                  "instance")
-    gpus_per_run: float | None = option(None, "Ray: GPUs each run reserves (0.25 packs 4 "
-                                        "runs on a GPU); None: 1/workers with a cuda "
-                                        "device, else 0", low=0.0)
+    gpus_per_run: float | None = option(None, "Ray: GPUs each run (or batched group) reserves "
+                                        "(0.25 packs 4 on a GPU); None: 1/workers with a "
+                                        "cuda device, else 0", low=0.0)
     checkpoint_every: int = option(0, "checkpoint runs in flight every N updates so a killed "
                                    "sweep resumes them mid-run (0: restart them)", low=0)
+    batch_runs: int = option(0, "train up to N runs at once in one process, batched over runs "
+                             "(runs that differ only in seed and oversight level form a group; "
+                             "records are written when the group ends; the way to fill a GPU). "
+                             "0: one run per process", low=0)
 
     def __post_init__(self):
         validate(self)
         for item in self.train:
             _parse_override(item)
+        if self.batch_runs and self.checkpoint_every:
+            raise ValueError("SweepConfig.batch_runs and checkpoint_every cannot be combined: "
+                             "batched groups do not checkpoint (set one of them to 0)")
 
     def preset_value(self, name: str) -> Any:
         value = getattr(self, name)
@@ -390,9 +406,39 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
                 "traceback": traceback.format_exc()}
 
 
-def _execute_indexed(args: tuple[int, dict[str, Any], str | None, int]) -> tuple[int, dict]:
-    index, cfg_dict, work_dir, checkpoint_every = args
-    return index, execute_run(cfg_dict, work_dir, checkpoint_every)
+def execute_group(cfg_dicts: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
+    """Train a batched group; one ``{"ok": True, "record"}`` per run, or one failure dict for
+    the whole group. Runs in a worker process (or the driver); never raises."""
+    from oversight_gr.agents.batched import run_batched_training
+
+    try:
+        cfgs = [TrainConfig(**d) for d in cfg_dicts]
+        records = run_batched_training(cfgs, progress=_orphan_guard)
+        return [{"ok": True, "record": r} for r in records]
+    except Exception as exc:  # a failed group is reported, the sweep goes on
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+
+
+def _execute_indexed(args: tuple[int, list[dict[str, Any]], list[str], int, bool]
+                     ) -> tuple[int, list[dict] | dict]:
+    """One job: a batched group, or runs one after another (a single run without batching)."""
+    index, cfg_dicts, work_dirs, checkpoint_every, batched = args
+    if batched:
+        return index, execute_group(cfg_dicts)
+    return index, [execute_run(d, w, checkpoint_every) for d, w in zip(cfg_dicts, work_dirs)]
+
+
+def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
+    """Indices into ``todo``, one list per job: single runs, or groups of at most
+    ``batch_runs`` runs that differ only in seed and oversight level (in ``todo``'s order)."""
+    if batch_runs == 0:
+        return [[i] for i in range(len(todo))]
+    by_key: dict[str, list[int]] = {}
+    for i, spec in enumerate(todo):
+        by_key.setdefault(group_key(spec.cfg), []).append(i)
+    return [members[k : k + batch_runs] for members in by_key.values()
+            for k in range(0, len(members), batch_runs)]
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -482,8 +528,11 @@ def run_sweep(
         on_start(len(todo), len(specs))
     if not todo:
         return
-    jobs = [(i, s.cfg.to_dict(), str(out / "work" / s.key), sweep.checkpoint_every)
-            for i, s in enumerate(todo)]
+    groups = _job_groups(todo, sweep.batch_runs)
+    jobs = [(g, [todo[i].cfg.to_dict() for i in members],
+             [str(out / "work" / todo[i].key) for i in members], sweep.checkpoint_every,
+             sweep.batch_runs > 0)
+            for g, members in enumerate(groups)]
     if sweep.backend == "ray":
         gpus = sweep.gpus_per_run
         if gpus is None:
@@ -493,16 +542,19 @@ def run_sweep(
         results = (_execute_indexed(job) for job in jobs)  # in this process: no start-up cost
     else:
         results = _local_results(jobs, sweep.workers)
-    for index, result in results:
-        spec = todo[index]
-        if not result["ok"]:
-            yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
-                "traceback", ""))
-            continue
-        record = _finish_record(spec, result["record"])
-        write_json_atomic(record_path(out, spec.key), record)
-        shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
-        yield RunOutcome(spec, "done", record)
+    for index, group_results in results:
+        if isinstance(group_results, dict):  # the whole job failed
+            group_results = [group_results] * len(groups[index])
+        for i, result in zip(groups[index], group_results):
+            spec = todo[i]
+            if not result["ok"]:
+                yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
+                    "traceback", ""))
+                continue
+            record = _finish_record(spec, result["record"])
+            write_json_atomic(record_path(out, spec.key), record)
+            shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
+            yield RunOutcome(spec, "done", record)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -539,8 +591,10 @@ def command(args: argparse.Namespace) -> int:
     failed = []
 
     def on_start(n_pending: int, n_total: int) -> None:
+        batched = f", batched groups of <= {sweep.batch_runs}" if sweep.batch_runs else ""
         bar.write(f"sweep {sweep.preset}: {n_total} runs, {n_total - n_pending} already done, "
-                  f"backend {sweep.backend} x{sweep.workers}; records in {sweep.out}/records")
+                  f"backend {sweep.backend} x{sweep.workers}{batched}; records in "
+                  f"{sweep.out}/records")
 
     t0 = time.perf_counter()
     try:

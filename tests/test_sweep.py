@@ -228,3 +228,78 @@ def test_checkpointed_runs_and_dry_run(tmp_path, capsys):
     assert not any((tmp_path / "work").glob("*"))  # checkpoints of finished runs are removed
     assert main([*argv, "--dry-run"]) == 0
     assert "0 of 1 runs pending" in capsys.readouterr().out
+
+
+# -- batched runs (--batch-runs) ------------------------------------------------------------------
+def test_batched_sweep_writes_the_same_records_and_resumes(finished, tmp_path):
+    sweep = tiny_sweep(tmp_path, oversight=(0.1, 0.3), seeds=1, batch_runs=2)
+    specs = build_specs(sweep)
+    # batching is not part of a run's config: same keys as the same sweep run one by one
+    assert [s.key for s in specs] == [s.key for s in build_specs(
+        dataclasses.replace(sweep, batch_runs=0))]
+    outcomes = list(run_sweep(sweep))
+    assert [o.status for o in outcomes] == ["done"] * 4, [o.error for o in outcomes]
+    plain = json.loads(record_path(finished.out, build_specs(finished)[0].key).read_text())
+    for spec in specs:
+        rec = load_record(record_path(tmp_path, spec.key), spec)
+        assert rec is not None and set(rec) == set(plain) | {"batched"}
+        assert [p["env_steps"] for p in rec["curve"]] == [256, 512]
+        # a group holds one method's runs: here the two oversight levels of seed 0
+        assert rec["batched"]["runs"] == 2 and rec["batched"]["axes"] == [[0, 0.1], [0, 0.3]]
+    assert [o.status for o in run_sweep(sweep)] == ["skipped"] * 4
+    assert len(plots.summarize(load_records(tmp_path))) == 4  # the report reads them as usual
+
+
+def test_batched_groups_split_by_config_and_size():
+    from oversight_gr.sweep import _job_groups
+
+    sweep = tiny_sweep("unused", oversight=(0.1, 0.3), seeds=3, batch_runs=4)
+    specs = build_specs(sweep)  # 2 methods x 2 levels x 3 seeds
+    groups = _job_groups(specs, 4)
+    assert sorted(len(g) for g in groups) == [2, 2, 4, 4]
+    for g in groups:
+        assert len({specs[i].cfg.method for i in g}) == 1
+    assert sorted(i for g in groups for i in g) == list(range(len(specs)))
+    assert _job_groups(specs, 0) == [[i] for i in range(len(specs))]
+    with pytest.raises(ValueError, match="batch_runs and checkpoint_every"):
+        SweepConfig(batch_runs=2, checkpoint_every=1)
+    args = build_parser().parse_args(["sweep", "--batch-runs", "40"])
+    from oversight_gr.sweep import sweep_from_arguments
+
+    assert sweep_from_arguments(args).batch_runs == 40
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_a_batched_sweep_loses_only_the_group_in_flight(tmp_path):
+    out = tmp_path / "killed"
+    argv = ["sweep", "--methods", "naive", "filtering", "--oversight", "0.2", "--seeds", "2",
+            "--batch-runs", "2", "--out", str(out), *TINY, "--total-env-steps", "2048"]
+    proc = subprocess.Popen([sys.executable, "-m", "oversight_gr.cli", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    records = out / "records"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.exists() and any(records.glob("*.json")):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sweep = SweepConfig(preset="quick", methods=("naive", "filtering"), oversight=(0.2,),
+                        seeds=2, out=str(out), batch_runs=2,
+                        **{**TINY_FIELDS, "total_env_steps": 2048})
+    specs = build_specs(sweep)
+    kept = {p.name: p.read_bytes() for p in records.glob("*.json")}
+    assert 1 <= len(kept) <= 2  # the first group's records; the second group was in flight
+    for name in kept:
+        spec = next(s for s in specs if s.key + ".json" == name)
+        assert spec.cfg.method == "naive" and load_record(records / name, spec) is not None
+    assert main(argv) == 0
+    assert len(list(records.glob("*.json"))) == len(specs)
+    for name, data in kept.items():
+        assert (records / name).read_bytes() == data
