@@ -7,6 +7,13 @@ algorithms; only the advantage estimate and the number of passes differ).
 
 Steps of episodes still running when the window ends are unlabelled and train both experts and
 the gate, as in the paper (their label is not known yet); this is the documented choice.
+
+Single-pass REINFORCE (one epoch, one minibatch: the paper's setting) does not run the networks a
+second time for the update. The rollout keeps the autograd graph of every step's expert outputs,
+gate and value; once the window's labels are known, only the cheap routed mixture and head are
+recomputed per step, and one backward pass goes through the stored graphs. The parameters do
+not change between acting and learning, so this is the same gradient as a fresh forward pass
+(tested against the two-pass path), at about half the cost of the update.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from oversight_gr.agents.methods import (
 )
 from oversight_gr.agents.networks import (
     GATE_INPUTS,
+    MoEOutput,
     MoEPolicy,
     RouteWeights,
     SingleExpertPolicy,
@@ -44,6 +52,7 @@ from oversight_gr.agents.networks import (
 )
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.envs.core import GridRules
+from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
 __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS"]
 
@@ -111,8 +120,10 @@ class TrainConfig:
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
     init: str = option("orthogonal", "parameter initialisation: PyTorch's default ('torch') or 'orthogonal' "
                        "(gain sqrt 2, action head 0.01)", choices=("torch", "orthogonal"))
-    precision: str = option("fp32", "matrix-multiply precision: 'fp32', or 'bf16' autocast "
-                            "(parameters and optimizer stay fp32)", choices=("fp32", "bf16"))
+    precision: str = option("fp32", "numeric precision: 'fp32'; 'bf16' autocast (bf16 matrix "
+                            "multiplies and activations); 'bf16_matmul' (fp32 tensors, bf16/TF32 "
+                            "inside matrix multiplies: the fastest on CPUs with AMX). Parameters "
+                            "and optimizer state stay fp32", choices=PRECISIONS)
 
     def __post_init__(self):
         validate(self)
@@ -147,6 +158,8 @@ class Rollout:
     labels: Tensor  # [T, B] observed outcome of the step's episode (NONE if unfinished)
     outcome: Tensor  # [T, B] observed outcome at the step (NONE mid-episode)
     true_outcome: Tensor  # [T, B] ground truth (evaluation / oracle only)
+    #: per step (policy features, value) with their autograd graphs (single-pass REINFORCE)
+    graph: list | None = None
 
 
 def build_policy(cfg: TrainConfig) -> nn.Module:
@@ -194,62 +207,76 @@ class Trainer:
         self.num_updates = math.ceil(cfg.total_env_steps / (cfg.num_envs * cfg.rollout_steps))
         # hook for tests (honesty guard): transforms each StepResult before the learner sees it
         self.step_filter: Callable | None = None
+        #: learn from the rollout's own graph (see the module docstring); tests may turn it off
+        self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
+                            and cfg.resolved("minibatches") == 1)
 
     def autocast(self):
-        """bf16 autocast for the networks' matrix multiplies when ``precision='bf16'``."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.cfg.precision == "bf16")
+        """The configured numeric precision (:mod:`oversight_gr.precision`) for a block."""
+        return precision_context(self.cfg.precision, self.device)
 
     # -- data ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def collect(self) -> Rollout:
-        """Run ``rollout_steps`` moves in every environment with the current policy."""
-        # one autocast region for the whole window, so bf16 weight casts are cached across steps
-        with self.autocast():
-            return self._collect()
+    def collect(self, graph: bool = False) -> Rollout:
+        """Run ``rollout_steps`` moves in every environment with the current policy.
 
-    def _collect(self) -> Rollout:
+        Args:
+            graph: keep each step's policy features and value with their autograd graphs in
+                ``Rollout.graph`` (for :meth:`update`'s single pass); otherwise no graph is built.
+        """
+        # one precision region for the whole window (bf16 weight casts are cached across steps)
+        with torch.set_grad_enabled(graph), self.autocast():
+            return self._collect(graph)
+
+    def _collect(self, graph: bool) -> Rollout:
         cfg, dev = self.cfg, self.device
         T, B = cfg.rollout_steps, cfg.num_envs
         obs = self.obs
         obs_buf = torch.empty((T, *obs.shape), dtype=torch.uint8, device=dev)
         actions = torch.empty(T, B, dtype=torch.long, device=dev)
         logp = torch.empty(T, B, device=dev)
-        values = torch.empty(T, B, device=dev)
-        next_values = torch.empty(T, B, device=dev)
-        done = torch.empty(T, B, dtype=torch.bool, device=dev)
+        values = torch.empty(T + 1, B, device=dev)  # row T: value of the state after the window
+        trunc_values = torch.zeros(T, B, device=dev)  # value of the final obs of cut episodes
+        terminated = torch.empty(T, B, dtype=torch.bool, device=dev)
+        truncated = torch.empty(T, B, dtype=torch.bool, device=dev)
         outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
-        v = self.value(obs).float()
+        kept: list | None = [] if graph else None
         for t in range(T):
             obs_buf[t] = obs
-            logits = self.policy(obs).logits.float()
-            a = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
-            actions[t] = a
-            logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
-            values[t] = v
-            r = self.rules.step(a)
-            if self.step_filter is not None:
-                r = self.step_filter(r)
-            obs = r.obs
-            v = self.value(obs).float()
-            nv = v
-            if cfg.bootstrap and bool(r.truncated.any()):
-                nv = torch.where(r.truncated, self.value(r.final_obs).float(), v)
-            next_values[t] = torch.where(r.terminated, 0.0, nv)
-            if not cfg.bootstrap:
-                next_values[t] = torch.where(r.done, 0.0, next_values[t])
-            done[t] = r.done
-            outcome[t] = r.outcome
-            true_outcome[t] = r.true_outcome
+            feats = self.policy.features(obs)
+            v = self.value(obs)
+            if kept is not None:
+                kept.append((feats, v))
+            with torch.no_grad():
+                logits = self.policy.mix(feats).logits.float()
+                values[t] = v.float()
+                a = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
+                actions[t] = a
+                logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
+                r = self.rules.step(a)
+                if self.step_filter is not None:
+                    r = self.step_filter(r)
+                obs = r.obs
+                if cfg.bootstrap and bool(r.truncated.any()):
+                    trunc_values[t] = torch.where(r.truncated, self.value(r.final_obs).float(), 0.0)
+                terminated[t], truncated[t] = r.terminated, r.truncated
+                outcome[t] = r.outcome
+                true_outcome[t] = r.true_outcome
+        with torch.no_grad():
+            values[T] = self.value(obs).float()
+        next_values = values[1:]
+        if cfg.bootstrap:
+            next_values = torch.where(truncated, trunc_values, next_values)
+        done = terminated | truncated
+        next_values = torch.where(terminated if cfg.bootstrap else done, 0.0, next_values)
         if not cfg.bootstrap:
             next_values[T - 1] = 0.0  # the paper's REINFORCE: no bootstrap at the window's end
         self.obs = obs
         self.env_steps += T * B
         labels = episode_labels(outcome, done)
         rewards = method_reward(self.method, outcome, true_outcome)
-        return Rollout(obs_buf, actions, logp, values, next_values, rewards, done, labels,
-                       outcome, true_outcome)
+        return Rollout(obs_buf, actions, logp, values[:T], next_values, rewards, done, labels,
+                       outcome, true_outcome, kept)
 
     def advantages(self, ro: Rollout) -> tuple[Tensor, Tensor]:
         """(advantages, returns) ``[T, B]``: GAE for PPO, Monte-Carlo returns for REINFORCE."""
@@ -266,24 +293,29 @@ class Trainer:
         return adv, adv + ro.values
 
     # -- learning ------------------------------------------------------------------------------
-    def _route(self, route_lbl: Tensor, obs: Tensor) -> RouteWeights | None:
+    def _route(self, route_lbl: Tensor, gate: Tensor | None) -> RouteWeights | None:
         if not self.method.route:
             return None
         cfg = self.cfg
-        gate = None
-        if cfg.unlabelled_sharpness != 1.0:
-            with torch.no_grad():
-                gate = self.policy.gate_value(obs)
+        if cfg.unlabelled_sharpness == 1.0:
+            gate = None
+        elif gate is not None:
+            gate = gate.detach()
         return route_weights(route_lbl.to(self.device), gate, cfg.unlabelled_gate_grad,
                              cfg.unlabelled_sharpness)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
-        cfg = self.cfg
         route_lbl = route_labels(labels)
         with self.autocast():
-            out = self.policy(obs, route=self._route(route_lbl, obs))
+            feats = self.policy.features(obs)
+            out = self.policy.mix(feats, self._route(route_lbl, getattr(feats, "gate", None)))
             values = self.value(obs)
+        return self.objective(out, values, actions, old_logp, adv, returns, route_lbl, mask)
+
+    def objective(self, out, values, actions, old_logp, adv, returns, route_lbl, mask):
+        """Policy-gradient, value, entropy and gate terms from the networks' outputs."""
+        cfg = self.cfg
         logp_all = torch.log_softmax(out.logits.float(), -1)
         logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -297,7 +329,7 @@ class Trainer:
         v_loss = ((values.float() - returns) ** 2 * mask).sum() / denom
         ent = (entropy * mask).sum() / denom
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
-        gate_loss = torch.zeros((), device=obs.device)
+        gate_loss = torch.zeros((), device=self.device)
         if self.method.gate_loss:
             bce = gate_bce(out.gate, route_lbl)
             if bce is not None:
@@ -307,12 +339,39 @@ class Trainer:
                  "gate": gate_loss.detach()}
         return total, stats
 
+    def _step(self, loss: Tensor) -> None:
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            frac = 1.0 - self.updates / max(self.num_updates, 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.resolved("lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        with backward_context(cfg.precision):
+            loss.backward()
+        if cfg.resolved("max_grad_norm") > 0:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, cfg.resolved("max_grad_norm"))
+        self.optimizer.step()
+
     def update(self, ro: Rollout) -> dict[str, float]:
-        """One learning step on a rollout (PPO: epochs x minibatches; REINFORCE: one batch)."""
+        """One learning step on a rollout (PPO: epochs x minibatches; REINFORCE: one batch).
+
+        A rollout collected with ``graph=True`` is learned from in a single pass through its
+        stored graphs (REINFORCE with one epoch and one minibatch only).
+        """
         cfg = self.cfg
         adv, returns = self.advantages(ro)
         mask = train_mask(self.method, ro.labels)
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        if ro.graph is not None:
+            if not self.single_pass:
+                raise ValueError("a rollout with a graph needs single-pass REINFORCE (algo "
+                                 "'reinforce', update_epochs 1, minibatches 1)")
+            loss, stats = self._single_pass_loss(ro, adv, returns, mask)
+            ro.graph = None  # the graph is consumed by this backward pass
+            self._step(loss)
+            self.updates += 1
+            return {k: float(v) for k, v in stats.items()}
         obs, actions, old_logp = flat(ro.obs), flat(ro.actions), flat(ro.logp)
         adv, returns, labels, mask = flat(adv), flat(returns), flat(ro.labels), flat(mask)
         if cfg.algo == "ppo":
@@ -320,13 +379,8 @@ class Trainer:
             if bool(m.any()):
                 a = adv[m]
                 adv = (adv - a.mean()) / (a.std() + 1e-8)
-        if cfg.anneal_lr:
-            frac = 1.0 - self.updates / max(self.num_updates, 1)
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * cfg.resolved("lr")
         n = obs.shape[0]
         mb = n // cfg.resolved("minibatches")
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         sums: dict[str, Tensor] = {}
         count = 0
         for _ in range(cfg.resolved("update_epochs")):
@@ -335,21 +389,33 @@ class Trainer:
                 idx = perm[start : start + mb]
                 loss, stats = self.loss(obs[idx], actions[idx], old_logp[idx], adv[idx],
                                         returns[idx], labels[idx], mask[idx])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.resolved("max_grad_norm") > 0:
-                    nn.utils.clip_grad_norm_(params, cfg.resolved("max_grad_norm"))
-                self.optimizer.step()
+                self._step(loss)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         self.updates += 1
         return {k: float(v) / count for k, v in sums.items()}
 
+    def _single_pass_loss(self, ro: Rollout, adv: Tensor, returns: Tensor, mask: Tensor):
+        """The routed loss from the rollout's stored per-step graphs (no second forward)."""
+        route_lbl = route_labels(ro.labels)
+        logits, gates, values = [], [], []
+        with self.autocast():
+            for t, (feats, v) in enumerate(ro.graph):
+                gate = getattr(feats, "gate", None)
+                out = self.policy.mix(feats, self._route(route_lbl[t], gate))
+                logits.append(out.logits)
+                gates.append(out.gate)
+                values.append(v)
+        out = MoEOutput(torch.cat(logits), torch.cat(gates))
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        return self.objective(out, torch.cat(values), flat(ro.actions), flat(ro.logp), flat(adv),
+                              flat(returns), flat(route_lbl), flat(mask))
+
     def train_update(self) -> dict[str, float]:
         """Collect one window and learn from it; returns logged scalars."""
         t0 = time.perf_counter()
-        ro = self.collect()
+        ro = self.collect(graph=self.single_pass)
         losses = self.update(ro)
         dt = time.perf_counter() - t0
         ended = ro.done
