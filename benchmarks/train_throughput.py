@@ -3,11 +3,14 @@
 Part 1 (throughput): env steps per second of a full update (rollout + loss + backward + step)
 for routing, naive and filtering at the paper's network size (H=256, 512 envs x 32 steps),
 for our default PPO and for our REINFORCE configured exactly like the paper (lr 5e-5, entropy
-0.1, value 0.5, gate 0.01, no clipping, one pass, no bootstrap). The paper's code takes
-0.45-0.56 s per routing update on this machine (PAPER.md); that figure is quoted, not re-run.
+0.1, value 0.5, gate 0.01, no clipping, one pass, no bootstrap), in fp32 and in the two faster
+precisions (bf16_matmul, bf16 autocast), and for REINFORCE's single-pass update against the
+two-pass one. The paper's code takes 0.45-0.56 s per routing update on this machine (PAPER.md);
+that figure is quoted, not re-run. Section train_throughput_<cpu|gpu> of docs/RESULTS.md.
 
 Part 2 (learning): PPO routing at p=0.1 for --learn-seconds wall clock, evaluating the steered
-policy every --eval-every env steps: when it first reaches 0.7, and whether it stays there.
+policy every --eval-every env steps: when it first reaches 0.7, and whether it stays there
+(section train_learning_<cpu|gpu>).
 
     python benchmarks/train_throughput.py                 # CPU, 1 thread, writes docs/RESULTS.md
     python benchmarks/train_throughput.py --device cuda --num-envs 4096
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_doc import update_section  # noqa: E402
+from _results_doc import cpu_name, update_section  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
@@ -33,8 +36,10 @@ PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
 PAPER_REINFORCE = dict(algo="reinforce", hidden=256, bootstrap=False, gate_input="full")
 
 
-def time_updates(cfg: TrainConfig, updates: int) -> float:
+def time_updates(cfg: TrainConfig, updates: int, single_pass: bool | None = None) -> float:
     trainer = Trainer(cfg)
+    if single_pass is not None:
+        trainer.single_pass = single_pass
     trainer.train_update()  # warm-up
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
@@ -46,16 +51,27 @@ def time_updates(cfg: TrainConfig, updates: int) -> float:
     return (time.perf_counter() - t0) / updates
 
 
+#: (label, TrainConfig fields, single_pass override or None for the trainer's choice)
+CONFIGS = [
+    ("PPO (ours, default)", dict(algo="ppo", hidden=256), None),
+    ("PPO, bf16 autocast", dict(algo="ppo", hidden=256, precision="bf16"), None),
+    ("REINFORCE, paper config", PAPER_REINFORCE, None),
+    ("REINFORCE, paper config, two-pass update", PAPER_REINFORCE, False),
+    ("REINFORCE, paper config, bf16_matmul", dict(PAPER_REINFORCE, precision="bf16_matmul"), None),
+    ("REINFORCE, paper config, bf16", dict(PAPER_REINFORCE, precision="bf16"), None),
+    ("REINFORCE, paper config, bf16, two-pass update", dict(PAPER_REINFORCE, precision="bf16"),
+     False),
+]
+
+
 def throughput(args) -> tuple[list[str], dict]:
     rows, out = [], {}
-    for label, extra in [("PPO (ours, default)", dict(algo="ppo", hidden=256)),
-                         ("PPO, bf16 autocast", dict(algo="ppo", hidden=256, precision="bf16")),
-                         ("REINFORCE, paper config", PAPER_REINFORCE),
-                         ("REINFORCE, paper config, bf16", dict(PAPER_REINFORCE, precision="bf16"))]:
-        for method in ("routing", "naive", "filtering"):
+    for label, extra, single_pass in CONFIGS:
+        methods = ("routing",) if single_pass is False else ("routing", "naive", "filtering")
+        for method in methods:
             cfg = TrainConfig(method=method, num_envs=512, rollout_steps=32, device=args.device,
                               threads=args.threads, **extra)
-            s = time_updates(cfg, args.updates)
+            s = time_updates(cfg, args.updates, single_pass)
             sps = 512 * 32 / s
             out[(label, method)] = s
             rows.append(f"| {label} | {method} | {s:.3f} | {sps:,.0f} |")
@@ -117,22 +133,33 @@ def main() -> int:
     device_name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
                    else f"{platform.processor() or platform.machine()} CPU, {args.threads} thread(s)")
     cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
-    md = [f"Command: `{cmd.strip()}` on {device_name}, torch {torch.__version__}.", ""]
+    header = [f"Command: `{cmd.strip()}` on {device_name} ({cpu_name()}), torch "
+              f"{torch.__version__}.", ""]
+    dev = "gpu" if args.device.startswith("cuda") else "cpu"
     if not args.skip_throughput:
         print("| algorithm | method | s / update | env steps / s |")
         rows, out = throughput(args)
-        ours = out[("REINFORCE, paper config", "routing")]
-        ours_bf16 = out[("REINFORCE, paper config, bf16", "routing")]
-        ppo = out[("PPO (ours, default)", "routing")]
-        md += ["### Throughput at paper size (H=256, 512 envs x 32 steps, full update)", "",
-               "| algorithm | method | s / update | env steps / s |", "|---|---|---|---|", *rows, "",
-               f"Routing, REINFORCE as the paper: {ours:.3f} s/update vs the paper code's "
-               f"{PAPER_SECONDS_PER_UPDATE[0]}-{PAPER_SECONDS_PER_UPDATE[1]} s here "
-               f"(speed-up {PAPER_SECONDS_PER_UPDATE[0] / ours:.2f}-"
-               f"{PAPER_SECONDS_PER_UPDATE[1] / ours:.2f}x; target >= 2x); with bf16 autocast "
-               f"{ours_bf16:.3f} s/update ({PAPER_SECONDS_PER_UPDATE[0] / ours_bf16:.2f}-"
-               f"{PAPER_SECONDS_PER_UPDATE[1] / ours_bf16:.2f}x). PPO (4 epochs x 16 "
-               f"minibatches, fp32) takes {ppo:.3f} s/update.", ""]
+        lo, hi = PAPER_SECONDS_PER_UPDATE
+
+        def vs_paper(label: str) -> str:
+            s = out[(label, "routing")]
+            return f"{s:.3f} s/update ({lo / s:.2f}-{hi / s:.2f}x)"
+
+        md = header + [
+            "### Throughput at paper size (H=256, 512 envs x 32 steps, full update)", "",
+            "| algorithm | method | s / update | env steps / s |", "|---|---|---|---|", *rows, "",
+            f"Routing against the paper code's {lo}-{hi} s per update on this machine (target "
+            f">= 2x): REINFORCE as the paper, fp32 {vs_paper('REINFORCE, paper config')}; "
+            f"bf16_matmul {vs_paper('REINFORCE, paper config, bf16_matmul')}; bf16 autocast "
+            f"{vs_paper('REINFORCE, paper config, bf16')}. The single-pass update (learning "
+            f"from the rollout's own graph) against the two-pass one: fp32 "
+            f"{out[('REINFORCE, paper config, two-pass update', 'routing')]:.3f} s, bf16 "
+            f"{out[('REINFORCE, paper config, bf16, two-pass update', 'routing')]:.3f} s. PPO "
+            f"(4 epochs x 16 minibatches, fp32) takes "
+            f"{out[('PPO (ours, default)', 'routing')]:.3f} s/update.", ""]
+        if not args.no_write:
+            section = f"train_throughput_{dev}"
+            update_section(section, f"## Trainer speed ({section})\n\n" + "\n".join(md))
     if not args.skip_learning:
         print(f"learning: PPO routing, p=0.1, hidden {args.hidden}, {args.learn_seconds:.0f}s")
         rows, s = learning(args)
@@ -143,18 +170,18 @@ def main() -> int:
             verdict.append(f"first reached 0.7 after {s['first_0.7_seconds']:.0f} s of training "
                            f"({s['first_0.7_steps'] / 1e6:.2f}M env steps); lowest afterwards "
                            f"{s['min_after']:.3f}; final {s['final']:.3f}")
-        md += [f"### Learning: PPO routing at p=0.1 (hidden {args.hidden}, {args.num_envs} envs, "
-               f"gate input {args.gate_input}, seed {args.seed})", "",
-               "Targets: first 0.7 in under 60 s; stays >= 0.7 for the rest of a 10-minute run.",
-               "", "Result: " + "; ".join(verdict) + ".", "",
-               "| train seconds | env steps (M) | steered return | P(ghost \\| closer, unseen) |",
-               "|---|---|---|---|", *rows, ""]
+        md = header + [
+            f"### Learning: PPO routing at p=0.1 (hidden {args.hidden}, {args.num_envs} envs, "
+            f"gate input {args.gate_input}, seed {args.seed})", "",
+            "Targets: first 0.7 in under 60 s; stays >= 0.7 for the rest of a 10-minute run.",
+            "", "Result: " + "; ".join(verdict) + ".", "",
+            "| train seconds | env steps (M) | steered return | P(ghost \\| closer, unseen) |",
+            "|---|---|---|---|", *rows, ""]
         print("; ".join(verdict))
-    if not args.no_write:
-        section = "train_throughput_" + ("gpu" if args.device.startswith("cuda") else "cpu")
-        update_section(section, "## Trainer speed and learning (" + section + ")\n\n" + "\n".join(md))
+        if not args.no_write:
+            section = f"train_learning_{dev}"
+            update_section(section, f"## Trainer learning ({section})\n\n" + "\n".join(md))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,8 @@ to the experts' outputs before the head.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -146,10 +148,13 @@ class MoEPolicy(nn.Module):
         Without autograd (rollouts, evaluation) the result is cached until a parameter changes
         (tracked by the parameters' in-place version counters and storage).
         """
+        scope = getattr(self, "_fold_scope", None)
+        if scope:
+            return scope["fold"]
         first, conv = self.gate_mlp[0][0], self.gate_conv
         tensors = (first.weight, first.bias, conv.weight, conv.bias)
         key = None
-        if not torch.is_grad_enabled():
+        if scope is None and not torch.is_grad_enabled():
             key = tuple((t.data_ptr(), t._version) for t in tensors)
             cached = getattr(self, "_gate_fold_cache", None)
             if cached is not None and cached[0] == key:
@@ -164,7 +169,20 @@ class MoEPolicy(nn.Module):
         folded = (weight.reshape(hid, -1), bias)
         if key is not None:
             self._gate_fold_cache = (key, folded)
+        if scope is not None:
+            scope["fold"] = folded
         return folded
+
+    @contextlib.contextmanager
+    def shared_gate_fold(self) -> Iterator[None]:
+        """Within the block the folded gate layer is computed once and reused, with its autograd
+        graph when gradients are on: for a rollout, whose parameters do not change between
+        steps. Do not step an optimizer inside the block."""
+        self._fold_scope = {}
+        try:
+            yield
+        finally:
+            self._fold_scope = None
 
     def features(self, obs: Tensor, steer: str = "none") -> MoEFeatures:
         """The two experts' hidden outputs and the gate (everything before the mixture)."""

@@ -18,6 +18,7 @@ not change between acting and learning, so this is the same gradient as a fresh 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -241,27 +242,31 @@ class Trainer:
         outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
         kept: list | None = [] if graph else None
-        for t in range(T):
-            obs_buf[t] = obs
-            feats = self.policy.features(obs)
-            v = self.value(obs)
-            if kept is not None:
-                kept.append((feats, v))
-            with torch.no_grad():
-                logits = self.policy.mix(feats).logits.float()
-                values[t] = v.float()
-                a = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
-                actions[t] = a
-                logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
-                r = self.rules.step(a)
-                if self.step_filter is not None:
-                    r = self.step_filter(r)
-                obs = r.obs
-                if cfg.bootstrap and bool(r.truncated.any()):
-                    trunc_values[t] = torch.where(r.truncated, self.value(r.final_obs).float(), 0.0)
-                terminated[t], truncated[t] = r.terminated, r.truncated
-                outcome[t] = r.outcome
-                true_outcome[t] = r.true_outcome
+        shared_fold = getattr(self.policy, "shared_gate_fold", contextlib.nullcontext)
+        with shared_fold():  # parameters are fixed during the window
+            for t in range(T):
+                obs_buf[t] = obs
+                feats = self.policy.features(obs)
+                v = self.value(obs)
+                if kept is not None:
+                    kept.append((feats, v))
+                with torch.no_grad():
+                    logits = self.policy.mix(feats).logits.float()
+                    values[t] = v.float()
+                    probs = torch.softmax(logits, -1)
+                    a = torch.multinomial(probs, 1, generator=self.gen).squeeze(1)
+                    actions[t] = a
+                    logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
+                    r = self.rules.step(a)
+                    if self.step_filter is not None:
+                        r = self.step_filter(r)
+                    obs = r.obs
+                    if cfg.bootstrap and bool(r.truncated.any()):
+                        cut = self.value(r.final_obs).float()
+                        trunc_values[t] = torch.where(r.truncated, cut, 0.0)
+                    terminated[t], truncated[t] = r.terminated, r.truncated
+                    outcome[t] = r.outcome
+                    true_outcome[t] = r.true_outcome
         with torch.no_grad():
             values[T] = self.value(obs).float()
         next_values = values[1:]
