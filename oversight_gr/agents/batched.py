@@ -110,7 +110,7 @@ def _group_seed(cfgs: Sequence[TrainConfig]) -> int:
 def collect_rollout(
     rules: GridRules,
     obs: Tensor,
-    act: Callable[[Tensor], Tensor],
+    act: Callable[[Tensor], tuple[Tensor, Tensor]],
     value: Callable[[Tensor], Tensor],
     gen: torch.Generator,
     steps: int,
@@ -124,8 +124,10 @@ def collect_rollout(
 
     Args:
         obs: ``[B, 4, n, n]`` current observations.
-        act: ``obs [B, ...] -> logits [B, 4]``; actions are sampled from them with ``gen``.
-        value: ``obs [B, ...] -> [B]`` state values.
+        act: ``obs [B, ...] -> (logits [B, 4], value [B])``; actions are sampled from the logits
+            with ``gen``.
+        value: ``obs [B, ...] -> [B]`` state values of the final observations of truncated
+            episodes (when bootstrapping) and of the state after the window.
         bootstrap: bootstrap from the value at truncations and at the window's end (else the
             paper's REINFORCE returns: nothing after an episode's end or the window's end).
         method: the :class:`~oversight_gr.agents.methods.Method` whose reward is computed.
@@ -135,38 +137,40 @@ def collect_rollout(
     obs_buf = torch.empty((T, *obs.shape), dtype=torch.uint8, device=dev)
     actions = torch.empty(T, B, dtype=torch.long, device=dev)
     logp = torch.empty(T, B, device=dev)
-    values = torch.empty(T, B, device=dev)
-    next_values = torch.empty(T, B, device=dev)
-    done = torch.empty(T, B, dtype=torch.bool, device=dev)
+    values = torch.empty(T + 1, B, device=dev)  # row T: the state after the window
+    trunc_values = torch.zeros(T, B, device=dev)  # final obs of episodes cut by truncation
+    terminated = torch.empty(T, B, dtype=torch.bool, device=dev)
+    truncated = torch.empty(T, B, dtype=torch.bool, device=dev)
     outcome = torch.empty(T, B, dtype=torch.long, device=dev)
     true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
-    v = value(obs).float()
     for t in range(T):
         obs_buf[t] = obs
-        logits = act(obs).float()
+        logits, v = act(obs)
+        logits = logits.float()
+        values[t] = v.float()
         a = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
         actions[t] = a
         logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
-        values[t] = v
         r = rules.step(a)
         if step_filter is not None:
             r = step_filter(r)
         obs = r.obs
-        v = value(obs).float()
-        nv = v
         if bootstrap and bool(r.truncated.any()):
-            nv = torch.where(r.truncated, value(r.final_obs).float(), v)
-        next_values[t] = torch.where(r.terminated, 0.0, nv)
-        if not bootstrap:
-            next_values[t] = torch.where(r.done, 0.0, next_values[t])
-        done[t] = r.done
+            trunc_values[t] = torch.where(r.truncated, value(r.final_obs).float(), 0.0)
+        terminated[t], truncated[t] = r.terminated, r.truncated
         outcome[t] = r.outcome
         true_outcome[t] = r.true_outcome
+    values[T] = value(obs).float()
+    done = terminated | truncated
+    next_values = values[1:]
+    if bootstrap:
+        next_values = torch.where(truncated, trunc_values, next_values)
+    next_values = torch.where(terminated if bootstrap else done, 0.0, next_values)
     if not bootstrap:
-        next_values[T - 1] = 0.0
+        next_values[T - 1] = 0.0  # the paper's REINFORCE: no bootstrap at the window's end
     labels = episode_labels(outcome, done)
     rewards = method_reward(method, outcome, true_outcome)
-    ro = Rollout(obs_buf, actions, logp, values, next_values, rewards, done, labels, outcome,
+    ro = Rollout(obs_buf, actions, logp, values[:T], next_values, rewards, done, labels, outcome,
                  true_outcome)
     return ro, obs
 
@@ -245,6 +249,9 @@ class BatchedTrainer:
         self.updates = 0
         self.num_updates = math.ceil(cfg.total_env_steps / (cfg.num_envs * cfg.rollout_steps))
         self._modules: dict[int, tuple[nn.Module, ValueNet]] = {}
+        #: learn from the rollout's own graph (see :meth:`update`); tests may turn it off
+        self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
+                            and cfg.resolved("minibatches") == 1)
 
     #: the configured numeric precision for a block, exactly as a single run's (it reads only
     #: ``cfg.precision`` and ``device``)
@@ -277,35 +284,47 @@ class BatchedTrainer:
         y = (y + P["policy.gate_conv.bias"][:, None, :, None]).flatten(2)
         return torch.sigmoid(self._mlp(y, self._group("gate_mlp."), relu_last=False)).squeeze(-1)
 
-    def policy(self, obs: Tensor, route: RouteWeights | None = None,
-               steer: str = "none") -> MoEOutput:
-        """Every run's actor on its own observations: ``obs [R, N, 4, n, n]`` -> logits
-        ``[R, N, 4]`` and gate ``[R, N]`` (NaN for single-expert methods). ``route`` holds
-        ``[R * N]`` weights (run-major), ``steer`` fixes the gate as in ``MoEPolicy``."""
+    def features(self, obs: Tensor, steer: str = "none") -> tuple[Tensor, ...]:
+        """Everything the actor computes before the mixture, ``obs [R, N, 4, n, n]`` ->
+        ``(diamond expert [R, N, H], ghost expert [R, N, H], gate [R, N])`` for MoE methods,
+        ``(body [R, N, H],)`` for single-expert ones."""
         if steer not in STEER:
             raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
         x = obs.float().flatten(2)
         R, N = x.shape[:2]
-        P = self.params
         if self.method.policy != "moe":
-            h = self._mlp(x, self._group("body."))
-            logits = _linear(h, P["policy.head.weight"], P["policy.head.bias"])
-            return MoEOutput(logits, torch.full((R, N), float("nan"), device=x.device))
+            return (self._mlp(x, self._group("body.")),)
         if steer == "diamond":
             gate = torch.ones(R, N, device=x.device)
         elif steer == "ghost":
             gate = torch.zeros(R, N, device=x.device)
         else:
             gate = self.gate_value(obs)
-        e_d = self._mlp(x, self._group("expert_diamond.")).flatten(0, 1)
-        e_g = self._mlp(x, self._group("expert_ghost.")).flatten(0, 1)
-        if route is None:
-            h = two_expert_mixture(e_d, e_g, gate.flatten())
-        else:
-            h = two_expert_mixture(e_d, e_g, gate.flatten(), route.diamond, route.ghost,
-                                   route.gate)
+        e_d = self._mlp(x, self._group("expert_diamond."))
+        e_g = self._mlp(x, self._group("expert_ghost."))
+        return e_d, e_g, gate
+
+    def mix(self, feats: tuple[Tensor, ...], route: RouteWeights | None = None) -> MoEOutput:
+        """:meth:`features` -> logits ``[R, N, 4]`` and gate ``[R, N]`` (NaN for single-expert
+        methods); ``route`` holds ``[R * N]`` gradient weights (run-major)."""
+        P = self.params
+        if len(feats) == 1:
+            h = feats[0]
+            logits = _linear(h, P["policy.head.weight"], P["policy.head.bias"])
+            return MoEOutput(logits, torch.full(h.shape[:2], float("nan"), device=h.device))
+        e_d, e_g, gate = feats
+        R, N = gate.shape
+        weights = () if route is None else (route.diamond, route.ghost, route.gate)
+        h = two_expert_mixture(e_d.flatten(0, 1), e_g.flatten(0, 1), gate.flatten(), *weights)
         logits = _linear(h.view(R, N, -1), P["policy.head.weight"], P["policy.head.bias"])
         return MoEOutput(logits, gate)
+
+    def policy(self, obs: Tensor, route: RouteWeights | None = None,
+               steer: str = "none") -> MoEOutput:
+        """Every run's actor on its own observations: ``obs [R, N, 4, n, n]`` -> logits
+        ``[R, N, 4]`` and gate ``[R, N]`` (NaN for single-expert methods). ``route`` holds
+        ``[R * N]`` weights (run-major), ``steer`` fixes the gate as in ``MoEPolicy``."""
+        return self.mix(self.features(obs, steer), route)
 
     def value(self, obs: Tensor) -> Tensor:
         """``[R, N]`` state values of every run."""
@@ -350,42 +369,67 @@ class BatchedTrainer:
         return self._modules[r]
 
     # -- data -------------------------------------------------------------------------------------
-    @torch.no_grad()
     def collect(self) -> Rollout:
         """``rollout_steps`` moves in all ``R * num_envs`` environments."""
+        return self._collect(None)
+
+    def collect_with_graph(self) -> tuple[Rollout, list]:
+        """:meth:`collect`, also keeping every step's actor features and value with their
+        autograd graphs, for :meth:`update`'s single pass (single-pass REINFORCE)."""
+        graph: list = []
+        return self._collect(graph), graph
+
+    def _collect(self, graph: list | None) -> Rollout:
         cfg, R = self.cfg, self.R
 
-        def per_run(fn):
-            return lambda obs: fn(obs.view(R, -1, *obs.shape[1:])).flatten(0, 1)
+        def runs(obs: Tensor) -> Tensor:  # [R * B, ...] -> [R, B, ...]
+            return obs.view(R, -1, *obs.shape[1:])
 
-        with self.autocast():
+        def act(obs: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.set_grad_enabled(graph is not None):
+                feats, v = self.features(runs(obs)), self.value(runs(obs))
+            if graph is not None:
+                graph.append((feats, v))
+            with torch.no_grad():
+                return self.mix(feats).logits.flatten(0, 1), v.detach().flatten(0, 1)
+
+        def value(obs: Tensor) -> Tensor:
+            return self.value(runs(obs)).flatten(0, 1)
+
+        # one precision region for the whole window (bf16 weight casts are cached across steps)
+        with torch.no_grad(), self.autocast():
             ro, self.obs = collect_rollout(
-                self.rules, self.obs, per_run(lambda o: self.policy(o).logits),
-                per_run(self.value), self.gen, cfg.rollout_steps, bootstrap=cfg.bootstrap,
-                method=self.method)
+                self.rules, self.obs, act, value, self.gen, cfg.rollout_steps,
+                bootstrap=cfg.bootstrap, method=self.method)
         self.env_steps += cfg.rollout_steps * cfg.num_envs
         return ro
 
     # -- learning ---------------------------------------------------------------------------------
-    def _route(self, route_lbl: Tensor, obs: Tensor) -> RouteWeights | None:
+    def _route(self, route_lbl: Tensor, feats: tuple[Tensor, ...]) -> RouteWeights | None:
+        """Route weights ``[R * N]`` from route labels ``[R, N]`` (the gate, detached, is
+        needed only for ``unlabelled_sharpness != 1``)."""
         if not self.method.route:
             return None
         cfg = self.cfg
-        gate = None
-        if cfg.unlabelled_sharpness != 1.0:
-            with torch.no_grad():
-                gate = self.gate_value(obs).flatten()
+        gate = feats[2].detach().flatten() if cfg.unlabelled_sharpness != 1.0 else None
         return route_weights(route_lbl.flatten(), gate, cfg.unlabelled_gate_grad,
                              cfg.unlabelled_sharpness)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss of every run on ``[R, N]`` batches: the sum over runs of each run's
         own loss (so each run's gradient is its own), and per-run ``[R]`` statistics."""
-        cfg = self.cfg
         route_lbl = route_labels(labels)
         with self.autocast():
-            out = self.policy(obs, route=self._route(route_lbl, obs))
+            feats = self.features(obs)
+            out = self.mix(feats, self._route(route_lbl, feats))
             values = self.value(obs)
+        return self.objective(out, values, actions, old_logp, adv, returns, route_lbl, mask)
+
+    def objective(self, out: MoEOutput, values, actions, old_logp, adv, returns, route_lbl,
+                  mask) -> tuple[Tensor, dict]:
+        """Policy-gradient, value, entropy and gate terms from the networks' outputs (all
+        ``[R, N]``): the sum over runs of each run's mean loss, and per-run statistics."""
+        cfg = self.cfg
         pg, entropy = policy_terms(out.logits, actions, old_logp, adv, cfg.algo, cfg.clip_coef)
         pg_loss = masked_mean(pg, mask, dim=1)
         v_loss = masked_mean((values.float() - returns) ** 2, mask, dim=1)
@@ -411,8 +455,23 @@ class BatchedTrainer:
         for g in grads:
             g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
 
-    def update(self, ro: Rollout) -> dict[str, float]:
-        """One learning step for every run (PPO: epochs x minibatches; REINFORCE: one batch)."""
+    def _step(self, loss: Tensor) -> None:
+        max_norm = self.cfg.resolved("max_grad_norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_norm > 0:
+            self._clip_per_run(max_norm)
+        self.optimizer.step()
+
+    def update(self, ro: Rollout, graph: list | None = None) -> dict[str, float]:
+        """One learning step for every run (PPO: epochs x minibatches; REINFORCE: one batch).
+
+        With ``graph`` (from :meth:`collect_with_graph`; single-pass REINFORCE only: one epoch,
+        one minibatch) the loss is built on the rollout's own forward pass instead of running
+        the networks again: the parameters have not changed since acting, so it is the same
+        gradient (tested), for about three quarters of the compute, and the backward pass runs
+        step by step on small tensors (cache-friendly on a CPU).
+        """
         cfg, R = self.cfg, self.R
         lam = cfg.gae_lambda if cfg.algo == "ppo" else 1.0
         adv, returns = advantages_and_returns(ro.rewards, ro.values, ro.next_values, ro.done,
@@ -424,6 +483,30 @@ class BatchedTrainer:
             return x.reshape(T, R, -1, *x.shape[2:]).transpose(0, 1).reshape(
                 R, -1, *x.shape[2:])
 
+        if cfg.anneal_lr:
+            frac = 1.0 - self.updates / max(self.num_updates, 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.resolved("lr")
+        if graph is not None:
+            if not self.single_pass:
+                raise ValueError("a rollout with a graph needs single-pass REINFORCE (algo "
+                                 "'reinforce', update_epochs 1, minibatches 1)")
+            route_lbl = route_labels(ro.labels)
+            logits, gates, values = [], [], []
+            with self.autocast():
+                for t, (feats, v) in enumerate(graph):
+                    out = self.mix(feats, self._route(route_lbl[t].view(R, -1), feats))
+                    logits.append(out.logits.flatten(0, 1))
+                    gates.append(out.gate.flatten())
+                    values.append(v.flatten())
+            out = MoEOutput(per_run(torch.stack(logits)), per_run(torch.stack(gates)))
+            loss, stats = self.objective(out, per_run(torch.stack(values)), per_run(ro.actions),
+                                         per_run(ro.logp), per_run(adv), per_run(returns),
+                                         per_run(route_lbl), per_run(mask))
+            graph.clear()  # consumed by this backward pass
+            self._step(loss)
+            self.updates += 1
+            return {k: v.tolist() for k, v in stats.items()}
         obs, actions, old_logp = per_run(ro.obs), per_run(ro.actions), per_run(ro.logp)
         adv, returns, labels, mask = per_run(adv), per_run(returns), per_run(ro.labels), per_run(
             mask)
@@ -433,29 +516,23 @@ class BatchedTrainer:
             var = ((adv - mean) ** 2 * mask).sum(1, keepdim=True) / (count - 1)
             normed = (adv - mean) / (var.sqrt() + 1e-8)
             adv = torch.where(count > 0, normed, adv)
-        if cfg.anneal_lr:
-            frac = 1.0 - self.updates / max(self.num_updates, 1)
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * cfg.resolved("lr")
         n = obs.shape[1]
         minibatches = cfg.resolved("minibatches")
         mb = n // minibatches
-        max_norm = cfg.resolved("max_grad_norm")
         rows = torch.arange(R, device=self.device).unsqueeze(1)
         sums: dict[str, Tensor] = {}
         count_mb = 0
+        batch = (obs, actions, old_logp, adv, returns, labels, mask)
         for _ in range(cfg.resolved("update_epochs")):
-            perm = self._permutations(n)
+            # one minibatch (the paper's REINFORCE) is the whole rollout: no shuffle or copy
+            perm = self._permutations(n) if minibatches > 1 else None
             for start in range(0, mb * minibatches, mb):
-                idx = perm[:, start : start + mb]
-                loss, stats = self.loss(obs[rows, idx], actions[rows, idx], old_logp[rows, idx],
-                                        adv[rows, idx], returns[rows, idx], labels[rows, idx],
-                                        mask[rows, idx])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_norm > 0:
-                    self._clip_per_run(max_norm)
-                self.optimizer.step()
+                if perm is None:
+                    loss, stats = self.loss(*batch)
+                else:
+                    idx = perm[:, start : start + mb]
+                    loss, stats = self.loss(*(x[rows, idx] for x in batch))
+                self._step(loss)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count_mb += 1
@@ -466,8 +543,12 @@ class BatchedTrainer:
         """Collect one window in every run and learn from it; returns per-run scalars (lists of
         length R) and the group's steps per second."""
         t0 = time.perf_counter()
-        ro = self.collect()
-        losses = self.update(ro)
+        if self.single_pass:
+            ro, graph = self.collect_with_graph()
+            losses = self.update(ro, graph)
+        else:
+            ro = self.collect()
+            losses = self.update(ro)
         dt = time.perf_counter() - t0
         R = self.R
         done = ro.done.view(ro.done.shape[0], R, -1)

@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from oversight_gr.agents.batched import BatchedTrainer, check_group, run_batched_training
+from oversight_gr.agents.batched import (
+    BatchedTrainer,
+    check_group,
+    collect_rollout,
+    run_batched_training,
+)
 from oversight_gr.agents.evaluation import evaluate
 from oversight_gr.agents.methods import (
     ROUTE_BOTH,
@@ -69,6 +74,24 @@ def test_batched_init_and_forward_equal_each_runs_own_modules(method, gate_input
         bt.unstack(3)
 
 
+
+def test_bf16_precision_runs_the_batched_networks_like_a_single_runs():
+    cfgs = _cfgs(precision="bf16", minibatches=1, update_epochs=1)
+    bt = BatchedTrainer(cfgs)
+    trainer = Trainer(cfgs[1])
+    obs = bt.obs.view(bt.R, -1, *bt.obs.shape[1:])
+    with bt.autocast():
+        mine = bt.policy(obs).logits
+    with trainer.autocast():
+        ref = trainer.policy(obs[1]).logits
+    assert mine.dtype == torch.bfloat16  # the matrix multiplies really ran in bf16
+    torch.testing.assert_close(mine[1].float(), ref.float(), rtol=0.05, atol=0.02)
+    before = _flat(*bt.unstack(1))
+    bt.train_update()
+    after = _flat(*bt.unstack(1))
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert all(p.dtype == torch.float32 for p in bt.params.values())
+
 # (b) ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("optim", ["adam", "sgd"])
 @pytest.mark.parametrize("method,algo,extra", [
@@ -110,6 +133,50 @@ def test_batched_update_equals_each_runs_trainer_update_on_the_same_data(
         torch.testing.assert_close(_flat(policy, value), _flat(t.policy, t.value),
                                    rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_collect_rollout_with_a_trainers_networks_envs_and_generator_is_its_rollout(bootstrap):
+    cfg = TrainConfig(method="routing", oversight_prob=0.5, bootstrap=bootstrap, seed=4,
+                      **{**TINY, "rollout_steps": 40})  # longer than an episode: truncations
+    trainer = Trainer(cfg)
+    rules = GridRules(cfg.num_envs, oversight_prob=cfg.oversight_prob, reward_mode="terminal",
+                      seed=cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    with torch.no_grad():
+        mine, _ = collect_rollout(
+            rules, rules.reset(), lambda o: (trainer.policy(o).logits, trainer.value(o)),
+            trainer.value, gen, cfg.rollout_steps, bootstrap=bootstrap, method=cfg.method_spec)
+    ref = trainer.collect()
+    assert bool(ref.done.any()) and not bool(ref.done.all())
+    for f in dataclasses.fields(Rollout):
+        a, b = getattr(mine, f.name), getattr(ref, f.name)
+        if isinstance(b, torch.Tensor):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=f.name)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("routing", dict(bootstrap=False, gate_input="full")),  # the paper preset's setting
+    ("routing", dict(unlabelled_sharpness=2.0, max_grad_norm=0.05)),
+    ("naive", dict(bootstrap=False)),
+])
+def test_single_pass_reinforce_equals_the_two_pass_update(method, extra):
+    """Learning from the rollout's own graph gives the gradient of a fresh forward pass."""
+    cfgs = _cfgs(method=method, algo="reinforce", **extra)
+    one, two = BatchedTrainer(cfgs), BatchedTrainer(cfgs)
+    assert one.single_pass
+    for bt in (one, two):  # SGD: sensitive to the gradient's scale (see above)
+        bt.optimizer = torch.optim.SGD(list(bt.params.values()), lr=0.1)
+    ro, graph = one.collect_with_graph()
+    assert len(graph) == cfgs[0].rollout_steps
+    one.update(ro, graph)
+    two.update(ro)
+    for r in range(one.R):
+        torch.testing.assert_close(_flat(*one.unstack(r)), _flat(*two.unstack(r)),
+                                   rtol=1e-5, atol=1e-6)
+    assert not torch.equal(_flat(*one.unstack(0)), _flat(*BatchedTrainer(cfgs).unstack(0)))
+    with pytest.raises(ValueError, match="single-pass"):
+        BatchedTrainer(_cfgs(method=method, algo="ppo")).update(*one.collect_with_graph())
 
 def test_gate_bce_rows_is_gate_bce_per_run():
     gen = torch.Generator().manual_seed(0)
