@@ -19,6 +19,7 @@ policy every --eval-every env steps: when it first reaches 0.7, and whether it s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
+from oversight_gr.agents.methods import train_mask  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
 PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
@@ -77,6 +79,39 @@ def throughput(args) -> tuple[list[str], dict]:
             rows.append(f"| {label} | {method} | {s:.3f} | {sps:,.0f} |")
             print(rows[-1], flush=True)
     return rows, out
+
+
+def gradient_agreement(args) -> list[str]:
+    """Cosine and relative error of the bf16 modes' gradients against fp32's, on one fp32
+    rollout from the same parameters (paper size, routing, REINFORCE as the paper)."""
+    base = TrainConfig(method="routing", num_envs=512, rollout_steps=32, device=args.device,
+                       threads=args.threads, **PAPER_REINFORCE)
+    ref = Trainer(base)
+    ref.single_pass = False
+    ro = ref.collect()
+    adv, returns = ref.advantages(ro)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    batch = [flat(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
+                               train_mask(ref.method, ro.labels))]
+
+    def grad(precision: str) -> torch.Tensor:
+        tr = Trainer(dataclasses.replace(base, precision=precision))
+        tr.policy.load_state_dict(ref.policy.state_dict())
+        tr.value.load_state_dict(ref.value.state_dict())
+        loss, _ = tr.loss(*batch)
+        loss.backward()
+        params = list(tr.policy.parameters()) + list(tr.value.parameters())
+        return torch.cat([p.grad.flatten() for p in params]).double()
+
+    g32 = grad("fp32")
+    rows = []
+    for precision in ("bf16_matmul", "bf16"):
+        g = grad(precision)
+        cos = float(torch.dot(g, g32) / (g.norm() * g32.norm()))
+        rel = float((g - g32).norm() / g32.norm())
+        rows.append(f"| {precision} | {cos:.5f} | {rel:.4f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def learning(args) -> tuple[list[str], dict]:
@@ -156,7 +191,11 @@ def main() -> int:
             f"{out[('REINFORCE, paper config, two-pass update', 'routing')]:.3f} s, bf16 "
             f"{out[('REINFORCE, paper config, bf16, two-pass update', 'routing')]:.3f} s. PPO "
             f"(4 epochs x 16 minibatches, fp32) takes "
-            f"{out[('PPO (ours, default)', 'routing')]:.3f} s/update.", ""]
+            f"{out[('PPO (ours, default)', 'routing')]:.3f} s/update.", "",
+            "Gradient of one update against fp32's (same parameters, same fp32 rollout, routing, "
+            "REINFORCE as the paper):", "",
+            "| precision | cosine with fp32 | relative error |", "|---|---|---|",
+            *gradient_agreement(args), ""]
         if not args.no_write:
             section = f"train_throughput_{dev}"
             update_section(section, f"## Trainer speed ({section})\n\n" + "\n".join(md))
