@@ -35,9 +35,12 @@ from torch import Tensor, nn
 from oversight_gr.agents.methods import (
     METHODS,
     Method,
+    advantages_and_returns,
     episode_labels,
     gate_bce,
+    masked_mean,
     method_reward,
+    policy_terms,
     route_labels,
     route_weights,
     train_mask,
@@ -286,16 +289,9 @@ class Trainer:
     def advantages(self, ro: Rollout) -> tuple[Tensor, Tensor]:
         """(advantages, returns) ``[T, B]``: GAE for PPO, Monte-Carlo returns for REINFORCE."""
         cfg = self.cfg
-        T = ro.rewards.shape[0]
         lam = cfg.gae_lambda if cfg.algo == "ppo" else 1.0
-        adv = torch.zeros_like(ro.rewards)
-        last = torch.zeros_like(ro.rewards[0])
-        for t in range(T - 1, -1, -1):
-            nonterminal = (~ro.done[t]).float()
-            delta = ro.rewards[t] + cfg.gamma * ro.next_values[t] - ro.values[t]
-            last = delta + cfg.gamma * lam * nonterminal * last
-            adv[t] = last
-        return adv, adv + ro.values
+        return advantages_and_returns(ro.rewards, ro.values, ro.next_values, ro.done, cfg.gamma,
+                                      lam)
 
     # -- learning ------------------------------------------------------------------------------
     def _route(self, route_lbl: Tensor, gate: Tensor | None) -> RouteWeights | None:
@@ -321,18 +317,10 @@ class Trainer:
     def objective(self, out, values, actions, old_logp, adv, returns, route_lbl, mask):
         """Policy-gradient, value, entropy and gate terms from the networks' outputs."""
         cfg = self.cfg
-        logp_all = torch.log_softmax(out.logits.float(), -1)
-        logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        denom = mask.sum().clamp_min(1.0)
-        if cfg.algo == "ppo":
-            ratio = (logp - old_logp).exp()
-            pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
-        else:
-            pg = -adv * logp
-        pg_loss = (pg * mask).sum() / denom
-        v_loss = ((values.float() - returns) ** 2 * mask).sum() / denom
-        ent = (entropy * mask).sum() / denom
+        pg, entropy = policy_terms(out.logits, actions, old_logp, adv, cfg.algo, cfg.clip_coef)
+        pg_loss = masked_mean(pg, mask)
+        v_loss = masked_mean((values.float() - returns) ** 2, mask)
+        ent = masked_mean(entropy, mask)
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
         gate_loss = torch.zeros((), device=self.device)
         if self.method.gate_loss:
