@@ -11,8 +11,8 @@ flat in R once the device is busy, an assumption stated in the output) times 20,
 summed over the 4 groups, plus the evaluations (41 per run: every 500 updates and the end).
 
     python benchmarks/batched_runs.py                      # CPU, 1 thread, writes docs/RESULTS.md
-    python benchmarks/batched_runs.py --device cuda --runs 40 --precision fp32 bf16 \\
-        --section batched_runs_gpu                        # one GPU
+    python benchmarks/batched_runs.py --device cuda --runs 40 --sequential-runs 4 \\
+        --precision fp32 bf16 --section batched_runs_gpu  # one GPU, a few minutes
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=8, help="runs R per batched group")
+    ap.add_argument("--runs", type=int, default=8,
+                    help="runs R per batched group (the paper preset's groups hold 40)")
     ap.add_argument("--sequential-runs", type=int, default=None,
                     help="time only this many of the R runs one by one (the sequential time is "
                     "their mean x R); default: all R")
@@ -171,9 +172,10 @@ def main() -> None:
     if device.type != "cuda":
         notes.append(
             "Not yet measured on a GPU. To measure there (writes its own section): "
-            "`python benchmarks/batched_runs.py --device cuda --runs 40 --precision fp32 bf16 "
-            "--section batched_runs_gpu`; then the preset itself: `oversight-gr sweep --preset "
-            "paper --device cuda --batch-runs 40 --out runs/paper_gpu` (adding `--workers 4` "
+            "`python benchmarks/batched_runs.py --device cuda --runs 40 --sequential-runs 4 "
+            "--precision fp32 bf16 --section batched_runs_gpu` (a few minutes); then the "
+            "preset itself: `oversight-gr sweep --preset paper --device cuda --batch-runs 40 "
+            "--out runs/paper_gpu` (adding `--workers 4` "
             "runs the 4 method groups as 4 processes sharing the GPU, which may hide launch "
             "overhead: compare both).")
     md = "\n".join([
@@ -189,7 +191,9 @@ def main() -> None:
         "one after another with `Trainer` and together with `BatchedTrainer`: the same configs "
         "and env steps. Seconds per update include the rollout and the learning step. "
         "`quick`: PPO, hidden 64, 256 envs x 32 steps (the quick preset's network); `paper`: "
-        "REINFORCE paper config, hidden 256, 512 envs x 32 steps.",
+        "REINFORCE paper config, hidden 256, 512 envs x 32 steps."
+        + (f" Sequential times: the mean over the first {n_seq} runs (every run costs the "
+           "same), times R." if n_seq < R else ""),
         "",
         head,
         *rows,
