@@ -41,6 +41,7 @@ VARIANTS = {
     "reinforce_lr_3e-4": {"algo": "reinforce", "lr": 3e-4},
     "sharpen_2": {"unlabelled_sharpness": 2.0},
     "sharpen_3": {"unlabelled_sharpness": 3.0},
+    "paper_rule": {"unlabelled_sharpness": 1.0},
     "bf16": {"precision": "bf16"},
     "bf16_matmul": {"precision": "bf16_matmul"},
 }

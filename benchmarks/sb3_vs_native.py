@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=args.oversight,
                           total_env_steps=args.steps, hidden=args.hidden,
                           num_envs=args.num_envs, rollout_steps=args.rollout_steps,
-                          threads=args.threads)
+                          threads=args.threads,
+                          unlabelled_sharpness=1.0)  # RoutedPPO implements the paper's rule
         results: dict[str, list] = {name: [] for name in args.trainers}
         for seed in range(args.speed) if args.speed else args.seeds:
             for name in args.trainers:

@@ -50,7 +50,7 @@ from typing import Any
 
 from oversight_gr.agents.batched import group_key
 from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import ALGOS, TrainConfig
+from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig
 from oversight_gr.config import add_arguments, from_arguments, option, validate
 
 __all__ = [
@@ -214,10 +214,10 @@ def _parse_override(item: str) -> tuple[str, Any]:
         return key, raw.lower() in ("true", "1")
     if isinstance(current, int):
         return key, int(raw)
-    if isinstance(current, float) or key in ("lr", "ent_coef", "gate_loss_coef",
-                                              "max_grad_norm"):
+    per_algo = ALGO_DEFAULTS["ppo"].get(key)  # the type of a field whose default is None
+    if isinstance(current, float) or isinstance(per_algo, float):
         return key, float(raw)
-    if key in ("update_epochs", "minibatches"):
+    if isinstance(per_algo, int):
         return key, int(raw)
     return key, raw
 

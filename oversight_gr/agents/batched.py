@@ -411,9 +411,10 @@ class BatchedTrainer:
         if not self.method.route:
             return None
         cfg = self.cfg
-        gate = feats[2].detach().flatten() if cfg.unlabelled_sharpness != 1.0 else None
+        sharpness = cfg.resolved("unlabelled_sharpness")
+        gate = feats[2].detach().flatten() if sharpness != 1.0 else None
         return route_weights(route_lbl.flatten(), gate, cfg.unlabelled_gate_grad,
-                             cfg.unlabelled_sharpness)
+                             sharpness)
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss of every run on ``[R, N]`` batches: the sum over runs of each run's
