@@ -86,3 +86,18 @@ def test_curve_precision_and_old_records(tmp_path, fake_npz):
     stamp = path.stat().st_mtime_ns
     assert cli.main(argv_fp32) == 0
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_benchmark_verdicts_classify_the_papers_table():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from vision_table2 import _pattern
+
+    from oversight_gr.vision.table2 import TABLE2
+
+    patterns = {k: _pattern(p.paper_mse) for k, p in TABLE2.items()}
+    assert [k for k, v in patterns.items() if v == "split"] == [1, 2, 3, 6, 7]
+    assert patterns[4] == "both bad" and patterns[8] == patterns[10] == "both good"
+    assert _pattern((0.10, 0.30)) == "reversed"
