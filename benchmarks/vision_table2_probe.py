@@ -4,7 +4,7 @@ epochs, and at the end a fresh certificate trained for 5 epochs on the frozen la
 regularization) does not reproduce at 25 epochs; see the vision_table2_cpu_long section of
 docs/RESULTS.md.
 
-Usage (batch 2048, seed 0, bf16 autocast unless PREC=fp32; one torch thread)::
+Usage (batch 2048, seed $SEED or 0, bf16 autocast unless PREC=fp32; one torch thread)::
 
     python benchmarks/vision_table2_probe.py SETTING EPOCHS EVAL_EVERY OUT.json [HIDDEN]
     python benchmarks/vision_table2_probe.py 4 36 4 runs/probe4_36.json
@@ -21,7 +21,8 @@ hidden = tuple(int(v) for v in sys.argv[5].split(",")) if len(sys.argv) > 5 else
 d = load_mnist()
 X, Y = torch.from_numpy(d.train_x), torch.from_numpy(d.train_y)
 TX, TY = torch.from_numpy(d.test_x), torch.from_numpy(d.test_y)
-cfg = TrainConfig(epochs=epochs, batch_size=2048, precision=__import__("os").environ.get("PREC", "bf16"), seed=0, hidden=hidden)
+cfg = TrainConfig(epochs=epochs, batch_size=2048, precision=__import__("os").environ.get("PREC", "bf16"),
+                  seed=int(__import__("os").environ.get("SEED", "0")), hidden=hidden)
 built, curve = [], []
 t0 = time.time()
 def on_epoch(e, losses):
