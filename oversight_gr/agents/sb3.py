@@ -445,7 +445,9 @@ class RoutedPPO(PPO):
     rollout_buffer_kwargs={"normalize_advantage": True}``.
 
     The label of an episode applies to all its steps in the rollout; steps of an episode that
-    has not ended when the rollout does train both experts and the gate (as natively).
+    has not ended when the rollout does train both experts and the gate (as natively). They
+    reach the experts through the plain mixture (the paper's rule, the native trainer's
+    ``unlabelled_sharpness=1``; the native PPO default is 3).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {

@@ -276,8 +276,9 @@ def test_sb3_train_step_gives_the_native_routed_gradient():
     from oversight_gr.agents.trainer import TrainConfig, Trainer
 
     T, B = 8, 16
+    # RoutedPPO implements the paper's unlabelled rule (sharpness 1; PPO's native default is 3)
     trainer = Trainer(TrainConfig(num_envs=B, rollout_steps=T, hidden=16, oversight_prob=0.5,
-                                  total_env_steps=T * B))
+                                  total_env_steps=T * B, unlabelled_sharpness=1.0))
     ro = trainer.collect()
     while not {ROUTE_DIAMOND, ROUTE_GHOST} <= set(route_labels(ro.labels).ravel().tolist()):
         ro = trainer.collect()
