@@ -13,7 +13,11 @@ second time for the update. The rollout keeps the autograd graph of every step's
 gate and value; once the window's labels are known, only the cheap routed mixture and head are
 recomputed per step, and one backward pass goes through the stored graphs. The parameters do
 not change between acting and learning, so this is the same gradient as a fresh forward pass
-(tested against the two-pass path), at about half the cost of the update.
+(tested against the two-pass path). It is used in fp32 and bf16_matmul, where it is faster
+(fp32, paper size: 0.40-0.41 s against 0.51-0.53 s per routing update). Under bf16 autocast the
+32 step-sized backward passes over bf16 activations are slower than one batched forward and
+backward (0.22-0.24 s against 0.21 s in steady state), so there the two-pass update is used.
+benchmarks/train_throughput.py prints both.
 """
 
 from __future__ import annotations
@@ -213,8 +217,9 @@ class Trainer:
         # hook for tests (honesty guard): transforms each StepResult before the learner sees it
         self.step_filter: Callable | None = None
         #: learn from the rollout's own graph (see the module docstring); tests may turn it off
+        #: (not under bf16 autocast, where the two-pass update is faster in steady state)
         self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
-                            and cfg.resolved("minibatches") == 1)
+                            and cfg.resolved("minibatches") == 1 and cfg.precision != "bf16")
 
     def autocast(self):
         """The configured numeric precision (:mod:`oversight_gr.precision`) for a block."""
