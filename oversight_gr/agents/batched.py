@@ -411,10 +411,8 @@ class BatchedTrainer:
         if not self.method.route:
             return None
         cfg = self.cfg
-        sharpness = cfg.resolved("unlabelled_sharpness")
-        gate = feats[2].detach().flatten() if sharpness != 1.0 else None
-        return route_weights(route_lbl.flatten(), gate, cfg.unlabelled_gate_grad,
-                             sharpness)
+        return route_weights(route_lbl.flatten(), feats[2].flatten(), cfg.unlabelled_gate_grad,
+                             cfg.resolved("unlabelled_sharpness"))
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss of every run on ``[R, N]`` batches: the sum over runs of each run's

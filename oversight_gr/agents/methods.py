@@ -169,7 +169,7 @@ def route_weights(
 
     Args:
         route_lbl: ``[B]`` ROUTE_DIAMOND / ROUTE_GHOST / ROUTE_BOTH.
-        gate: ``[B]`` detached gate values; needed only when ``sharpness != 1``.
+        gate: ``[B]`` gate values (detached here); needed only when ``sharpness != 1``.
         unlabelled_gate_grad: weight of the policy gradient into the gate on unlabelled steps
             (the paper: 1).
         sharpness: unlabelled steps send the experts gradient in proportion to ``g^k`` and

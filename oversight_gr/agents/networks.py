@@ -121,8 +121,6 @@ class MoEPolicy(nn.Module):
 
     def gate_value(self, obs: Tensor) -> Tensor:
         """``[B]`` gate in [0, 1]."""
-        if self.constant_gate is not None:
-            return torch.full(obs.shape[:1], float(self.constant_gate), device=obs.device)
         return self._gate(obs.float().flatten(1))
 
     def _gate(self, x: Tensor) -> Tensor:

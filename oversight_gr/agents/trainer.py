@@ -301,16 +301,12 @@ class Trainer:
 
     # -- learning ------------------------------------------------------------------------------
     def _route(self, route_lbl: Tensor, gate: Tensor | None) -> RouteWeights | None:
+        """Route weights for the labels; ``gate`` is used (detached) only when sharpness != 1."""
         if not self.method.route:
             return None
         cfg = self.cfg
-        sharpness = cfg.resolved("unlabelled_sharpness")
-        if sharpness == 1.0:
-            gate = None
-        elif gate is not None:
-            gate = gate.detach()
         return route_weights(route_lbl.to(self.device), gate, cfg.unlabelled_gate_grad,
-                             sharpness)
+                             cfg.resolved("unlabelled_sharpness"))
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
