@@ -163,27 +163,34 @@ def _session_members(sid: int) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigkill_loses_only_runs_in_flight(tmp_path):
-    out = tmp_path / "killed"
-    argv = ["sweep", "--methods", "naive", "filtering", "--oversight", "0.2", "--seeds", "2",
-            "--workers", "2", "--out", str(out), *TINY]
+def _sigkill_after_first_record(argv, records, timeout, poll):
+    """Start ``oversight-gr`` with ``argv`` in its own session and SIGKILL the driver (only)
+    as soon as a first record appears; returns the killed process."""
     proc = subprocess.Popen([sys.executable, "-m", "oversight_gr.cli", *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    records = out / "records"
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if records.exists() and any(records.glob("*.json")):
                 break
-            time.sleep(0.05)
+            time.sleep(poll)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)  # the driver only; its workers must follow it
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_loses_only_runs_in_flight(tmp_path):
+    out = tmp_path / "killed"
+    argv = ["sweep", "--methods", "naive", "filtering", "--oversight", "0.2", "--seeds", "2",
+            "--workers", "2", "--out", str(out), *TINY]
+    records = out / "records"
+    proc = _sigkill_after_first_record(argv, records, timeout=40, poll=0.05)
     time.sleep(0.5)
     sweep = SweepConfig(preset="quick", methods=("naive", "filtering"), oversight=(0.2,),
                         seeds=2, out=str(out), **TINY_FIELDS)
@@ -274,22 +281,8 @@ def test_sigkill_of_a_batched_sweep_loses_only_the_group_in_flight(tmp_path):
     out = tmp_path / "killed"
     argv = ["sweep", "--methods", "naive", "filtering", "--oversight", "0.2", "--seeds", "2",
             "--batch-runs", "2", "--out", str(out), *TINY, "--total-env-steps", "2048"]
-    proc = subprocess.Popen([sys.executable, "-m", "oversight_gr.cli", *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
     records = out / "records"
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if records.exists() and any(records.glob("*.json")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _sigkill_after_first_record(argv, records, timeout=60, poll=0.02)
     sweep = SweepConfig(preset="quick", methods=("naive", "filtering"), oversight=(0.2,),
                         seeds=2, out=str(out), batch_runs=2,
                         **{**TINY_FIELDS, "total_env_steps": 2048})
