@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -67,6 +68,10 @@ def validate(cfg: Any) -> None:
         meta = f.metadata
         values = value if origin in (tuple, list) else [value]
         for v in values:
+            # NaN passes every range check (all comparisons are False) and inf is no setting
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{type(cfg).__name__}.{f.name} must be a finite number, "
+                                 f"got {v!r}")
             if meta.get("choices") is not None and v not in meta["choices"]:
                 raise ValueError(
                     f"{type(cfg).__name__}.{f.name} must be one of {list(meta['choices'])}, "

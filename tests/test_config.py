@@ -39,3 +39,38 @@ def test_generated_flags_roundtrip_and_help_with_percent_sign():
     cfg = from_arguments(Demo, ns)
     assert cfg == Demo(rate=0.25, mode="b", flag=True, levels=(0.3, 0.4))
     assert from_arguments(Demo, parser.parse_args([])) == Demo()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_with_the_field_named(bad):
+    with pytest.raises(ValueError, match=rf"Demo.rate must be a finite number, got {bad!r}"):
+        Demo(rate=bad)
+    with pytest.raises(ValueError, match="Demo.levels must be a finite number"):
+        Demo(levels=(0.1, bad))
+
+
+def test_every_package_config_refuses_nan():
+    """Each config dataclass of the package goes through validate(): NaN in any float field is
+    refused, naming that field."""
+    import dataclasses
+    import typing
+
+    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.sweep import SweepConfig
+
+    configs = [TrainConfig, SweepConfig]
+    for module in ("oversight_gr.vision.split", "oversight_gr.lm.era", "oversight_gr.lm.model"):
+        mod = __import__(module, fromlist=["*"])
+        configs += [c for c in vars(mod).values() if dataclasses.is_dataclass(c)
+                    and isinstance(c, type) and c.__module__ == module
+                    and getattr(c, "__dataclass_params__").frozen]
+    checked = 0
+    for cls in configs:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] not in (float, float | None, typing.Optional[float]):
+                continue
+            with pytest.raises(ValueError, match=rf"{cls.__name__}.{f.name} must be a finite"):
+                cls(**{f.name: float("nan")})
+            checked += 1
+    assert checked >= 10
