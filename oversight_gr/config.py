@@ -16,7 +16,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["option", "validate", "add_arguments", "from_arguments", "to_dict"]
+__all__ = ["option", "validate", "add_arguments", "from_arguments", "to_dict", "check_device",
+           "check_output_dir"]
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None,
@@ -130,3 +131,54 @@ def from_arguments(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config (tuples become lists)."""
     return dataclasses.asdict(cfg)
+
+
+def check_device(value: str, name: str = "device") -> Any:
+    """``torch.device(value)`` if that device exists here, else a ValueError naming ``name``,
+    the value and what is available. Call it before any compute (configs themselves accept any
+    device string, so that a record made on a GPU machine still loads on a CPU one)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+                         f"{value!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name} is {value!r} but no CUDA GPU is available here (this torch "
+                             f"build: {torch.__version__}); use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{name} is {value!r} but only {count} CUDA device(s) exist "
+                             f"(cuda:0 .. cuda:{count - 1})")
+        return device
+    if device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{name} is {value!r} but MPS is not available here; use 'cpu'")
+        return device
+    raise ValueError(f"{name} must be 'cpu', 'cuda[:N]' or 'mps', got {value!r}")
+
+
+def check_output_dir(path: Any, name: str = "run_dir") -> Any:
+    """Make sure ``path`` can hold output files before compute is spent: it is (or can be
+    created as) a writable directory. Returns the ``Path``; raises ValueError naming ``name``."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is an existing file, not a directory; choose "
+                         "another path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{name} {str(p)!r} cannot be used for output ({exc.strerror or exc}); "
+                         "choose a writable path") from None
+    return p

@@ -74,3 +74,41 @@ def test_every_package_config_refuses_nan():
                 cls(**{f.name: float("nan")})
             checked += 1
     assert checked >= 10
+
+
+def test_check_device_accepts_cpu_and_names_what_is_wrong(monkeypatch):
+    import torch
+
+    from oversight_gr.config import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device must be a torch device .* got 'gpu0'"):
+        check_device("gpu0", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"TrainConfig.device is 'cuda' but no CUDA GPU"):
+        check_device("cuda", "TrainConfig.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) exist"):
+        check_device("cuda:2")
+
+
+def test_check_output_dir(tmp_path):
+    import os
+
+    from oversight_gr.config import check_output_dir
+
+    assert check_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"run_dir .*file' is an existing file"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match="cannot be used for output"):
+        check_output_dir(tmp_path / "file" / "below")
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(ValueError, match="cannot be used for output"):
+            check_output_dir(ro / "x")
