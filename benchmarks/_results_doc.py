@@ -13,6 +13,20 @@ import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
+FIGURES = RESULTS.parent / "figures"
+#: environment variables that send sections / figures elsewhere (benchmarks/gpu_suite.py uses
+#: them to collect a run's results in one folder and merge them into docs/ on another machine)
+RESULTS_ENV, FIGURES_ENV = "OVERSIGHT_GR_RESULTS", "OVERSIGHT_GR_FIGURES"
+
+
+def results_path() -> Path:
+    """Where sections are written: ``$OVERSIGHT_GR_RESULTS`` if set, else docs/RESULTS.md."""
+    return Path(os.environ.get(RESULTS_ENV) or RESULTS)
+
+
+def figures_dir() -> Path:
+    """Where figures are copied: ``$OVERSIGHT_GR_FIGURES`` if set, else docs/figures."""
+    return Path(os.environ.get(FIGURES_ENV) or FIGURES)
 HEADER = (
     "# Results\n\nEvery section below is written by the benchmark command it names; re-run that "
     "command to regenerate it.\n"
@@ -30,8 +44,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def update_section(name: str, markdown: str, path: Path = RESULTS) -> Path:
-    """Replace (or append) the section ``name`` of ``path`` with ``markdown``."""
+def read_sections(path: Path) -> dict[str, str]:
+    """``{name: markdown}`` of every ``<!-- BEGIN name -->`` ... ``<!-- END name -->`` block."""
+    text = Path(path).read_text()
+    out = {}
+    for chunk in text.split("<!-- BEGIN ")[1:]:
+        name, rest = chunk.split(" -->", 1)
+        end = f"<!-- END {name} -->"
+        if end not in rest:
+            raise ValueError(f"{path}: section {name!r} has no {end!r} line")
+        out[name] = rest.split(end, 1)[0].strip("\n")
+    return out
+
+
+def update_section(name: str, markdown: str, path: Path | None = None) -> Path:
+    """Replace (or append) the section ``name`` of ``path`` (default :func:`results_path`)
+    with ``markdown``."""
+    path = results_path() if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.rstrip()}\n{end}\n"

@@ -1,0 +1,79 @@
+"""benchmarks/gpu_suite.py: the time budget, stopping a step cleanly, and merging results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+WRITE_SECTION = (
+    "import os, sys; sys.path.insert(0, {bench!r}); from _results_doc import update_section; "
+    "update_section({name!r}, '## {name}\\n\\nvalue 42')"
+)
+
+
+def test_budget_stops_a_long_step_and_skips_what_does_not_fit(tmp_path, monkeypatch):
+    gs = _suite()
+    steps = (gs.Step("quick", 0.0, 0.5), gs.Step("slow", 0.0, 0.5), gs.Step("late", 30.0, 1.0))
+
+    def commands(step, device, tiny, out):
+        if step == "quick":
+            code = WRITE_SECTION.format(bench=str(ROOT / "benchmarks"), name="quick")
+        else:  # writes its section, then runs far past its share of the budget
+            code = WRITE_SECTION.format(bench=str(ROOT / "benchmarks"), name=step) + \
+                "; import time; time.sleep(120)"
+        return [[sys.executable, "-c", code]]
+
+    monkeypatch.setattr(gs, "commands", commands)
+    monkeypatch.setattr(gs, "RESERVE_S", 0.0)
+    summary = gs.run_suite(tmp_path / "out", "cpu", budget_s=8.0, tiny=True, steps=steps)
+    status = {s["name"]: s["status"] for s in summary["steps"]}
+    assert status == {"quick": "ok", "slow": "stopped at budget", "late": "skipped: budget"}
+    assert summary["wall_s"] < 30  # the 120 s sleep was cut at its share of the budget
+    saved = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert saved["steps"] == summary["steps"] and saved["device_name"].startswith("CPU")
+    sections = (tmp_path / "out" / "sections.md").read_text()
+    assert "value 42" in sections and "BEGIN slow" in sections  # what "slow" wrote is kept
+
+
+def test_merge_heads_each_section_with_the_device(tmp_path):
+    gs = _suite()
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "f.png").write_bytes(b"png")
+    (out / "suite.json").write_text(json.dumps({
+        "device": "cuda", "device_name": "NVIDIA H200", "budget_s": 540, "started": "then",
+        "steps": [{"name": "train_throughput_gpu", "status": "ok", "seconds": 12.0}]}))
+    (out / "sections.md").write_text(
+        "# Results\n\n<!-- BEGIN train_throughput_gpu -->\n## Trainer speed\n\n| a |\n"
+        "<!-- END train_throughput_gpu -->\n")
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
+    assert gs.merge(out, results) == ["train_throughput_gpu"]
+    text = results.read_text()
+    assert "kept" in text and "Device: **NVIDIA H200** (`cuda`)" in text
+    assert text.index("## Trainer speed") < text.index("Device:") < text.index("| a |")
+    assert (tmp_path / "docs" / "figures" / "f.png").read_bytes() == b"png"
+
+
+def test_unknown_step_and_bad_budget_are_refused(tmp_path):
+    gs = _suite()
+    with pytest.raises(ValueError, match="unknown step 'nope'"):
+        gs.commands("nope", "cpu", True, tmp_path)
+    with pytest.raises(SystemExit):
+        gs.main(["run", "--out", str(tmp_path), "--device", "cpu", "--budget-minutes", "0"])
