@@ -1,0 +1,116 @@
+"""What to do with a run directory that may already hold a run: never overwrite it silently.
+
+:func:`plan_run_dir` reads what ``run_dir`` holds (``config.json``, ``checkpoint.pt``,
+``results.json``) and decides, before any compute is spent:
+
+* nothing there: ``"new"``;
+* the same config, finished (``results.json``): ``"finished"`` (its records stay untouched);
+* the same config, a checkpoint: ``"resume"``;
+* a different config: refused with a message naming the differing fields and the ways on, unless
+  ``on_change="extend"`` (only ``total_env_steps`` grew: train the saved run on, ``"extend"``) or
+  ``on_change="overwrite"`` (the old run's files are removed: ``"new"``).
+
+Fields that change where a run executes but not what it computes (``device``, ``threads``) do
+not count as differences.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oversight_gr.config import check_output_dir
+
+__all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_differences"]
+
+#: what to do when run_dir holds a run with another config
+ON_CHANGE = ("refuse", "extend", "overwrite")
+#: the files and folders a run writes into its directory
+RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "curve.json", "tb")
+#: config fields that do not change what a run computes
+PLACEMENT_FIELDS = ("device", "threads")
+
+
+@dataclass(frozen=True)
+class RunDirPlan:
+    action: str  # "new", "resume", "finished" or "extend"
+    run_dir: Path
+    saved_config: dict[str, Any] | None = None
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple]:
+    """``{field: (saved, wanted)}`` for every field that differs (placement fields ignored)."""
+    keys = (set(saved) | set(wanted)) - set(PLACEMENT_FIELDS)
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys)
+            if saved.get(k) != wanted.get(k)}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); move the run directory aside or pass "
+                         "a new --run-dir") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a config object; move the run directory aside "
+                         "or pass a new --run-dir")
+    return data
+
+
+def plan_run_dir(run_dir: str | Path, config: dict[str, Any],
+                 on_change: str = "refuse") -> RunDirPlan:
+    """Decide what training into ``run_dir`` with ``config`` (a JSON-ready dict) does.
+
+    Raises:
+        ValueError: ``run_dir`` cannot hold output, its config.json is unreadable, or it holds a
+            run with another config that ``on_change`` does not allow changing.
+    """
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"on_change must be one of {list(ON_CHANGE)}, got {on_change!r}")
+    d = check_output_dir(run_dir, "run_dir")
+    wanted = json.loads(json.dumps(config))
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        leftovers = [n for n in RUN_FILES[1:] if (d / n).exists()]
+        if leftovers and on_change != "overwrite":
+            raise ValueError(f"run_dir {str(d)!r} holds {leftovers} but no config.json; pass a "
+                             "new --run-dir or --overwrite to discard them")
+        _remove_run(d)
+        return RunDirPlan("new", d)
+    saved = _read_config(cfg_path)
+    diff = config_differences(saved, wanted)
+    finished = (d / "results.json").exists()
+    has_checkpoint = (d / "checkpoint.pt").exists()
+    if not diff:
+        if finished:
+            return RunDirPlan("finished", d, saved)
+        return RunDirPlan("resume" if has_checkpoint else "new", d, saved)
+    if on_change == "overwrite":
+        _remove_run(d)
+        return RunDirPlan("new", d)
+    grows = set(diff) == {"total_env_steps"} and diff["total_env_steps"][1] > \
+        diff["total_env_steps"][0]
+    if on_change == "extend" and grows and has_checkpoint:
+        return RunDirPlan("extend", d, saved)
+    changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    ways = ["pass a new --run-dir"]
+    if grows:
+        ways.append(f"--extend to train the saved run on to {diff['total_env_steps'][1]} env "
+                    "steps" if has_checkpoint else "(no checkpoint to extend from)")
+    ways.append("--overwrite to discard the saved run")
+    if on_change == "extend" and not grows:
+        ways.insert(0, "--extend only lengthens a run (total_env_steps may only grow)")
+    raise ValueError(f"run_dir {str(d)!r} holds a {'finished ' if finished else ''}run with "
+                     f"another config ({changes}); {'; '.join(ways)}")
+
+
+def _remove_run(d: Path) -> None:
+    for name in RUN_FILES:
+        p = d / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
