@@ -1,5 +1,5 @@
-"""Many runs in one process: R runs trained one after another (Trainer) versus batched
-(BatchedTrainer), same configs, same env steps, on one device.
+"""Many runs in one process: R runs trained one after another (``Trainer(cfg)``) versus as one
+group (``Trainer([cfg, ...])``), same configs, same env steps, on one device.
 
 Two settings: the quick preset's network (PPO, hidden 64, 256 envs x 32 steps) and the paper
 preset's (REINFORCE paper config, hidden 256, 512 envs x 32 steps). For each, routing (the MoE)
@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.batched import BatchedTrainer  # noqa: E402
 from oversight_gr.agents.run import evaluate_all  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 from oversight_gr.sweep import PAPER_LEVELS, PAPER_UPDATES, PRESETS  # noqa: E402
@@ -112,7 +111,7 @@ def main() -> None:
                         evals[(precision, method)] = eval_seconds(cfg, trainer)
                     del trainer
                 seq_run = sum(seq) / len(seq)  # seconds per update per run, one at a time
-                bt = BatchedTrainer(cfgs)
+                bt = Trainer(cfgs)
                 bat = timed(bt, args.updates)
                 del bt
                 if device.type == "cuda":
@@ -179,7 +178,7 @@ def main() -> None:
             "runs the 4 method groups as 4 processes sharing the GPU, which may hide launch "
             "overhead: compare both).")
     md = "\n".join([
-        "## Batched runs: many runs in one process (`oversight_gr.agents.batched`)",
+        "## Batched runs: many runs in one process (`Trainer([cfg, ...])`)",
         "",
         f"`{cmd.strip()}` on {where} (torch {torch.__version__}, {platform.python_version()}), "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - t_start:.0f} s. Load average "
@@ -188,7 +187,7 @@ def main() -> None:
         "",
         f"Each row trains the same R runs (seeds x oversight levels {PAPER_LEVELS[:min(R, 8)]}"
         f"{'...' if R > 8 else ''}) for {args.updates} updates after one warm-up update, "
-        "one after another with `Trainer` and together with `BatchedTrainer`: the same configs "
+        "one after another with `Trainer(cfg)` and together as one group, `Trainer(cfgs)`: the same configs "
         "and env steps. Seconds per update include the rollout and the learning step. "
         "`quick`: PPO, hidden 64, 256 envs x 32 steps (the quick preset's network); `paper`: "
         "REINFORCE paper config, hidden 256, 512 envs x 32 steps."

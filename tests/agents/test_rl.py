@@ -242,21 +242,19 @@ def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
     for k in (1.0, 3.0):
         trainer = Trainer(TrainConfig(unlabelled_sharpness=k, gate_loss_coef=0.0, **TINY))
         obs = trainer.obs
-        captured = {}
-
-        def keep(_m, _i, out, captured=captured):
-            out.retain_grad()
-            captured["e_d"] = out
-
-        handle = trainer.policy.expert_diamond.register_forward_hook(keep)
         n = obs.shape[0]
-        labels = torch.tensor([U, D] * (n // 2))
-        loss, _ = trainer.loss(obs, torch.zeros(n, dtype=torch.long), torch.zeros(n),
-                               torch.ones(n), torch.zeros(n), labels, torch.ones(n))
+        labels = torch.tensor([U, D] * (n // 2)).unsqueeze(0)
+        x = trainer._x(obs)
+        feats = trainer.features(x)
+        feats.diamond.retain_grad()
+        out = trainer.mix(feats, trainer._route(route_labels(labels), feats.gate))
+        loss, _ = trainer.objective(out, trainer.values(x), torch.zeros(1, n, dtype=torch.long),
+                                    torch.zeros(1, n), torch.ones(1, n), torch.zeros(1, n),
+                                    route_labels(labels), torch.ones(1, n))
         loss.backward()
-        handle.remove()
-        grads[k] = captured["e_d"].grad
+        grads[k] = feats.diamond.grad[0]
         gate = trainer.policy.gate_value(obs).detach()
+    labels = labels[0]
     unl = labels == U
     ratio = grads[3.0][unl].norm(dim=1) / grads[1.0][unl].norm(dim=1)
     torch.testing.assert_close(ratio, gate[unl] ** 2, rtol=1e-4, atol=1e-6)
