@@ -297,10 +297,10 @@ class Trainer:
                           if n.startswith("policy.")}
         self._value_p = {n[len("value."):]: p for n, p in self.params.items()
                          if n.startswith("value.")}
-        # foreach: one fused kernel per Adam operation over all tensors (the minibatch loop
-        # takes 64 small steps per PPO update; per-tensor dispatch dominated them)
+        # fused: one kernel per parameter for the whole Adam step (the minibatch loop takes 64
+        # small steps per PPO update; measured 3-4x faster than foreach or the loop on CPU)
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.resolved("lr"),
-                                          eps=1e-5, foreach=True)
+                                          eps=1e-5, fused=True)
         self.rules = [
             GridRules(
                 c.num_envs,
@@ -650,7 +650,7 @@ class Trainer:
         n = batch[0].shape[1]
         minibatches = cfg.resolved("minibatches")
         mb = n // minibatches
-        rows = torch.arange(self.R, device=self.device).unsqueeze(1)
+        offsets = torch.arange(self.R, device=self.device).unsqueeze(1) * n
         sums: dict[str, Tensor] = {}
         count = 0
         for _ in range(cfg.resolved("update_epochs")):
@@ -659,7 +659,8 @@ class Trainer:
                 # minibatch is a slice
                 perm = torch.stack([torch.randperm(n, generator=g, device=self.device)
                                     for g in self.gens])
-                shuffled = [x[rows, perm] for x in batch]
+                flat = (perm + offsets).flatten()
+                shuffled = [x.flatten(0, 1).index_select(0, flat).view(x.shape) for x in batch]
             else:  # one minibatch is the whole rollout: no shuffle (its order does not matter)
                 shuffled = batch
             for start in range(0, mb * minibatches, mb):
