@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,18 +52,7 @@ def _as_policy(policy, steer: str) -> Policy:
 
 @torch.no_grad()
 def evaluate(
-    policy,
-    oversight_prob: float,
-    steer: str = "none",
-    *,
-    num_envs: int = 512,
-    steps: int = 32,
-    episode_steps: int = 96,
-    gamma: float = 0.97,
-    size: int = 5,
-    max_episode_steps: int = 32,
-    seed: int = 12345,
-    device: str | torch.device = "cpu",
+    policy, oversight_prob: float, steer: str = "none", *, seed: int = 12345, **protocol: Any
 ) -> EvalResult:
     """Evaluate ``policy`` (an actor module from :mod:`.networks` or a logits function).
 
@@ -72,15 +62,13 @@ def evaluate(
         oversight_prob: oversight level of the evaluation environments (it changes what the
             policy sees).
         steer: ``"diamond"`` (gate fixed to 1), ``"ghost"`` (gate 0) or ``"none"``.
-        num_envs, steps, gamma: the window protocol of the paper's metric (512 x 32, 0.97).
-        episode_steps: length of the window whose completed episodes give the episode metrics.
         seed: evaluation seed (environments and action sampling).
+        protocol: ``num_envs``, ``steps``, ``episode_steps``, ``gamma``, ``size``,
+            ``max_episode_steps``, ``device``, as in :func:`evaluate_runs`.
     """
     fn = _as_policy(policy, steer)
     return evaluate_runs(lambda obs: fn(obs[0]).unsqueeze(0), [oversight_prob], steer, [seed],
-                         num_envs=num_envs, steps=steps, episode_steps=episode_steps,
-                         gamma=gamma, size=size, max_episode_steps=max_episode_steps,
-                         device=device)[0]
+                         **protocol)[0]
 
 
 @torch.no_grad()
@@ -103,6 +91,10 @@ def evaluate_runs(
     Args:
         logits_fn: ``obs [R, num_envs, 4, n, n] -> logits [R, num_envs, 4]`` (e.g.
             :meth:`oversight_gr.agents.trainer.Trainer.logits_fn`).
+        steer: the steering mode the results are labelled with (``logits_fn`` applies it).
+        num_envs, steps, gamma: the window protocol of the paper's metric (512 x 32, 0.97).
+        episode_steps: length of the window whose completed episodes give the episode metrics.
+        size, max_episode_steps, device: the evaluation environments.
         oversight_probs, seeds: run r's oversight level and evaluation seed. Run r's
             environments and action sampling use only its own seed, so its result does not
             depend on the other runs: it equals :func:`evaluate` with that seed.
