@@ -1,5 +1,5 @@
-"""Many runs in one process: R runs trained one after another (Trainer) versus batched
-(BatchedTrainer), same configs, same env steps, on one device.
+"""Many runs in one process: R runs trained one after another (``Trainer(cfg)``) versus as one
+group (``Trainer([cfg, ...])``), same configs, same env steps, on one device.
 
 Two settings: the quick preset's network (PPO, hidden 64, 256 envs x 32 steps) and the paper
 preset's (REINFORCE paper config, hidden 256, 512 envs x 32 steps). For each, routing (the MoE)
@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.batched import BatchedTrainer  # noqa: E402
 from oversight_gr.agents.run import evaluate_all  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 from oversight_gr.sweep import PAPER_LEVELS, PAPER_UPDATES, PRESETS  # noqa: E402
@@ -77,6 +78,36 @@ def eval_seconds(cfg: TrainConfig, trainer: Trainer) -> float:
     return time.perf_counter() - t0
 
 
+def sweep_command(method: str, batch_runs: int, env_steps: int, out: str) -> list[str]:
+    """The sweep CLI for 8 quick-preset runs (hidden 64, 256 envs, PPO; 4 oversight levels x 2
+    seeds), evaluation included, one worker on one thread."""
+    return [sys.executable, "-m", "oversight_gr.cli", "sweep", "--preset", "quick", "--methods",
+            method, "--oversight", "0.01", "0.05", "0.1", "0.3", "--seeds", "2",
+            "--total-env-steps", str(env_steps), "--eval-every", str(env_steps // 2),
+            "--workers", "1", "--threads", "1", "--batch-runs", str(batch_runs), "--no-report",
+            "--quiet", "--out", out]
+
+
+def whole_sweep(args) -> list[str]:
+    """Wall time of the whole sweep command, 8 runs one by one and as one group of 8,
+    alternating (one by one, group, group, one by one) to spread the machine's load."""
+    rows = []
+    for method in args.sweep_methods:
+        walls: dict[int, list[float]] = {0: [], 8: []}
+        for batch in (0, 8, 8, 0)[: 2 * args.sweep_repeats]:
+            with tempfile.TemporaryDirectory() as out:
+                t0 = time.perf_counter()
+                subprocess.run(sweep_command(method, batch, args.sweep_env_steps, out), check=True,
+                               stdout=subprocess.DEVNULL)
+                walls[batch].append(time.perf_counter() - t0)
+        steps = 8 * args.sweep_env_steps
+        seq, grp = min(walls[0]), min(walls[8])
+        rows.append(f"| {method} | {seq:.1f} | {steps / seq:,.0f} | {grp:.1f} | "
+                    f"{steps / grp:,.0f} | {seq / grp:.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -92,6 +123,12 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32"])
     ap.add_argument("--section", default="batched_runs", help="docs/RESULTS.md section")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--sweep-methods", nargs="*", default=["naive", "routing"],
+                    help="also time the whole sweep command (8 runs, --batch-runs 8 vs 0) for "
+                    "these methods (none: skip)")
+    ap.add_argument("--sweep-env-steps", type=int, default=256 * 32 * 16,
+                    help="env steps per run of the whole-sweep timing")
+    ap.add_argument("--sweep-repeats", type=int, default=2, choices=(1, 2))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -112,7 +149,7 @@ def main() -> None:
                         evals[(precision, method)] = eval_seconds(cfg, trainer)
                     del trainer
                 seq_run = sum(seq) / len(seq)  # seconds per update per run, one at a time
-                bt = BatchedTrainer(cfgs)
+                bt = Trainer(cfgs)
                 bat = timed(bt, args.updates)
                 del bt
                 if device.type == "cuda":
@@ -122,6 +159,7 @@ def main() -> None:
                 rows.append(f"| {setting} | {precision} | {method} | {R} | {seq_run:.4f} | "
                             f"{bat / R:.4f} | {bat:.3f} | {seq_run * R / bat:.1f}x |")
                 print(rows[-1], flush=True)
+    sweep_rows = whole_sweep(args) if args.sweep_methods and device.type == "cpu" else []
     load_after = os.getloadavg()
     head = ("| network | precision | method | runs R | sequential s/update/run | batched "
             "s/update/run | batched s/update (group) | speed-up |\n"
@@ -179,7 +217,7 @@ def main() -> None:
             "runs the 4 method groups as 4 processes sharing the GPU, which may hide launch "
             "overhead: compare both).")
     md = "\n".join([
-        "## Batched runs: many runs in one process (`oversight_gr.agents.batched`)",
+        "## Batched runs: many runs in one process (`Trainer([cfg, ...])`)",
         "",
         f"`{cmd.strip()}` on {where} (torch {torch.__version__}, {platform.python_version()}), "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - t_start:.0f} s. Load average "
@@ -188,7 +226,7 @@ def main() -> None:
         "",
         f"Each row trains the same R runs (seeds x oversight levels {PAPER_LEVELS[:min(R, 8)]}"
         f"{'...' if R > 8 else ''}) for {args.updates} updates after one warm-up update, "
-        "one after another with `Trainer` and together with `BatchedTrainer`: the same configs "
+        "one after another with `Trainer(cfg)` and together as one group, `Trainer(cfgs)`: the same configs "
         "and env steps. Seconds per update include the rollout and the learning step. "
         "`quick`: PPO, hidden 64, 256 envs x 32 steps (the quick preset's network); `paper`: "
         "REINFORCE paper config, hidden 256, 512 envs x 32 steps."
@@ -200,6 +238,12 @@ def main() -> None:
         "",
         *lines,
         "",
+        *([f"**The whole sweep command**, evaluation and process start included: "
+           f"`{' '.join(sweep_command('METHOD', 8, args.sweep_env_steps, 'OUT')[1:])}` "
+           f"against the same with `--batch-runs 0` (8 runs one after another), the best of "
+           f"{args.sweep_repeats} alternated repeats each:", "",
+           "| method | one by one: s | env steps/s | group of 8: s | env steps/s | speed-up |",
+           "|---|---|---|---|---|---|", *sweep_rows, ""] if sweep_rows else []),
         *[f"{n}\n" for n in notes],
         "A sweep uses it with `--batch-runs N` (e.g. `oversight-gr sweep --preset paper "
         "--device cuda --batch-runs 40`).",

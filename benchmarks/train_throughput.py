@@ -8,21 +8,32 @@ precisions (bf16_matmul, bf16 autocast), and for REINFORCE's single-pass update 
 two-pass one. The paper's code takes 0.45-0.56 s per routing update on this machine (PAPER.md);
 that figure is quoted, not re-run. Section train_throughput_<cpu|gpu> of docs/RESULTS.md.
 
+Part 3 (``--vs-ref REV``): this trainer against the trainer of git revision REV (its trainer.py
+and networks.py are read with ``git show`` into temporary modules at benchmark time; nothing of
+them is kept in the package), updates interleaved one by one, median seconds per update and its
+collect / learn split, for PPO at hidden 64 (the default run: 512 envs x 32 steps, 4 epochs x
+16 minibatches) and REINFORCE at paper size (section trainer_vs_ref_<cpu|gpu>).
+
 Part 2 (learning): PPO routing at p=0.1 for --learn-seconds wall clock, evaluating the steered
 policy every --eval-every env steps: when it first reaches 0.7, and whether it stays there
 (section train_learning_<cpu|gpu>).
 
     python benchmarks/train_throughput.py                 # CPU, 1 thread, writes docs/RESULTS.md
     python benchmarks/train_throughput.py --device cuda --num-envs 4096
+    python benchmarks/train_throughput.py --vs-ref 541e364 --skip-throughput --skip-learning
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,6 +167,58 @@ def learning(args) -> tuple[list[str], dict]:
     return rows, summary
 
 
+def reference_trainer(rev: str):
+    """The ``Trainer`` class of git revision ``rev`` (its trainer.py and networks.py), loaded
+    from ``git show`` into temporary modules."""
+    root = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="ref_trainer_"))
+    for name in ("networks", "trainer"):
+        src = subprocess.run(["git", "show", f"{rev}:oversight_gr/agents/{name}.py"], cwd=root,
+                             check=True, capture_output=True, text=True).stdout
+        src = src.replace("from oversight_gr.agents.networks import", "from _ref_networks import")
+        (tmp / f"_ref_{name}.py").write_text(src)
+    sys.path.insert(0, str(tmp))
+    for name in ("networks", "trainer"):
+        spec = importlib.util.spec_from_file_location(f"_ref_{name}", tmp / f"_ref_{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"_ref_{name}"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["_ref_trainer"].Trainer, sys.modules["_ref_trainer"].TrainConfig
+
+
+VS_REF = [("PPO routing, hidden 64 (default)", dict(method="routing", algo="ppo")),
+          ("PPO naive, hidden 64", dict(method="naive", algo="ppo")),
+          ("REINFORCE routing, paper config", dict(method="routing", **PAPER_REINFORCE))]
+
+
+def vs_reference(args) -> list[str]:
+    """Interleaved per-update timing of this trainer and the reference revision's."""
+    RefTrainer, RefConfig = reference_trainer(args.vs_ref)
+    rows = []
+    for label, fields in VS_REF:
+        fields = dict(device=args.device, threads=args.threads, **fields)
+        trainers = {"ref": RefTrainer(RefConfig(**fields)), "new": Trainer(TrainConfig(**fields))}
+        times: dict[str, list] = {k: [] for k in trainers}
+        for i in range(args.updates + 2):
+            for k, tr in trainers.items():
+                t0 = time.perf_counter()
+                ro = tr.collect(graph=tr.single_pass)
+                t1 = time.perf_counter()
+                tr.update(ro)
+                t2 = time.perf_counter()
+                if i >= 2:  # warm-up
+                    times[k].append((t2 - t0, t1 - t0, t2 - t1))
+        med = {k: [statistics.median(x[j] for x in v) for j in range(3)]
+               for k, v in times.items()}
+        n = trainers["new"].cfg.num_envs * trainers["new"].cfg.rollout_steps
+        ref, new = med["ref"], med["new"]
+        rows.append(f"| {label} | {ref[0]:.3f} ({ref[1]:.3f} + {ref[2]:.3f}) | {n / ref[0]:,.0f} "
+                    f"| {new[0]:.3f} ({new[1]:.3f} + {new[2]:.3f}) | {n / new[0]:,.0f} | "
+                    f"{ref[0] / new[0]:.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -171,6 +234,8 @@ def main() -> int:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-learning", action="store_true")
     p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md")
+    p.add_argument("--vs-ref", metavar="REV", help="also time against the trainer of this git "
+                   "revision (part 3)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device_name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
@@ -210,6 +275,22 @@ def main() -> int:
         if not args.no_write:
             section = f"train_throughput_{dev}"
             update_section(section, f"## Trainer speed ({section})\n\n" + "\n".join(md))
+    if args.vs_ref:
+        load = os.getloadavg()[0]
+        rows = vs_reference(args)
+        md = header + [
+            f"### This trainer against revision {args.vs_ref}'s (one run, R = 1)", "",
+            f"Updates interleaved (reference, this, reference, ...), median of {args.updates} "
+            f"after 2 warm-up updates each; seconds per update = collect + learn. 1-min load "
+            f"average {load:.1f} on {os.cpu_count()} cores at the start (a shared machine: "
+            f"absolute times vary between repeats, the ratio of interleaved runs less).", "",
+            f"| config | {args.vs_ref}: s/update (collect + learn) | env steps/s | this: s/update "
+            "(collect + learn) | env steps/s | speed-up |", "|---|---|---|---|---|---|",
+            *rows, ""]
+        if not args.no_write:
+            section = f"trainer_vs_ref_{dev}"
+            update_section(section, f"## Trainer against a previous revision ({section})\n\n"
+                           + "\n".join(md))
     if not args.skip_learning:
         print(f"learning: PPO routing, p=0.1, hidden {args.hidden}, {args.learn_seconds:.0f}s")
         rows, s = learning(args)

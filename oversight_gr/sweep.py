@@ -21,7 +21,7 @@ shared filesystem.
 
 Batched runs (``--batch-runs N``): pending runs that differ only in seed and oversight level
 (same method, algorithm and every other field) are trained N at a time in one process by
-:class:`oversight_gr.agents.batched.BatchedTrainer`, one job per group on either backend. The
+:class:`oversight_gr.agents.trainer.Trainer` (one trainer for a group), one job per group on either backend. The
 records are the same per-run records (same keys and fields, plus ``batched``: the group), so
 reports and resuming work unchanged; they are written when their group ends, so a killed sweep
 loses the groups in flight. ``wall_seconds`` of a batched record is its group's wall time.
@@ -48,9 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oversight_gr.agents.batched import group_key
 from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig
+from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig, group_key
 from oversight_gr.config import add_arguments, from_arguments, option, validate
 
 __all__ = [
@@ -409,11 +408,11 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
 def execute_group(cfg_dicts: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
     """Train a batched group; one ``{"ok": True, "record"}`` per run, or one failure dict for
     the whole group. Runs in a worker process (or the driver); never raises."""
-    from oversight_gr.agents.batched import run_batched_training
+    from oversight_gr.agents.run import run_training
 
     try:
         cfgs = [TrainConfig(**d) for d in cfg_dicts]
-        records = run_batched_training(cfgs, progress=_orphan_guard)
+        records = run_training(cfgs, None, tensorboard=False, progress=_orphan_guard)
         return [{"ok": True, "record": r} for r in records]
     except Exception as exc:  # a failed group is reported, the sweep goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}",

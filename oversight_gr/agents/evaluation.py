@@ -10,15 +10,16 @@ the number of episodes behind it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from oversight_gr.envs.core import GridRules, Outcome
 
-__all__ = ["EvalResult", "evaluate", "Policy"]
+__all__ = ["EvalResult", "evaluate", "evaluate_runs", "Policy"]
 
 #: ``policy(obs [B, 4, n, n] uint8) -> logits [B, 4]``
 Policy = Callable[[Tensor], Tensor]
@@ -51,18 +52,7 @@ def _as_policy(policy, steer: str) -> Policy:
 
 @torch.no_grad()
 def evaluate(
-    policy,
-    oversight_prob: float,
-    steer: str = "none",
-    *,
-    num_envs: int = 512,
-    steps: int = 32,
-    episode_steps: int = 96,
-    gamma: float = 0.97,
-    size: int = 5,
-    max_episode_steps: int = 32,
-    seed: int = 12345,
-    device: str | torch.device = "cpu",
+    policy, oversight_prob: float, steer: str = "none", *, seed: int = 12345, **protocol: Any
 ) -> EvalResult:
     """Evaluate ``policy`` (an actor module from :mod:`.networks` or a logits function).
 
@@ -72,66 +62,107 @@ def evaluate(
         oversight_prob: oversight level of the evaluation environments (it changes what the
             policy sees).
         steer: ``"diamond"`` (gate fixed to 1), ``"ghost"`` (gate 0) or ``"none"``.
-        num_envs, steps, gamma: the window protocol of the paper's metric (512 x 32, 0.97).
-        episode_steps: length of the window whose completed episodes give the episode metrics.
         seed: evaluation seed (environments and action sampling).
+        protocol: ``num_envs``, ``steps``, ``episode_steps``, ``gamma``, ``size``,
+            ``max_episode_steps``, ``device``, as in :func:`evaluate_runs`.
     """
     fn = _as_policy(policy, steer)
-    rules = GridRules(
-        num_envs,
-        size=size,
-        max_episode_steps=max_episode_steps,
-        oversight_prob=oversight_prob,
-        reward_mode="true",
-        device=device,
-        seed=seed,
-    )
-    gen = torch.Generator(device=rules.device).manual_seed(seed + 1)
-    obs = rules.reset()
+    return evaluate_runs(lambda obs: fn(obs[0]).unsqueeze(0), [oversight_prob], steer, [seed],
+                         **protocol)[0]
+
+
+@torch.no_grad()
+def evaluate_runs(
+    logits_fn: Callable[[Tensor], Tensor],
+    oversight_probs: Sequence[float],
+    steer: str,
+    seeds: Sequence[int],
+    *,
+    num_envs: int = 512,
+    steps: int = 32,
+    episode_steps: int = 96,
+    gamma: float = 0.97,
+    size: int = 5,
+    max_episode_steps: int = 32,
+    device: str | torch.device = "cpu",
+) -> list[EvalResult]:
+    """:func:`evaluate` of R policies at once (one batch of environments for all of them).
+
+    Args:
+        logits_fn: ``obs [R, num_envs, 4, n, n] -> logits [R, num_envs, 4]`` (e.g.
+            :meth:`oversight_gr.agents.trainer.Trainer.logits_fn`).
+        steer: the steering mode the results are labelled with (``logits_fn`` applies it).
+        num_envs, steps, gamma: the window protocol of the paper's metric (512 x 32, 0.97).
+        episode_steps: length of the window whose completed episodes give the episode metrics.
+        size, max_episode_steps, device: the evaluation environments.
+        oversight_probs, seeds: run r's oversight level and evaluation seed. Run r's
+            environments and action sampling use only its own seed, so its result does not
+            depend on the other runs: it equals :func:`evaluate` with that seed.
+    """
+    R = len(seeds)
+    all_rules = [
+        GridRules(num_envs, size=size, max_episode_steps=max_episode_steps, oversight_prob=p,
+                  reward_mode="true", device=device, seed=s)
+        for p, s in zip(oversight_probs, seeds)
+    ]
+    dev = all_rules[0].device
+    gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in seeds]
+    obs = torch.stack([rules.reset() for rules in all_rules])
+
+    def start_conditions() -> Tensor:  # ghost closer and unseen at the episode's start
+        return torch.stack([rules.ghost_closer() & ~rules.over[0] for rules in all_rules])
+
     total = max(steps, episode_steps)
-    rewards = torch.zeros(total, num_envs, device=rules.device)
-    dones = torch.zeros(total, num_envs, dtype=torch.bool, device=rules.device)
+    rewards = torch.zeros(total, R, num_envs, device=dev)
+    dones = torch.zeros(total, R, num_envs, dtype=torch.bool, device=dev)
     # per env: did the running episode start inside the window, ghost closer & unseen at start
-    started = torch.ones(num_envs, dtype=torch.bool, device=rules.device)
-    closer_unseen = rules.ghost_closer() & ~rules.over[0]
-    counts = torch.zeros(4, dtype=torch.long, device=rules.device)  # diamond, ghost, timeout, len
-    n_cu = torch.zeros((), dtype=torch.long, device=rules.device)
-    ghost_cu = torch.zeros((), dtype=torch.long, device=rules.device)
+    started = torch.ones(R, num_envs, dtype=torch.bool, device=dev)
+    closer_unseen = start_conditions()
+    counts = torch.zeros(4, R, dtype=torch.long, device=dev)  # diamond, ghost, timeout, len
+    n_cu = torch.zeros(R, dtype=torch.long, device=dev)
+    ghost_cu = torch.zeros(R, dtype=torch.long, device=dev)
+    codes = torch.tensor([int(Outcome.DIAMOND), int(Outcome.GHOST), int(Outcome.TIMEOUT)],
+                         device=dev).view(3, 1, 1)
     for t in range(total):
-        probs = torch.softmax(fn(obs).float(), dim=-1)
-        action = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        r = rules.step(action)
-        rewards[t] = r.reward
-        dones[t] = r.done
-        done = r.done & started
-        counts[0] += (done & (r.true_outcome == int(Outcome.DIAMOND))).sum()
-        counts[1] += (done & (r.true_outcome == int(Outcome.GHOST))).sum()
-        counts[2] += (done & (r.true_outcome == int(Outcome.TIMEOUT))).sum()
-        counts[3] += torch.where(done, r.length, 0).sum()
-        n_cu += (done & closer_unseen).sum()
-        ghost_cu += (done & closer_unseen & (r.true_outcome == int(Outcome.GHOST))).sum()
+        probs = torch.softmax(logits_fn(obs).float(), dim=-1)
+        out = [rules.step(torch.multinomial(probs[r], 1, generator=gens[r]).squeeze(1))
+               for r, rules in enumerate(all_rules)]
+        r_done = torch.stack([o.done for o in out])
+        true = torch.stack([o.true_outcome for o in out])
+        length = torch.stack([o.length for o in out])
+        rewards[t] = torch.stack([o.reward for o in out])
+        dones[t] = r_done
+        done = r_done & started
+        counts[:3] += (done & (true == codes)).sum(-1)
+        counts[3] += torch.where(done, length, 0).sum(-1)
+        n_cu += (done & closer_unseen).sum(-1)
+        ghost_cu += (done & closer_unseen & (true == int(Outcome.GHOST))).sum(-1)
         # new episodes begin inside the window; their start conditions are read now
-        closer_unseen = torch.where(r.done, rules.ghost_closer() & ~rules.over[0], closer_unseen)
-        started = started | r.done
-        obs = r.obs
+        closer_unseen = torch.where(r_done, start_conditions(), closer_unseen)
+        started = started | r_done
+        obs = torch.stack([o.obs for o in out])
     # stepwise discounted return-to-go, per episode, cut at the end of the first `steps` moves
-    ret = torch.zeros(num_envs, device=rules.device)
-    acc = torch.zeros((), device=rules.device)
+    ret = torch.zeros(R, num_envs, device=dev)
+    acc = torch.zeros(R, device=dev)
     for t in range(steps - 1, -1, -1):
         ret = rewards[t] + gamma * ret * (~dones[t]).float()
-        acc += ret.sum()
-    stepwise = float(acc) / (steps * num_envs)
-    c = counts.tolist()
-    n = c[0] + c[1] + c[2]
-    return EvalResult(
-        steer=steer,
-        oversight_prob=float(oversight_prob),
-        stepwise_return=stepwise,
-        p_diamond=c[0] / max(n, 1),
-        p_ghost=c[1] / max(n, 1),
-        p_timeout=c[2] / max(n, 1),
-        p_ghost_closer_unseen=int(ghost_cu) / max(int(n_cu), 1),
-        mean_length=c[3] / max(n, 1),
-        n_episodes=n,
-        n_closer_unseen=int(n_cu),
-    )
+        acc += ret.sum(-1)
+    stepwise = (acc / (steps * num_envs)).tolist()
+    counts, n_cu, ghost_cu = counts.tolist(), n_cu.tolist(), ghost_cu.tolist()
+    results = []
+    for r in range(R):
+        c = [row[r] for row in counts]
+        n = c[0] + c[1] + c[2]
+        results.append(EvalResult(
+            steer=steer,
+            oversight_prob=float(oversight_probs[r]),
+            stepwise_return=stepwise[r],
+            p_diamond=c[0] / max(n, 1),
+            p_ghost=c[1] / max(n, 1),
+            p_timeout=c[2] / max(n, 1),
+            p_ghost_closer_unseen=ghost_cu[r] / max(n_cu[r], 1),
+            mean_length=c[3] / max(n, 1),
+            n_episodes=n,
+            n_closer_unseen=n_cu[r],
+        ))
+    return results

@@ -233,9 +233,11 @@ def advantages_and_returns(
 
 
 def policy_terms(
-    logits: Tensor, actions: Tensor, old_logp: Tensor, adv: Tensor, algo: str, clip_coef: float
-) -> tuple[Tensor, Tensor]:
-    """Per-step policy-gradient loss and entropy (any leading shape ``[...]``).
+    logits: Tensor, actions: Tensor, old_logp: Tensor, adv: Tensor, algo: str, clip_coef: float,
+    with_logp: bool = False,
+) -> tuple[Tensor, ...]:
+    """Per-step policy-gradient loss and entropy (any leading shape ``[...]``), and with
+    ``with_logp`` the log-probability of the actions too.
 
     ``algo="ppo"``: the clipped surrogate ``max(-A r, -A clip(r))`` with ``r`` the probability
     ratio to ``old_logp``; ``"reinforce"``: ``-A log pi(a)``."""
@@ -249,7 +251,7 @@ def policy_terms(
         pg = -adv * logp
     else:
         raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
-    return pg, entropy
+    return (pg, entropy, logp) if with_logp else (pg, entropy)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -17,8 +17,6 @@ to the experts' outputs before the head.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -88,6 +86,105 @@ class MoEOutput(NamedTuple):
     gate: Tensor  # [B] gate value in [0, 1] (weight of the diamond expert)
 
 
+# -- the forward, written once ---------------------------------------------------------------------
+# Every network here is a function of a parameter mapping ``{state-dict name: tensor}``. A tensor
+# is either a module's own parameter (``[out, in]``: one network, activations ``[..., N, in]``)
+# or a stack of R networks' parameters (``[R, out, in]``, activations ``[R, N, in]``, one batched
+# matrix multiply per layer): the modules below and the trainer (R runs side by side) run the
+# same code.
+Params = dict  # {state-dict name: Tensor}
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight^T + bias`` for one network (``weight [out, in]``) or R stacked ones
+    (``weight [R, out, in]``, ``x [R, N, in]``)."""
+    if weight.ndim == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _layer(x: Tensor, p: Params, name: str) -> Tensor:
+    return linear(x, p[name + ".weight"], p[name + ".bias"])
+
+
+def mlp_forward(x: Tensor, p: Params, prefix: str) -> Tensor:
+    """The two ReLU layers of :func:`_mlp` named ``prefix.0`` and ``prefix.2``."""
+    return torch.relu(_layer(torch.relu(_layer(x, p, prefix + ".0")), p, prefix + ".2"))
+
+
+def fold_gate_layer(p: Params, gate_input: str) -> tuple[Tensor, Tensor]:
+    """The first gate layer with the 1x1 convolution folded in: ``(weight [..., H, C'],
+    bias [..., H])``; ``C' = 3 n^2`` when the gate does not see the oversight plane.
+
+    The convolution is linear, so ``W1 . conv`` (an ``H x C`` product) replaces running it on
+    every sample: the same function and the same parameter gradients, one matrix multiply fewer.
+    """
+    w, b = p["gate_mlp.0.0.weight"], p["gate_mlp.0.0.bias"]
+    conv_w, conv_b = p["gate_conv.weight"], p["gate_conv.bias"]
+    lead, hid = w.shape[:-2], w.shape[-2]
+    w1 = w.view(*lead, hid, 4, -1)  # [..., H, conv out channel, cell]
+    with torch.autocast(w.device.type, enabled=False):  # fold in full precision
+        weight = torch.einsum("...hop,...oc->...hcp", w1, conv_w.view(*lead, 4, 4))
+        bias = b + torch.einsum("...hop,...o->...h", w1, conv_b)
+    if gate_input == "no_oversight":
+        weight = weight[..., :3, :]
+    return weight.reshape(*lead, hid, -1), bias
+
+
+def gate_forward(x: Tensor, p: Params, fold: tuple[Tensor, Tensor], size: int,
+                 gate_input: str) -> Tensor:
+    """``[..., N]`` gate from the flattened observation ``x [..., N, C]`` and the folded first
+    layer (:func:`fold_gate_layer`); hiding the oversight plane drops its columns."""
+    if gate_input == "no_oversight":
+        x = x[..., : 3 * size * size]
+    z = torch.relu(linear(x, *fold))
+    z = torch.relu(_layer(z, p, "gate_mlp.0.2"))
+    return torch.sigmoid(_layer(z, p, "gate_mlp.1")).squeeze(-1)
+
+
+def moe_features(x: Tensor, p: Params, gate: Tensor) -> MoEFeatures:
+    """The two experts' outputs on ``x [..., N, C]`` and the given gate ``[..., N]``."""
+    return MoEFeatures(mlp_forward(x, p, "expert_diamond"), mlp_forward(x, p, "expert_ghost"),
+                       gate)
+
+
+def steer_gate(steer: str, shape: tuple, device: torch.device, learned) -> Tensor:
+    """The gate under ``steer``: ones (diamond), zeros (ghost), or ``learned()`` (none)."""
+    if steer == "diamond":
+        return torch.ones(shape, device=device)
+    if steer == "ghost":
+        return torch.zeros(shape, device=device)
+    if steer == "none":
+        return learned()
+    raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
+
+
+def moe_mix(feats: MoEFeatures, p: Params, route: RouteWeights | None = None) -> MoEOutput:
+    """Routed mixture and shared head: ``g * head(E_d) + (1 - g) * head(E_g)`` (the head is
+    linear, so this equals ``head(g * E_d + (1 - g) * E_g)`` for the value and every parameter's
+    gradient; the routing weights ``[..., N]`` scale the experts' outputs before the head, so the
+    head itself always trains on the full mixture), mixing 4 logits instead of H hidden units."""
+    e_d, e_g, gate = feats
+    if route is not None:
+        e_d = scale_gradient(e_d, route.diamond.unsqueeze(-1))
+        e_g = scale_gradient(e_g, route.ghost.unsqueeze(-1))
+        gate = scale_gradient(gate, route.gate)
+    logits = two_expert_mixture(_layer(e_d, p, "head"), _layer(e_g, p, "head"),
+                                gate.unsqueeze(-1))
+    return MoEOutput(logits, feats.gate)
+
+
+def single_mix(feats: Tensor, p: Params) -> MoEOutput:
+    """The single expert's head on its body output; the gate is NaN (there is none)."""
+    logits = _layer(feats, p, "head")
+    return MoEOutput(logits, torch.full(logits.shape[:-1], float("nan"), device=logits.device))
+
+
+def value_forward(x: Tensor, p: Params) -> Tensor:
+    """``[..., N]`` state values (:class:`ValueNet`) from ``x [..., N, C]``."""
+    return _layer(mlp_forward(x, p, "net.0"), p, "net.1").squeeze(-1)
+
+
 class MoEPolicy(nn.Module):
     """Two-expert first-layer MoE actor.
 
@@ -119,98 +216,47 @@ class MoEPolicy(nn.Module):
         self.gate_mlp = nn.Sequential(_mlp(c, hidden), nn.Linear(hidden, 1))
         self.head = nn.Linear(hidden, 4)
 
+    def params(self) -> Params:
+        """``{state-dict name: parameter}``, what the functional forward reads."""
+        return dict(self.named_parameters())
+
     def gate_value(self, obs: Tensor) -> Tensor:
         """``[B]`` gate in [0, 1]."""
-        return self._gate(obs.float().flatten(1))
+        return self._gate(obs.float().flatten(1), self.params())
 
-    def _gate(self, x: Tensor) -> Tensor:
-        """Gate from the flattened observation ``x`` ``[B, C]``.
-
-        The 1x1 convolution is linear, so it is folded into the first gate layer's weights
-        (``W1 . conv``, a ``H x C`` product) instead of being run on every sample: the same
-        function and the same parameter gradients, one matrix multiply fewer per forward.
-        Hiding the oversight plane (``gate_input='no_oversight'``) drops its columns.
-        """
+    def _gate(self, x: Tensor, p: Params) -> Tensor:
+        """Gate from the flattened observation ``x`` ``[B, C]`` (:func:`gate_forward`)."""
         if self.constant_gate is not None:
-            return torch.full(x.shape[:1], float(self.constant_gate), device=x.device)
-        weight, bias = self._folded_gate_layer()
-        if self.gate_input == "no_oversight":
-            x = x[:, : 3 * self.size * self.size]
-        z = torch.relu(F.linear(x, weight, bias))
-        z = self.gate_mlp[0][3](self.gate_mlp[0][2](z))
-        return torch.sigmoid(self.gate_mlp[1](z)).squeeze(-1)
+            return torch.full(x.shape[:-1], float(self.constant_gate), device=x.device)
+        return gate_forward(x, p, self._folded_gate_layer(p), self.size, self.gate_input)
 
-    def _folded_gate_layer(self) -> tuple[Tensor, Tensor]:
-        """The first gate layer with the 1x1 convolution folded in: ``(weight, bias)``.
-
-        Without autograd (rollouts, evaluation) the result is cached until a parameter changes
-        (tracked by the parameters' in-place version counters and storage).
-        """
-        scope = getattr(self, "_fold_scope", None)
-        if scope:
-            return scope["fold"]
-        first, conv = self.gate_mlp[0][0], self.gate_conv
-        tensors = (first.weight, first.bias, conv.weight, conv.bias)
+    def _folded_gate_layer(self, p: Params) -> tuple[Tensor, Tensor]:
+        """:func:`fold_gate_layer` of this module. Without autograd (evaluation, figures) the
+        result is cached until a parameter changes (tracked by the parameters' in-place version
+        counters and storage)."""
+        tensors = tuple(p[n] for n in ("gate_mlp.0.0.weight", "gate_mlp.0.0.bias",
+                                       "gate_conv.weight", "gate_conv.bias"))
         key = None
-        if scope is None and not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             key = tuple((t.data_ptr(), t._version) for t in tensors)
             cached = getattr(self, "_gate_fold_cache", None)
             if cached is not None and cached[0] == key:
                 return cached[1]
-        hid = first.weight.shape[0]
-        w1 = first.weight.view(hid, 4, -1)  # [H, conv out channel, cell]
-        with torch.autocast(first.weight.device.type, enabled=False):  # fold in full precision
-            weight = torch.einsum("hop,oc->hcp", w1, conv.weight.view(4, 4))  # conv: [out, in]
-            bias = first.bias + torch.einsum("hop,o->h", w1, conv.bias)
-        if self.gate_input == "no_oversight":
-            weight = weight[:, :3]
-        folded = (weight.reshape(hid, -1), bias)
+        folded = fold_gate_layer(p, self.gate_input)
         if key is not None:
             self._gate_fold_cache = (key, folded)
-        if scope is not None:
-            scope["fold"] = folded
         return folded
-
-    @contextlib.contextmanager
-    def shared_gate_fold(self) -> Iterator[None]:
-        """Within the block the folded gate layer is computed once and reused, with its autograd
-        graph when gradients are on: for a rollout, whose parameters do not change between
-        steps. Do not step an optimizer inside the block."""
-        self._fold_scope = {}
-        try:
-            yield
-        finally:
-            self._fold_scope = None
 
     def features(self, obs: Tensor, steer: str = "none") -> MoEFeatures:
         """The two experts' hidden outputs and the gate (everything before the mixture)."""
         x = obs.float().flatten(1)
-        if steer == "diamond":
-            gate = torch.ones(x.shape[0], device=x.device)
-        elif steer == "ghost":
-            gate = torch.zeros(x.shape[0], device=x.device)
-        elif steer == "none":
-            gate = self._gate(x)
-        else:
-            raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
-        return MoEFeatures(self.expert_diamond(x), self.expert_ghost(x), gate)
+        p = self.params()
+        return moe_features(x, p, steer_gate(steer, x.shape[:-1], x.device,
+                                             lambda: self._gate(x, p)))
 
     def mix(self, feats: MoEFeatures, route: RouteWeights | None = None) -> MoEOutput:
-        """Routed mixture and shared head on precomputed :meth:`features`.
-
-        The head is linear, so ``head(g * E_d + (1 - g) * E_g)`` is computed as
-        ``g * head(E_d) + (1 - g) * head(E_g)``: the same logits and the same gradients for every
-        parameter (the routing weights scale the experts' ``[B, H]`` outputs before the head, so
-        the head itself always trains on the full mixture), with the mixing done on 4 logits
-        instead of ``H`` hidden units.
-        """
-        e_d, e_g, gate = feats
-        if route is not None:
-            e_d = scale_gradient(e_d, route.diamond.unsqueeze(-1))
-            e_g = scale_gradient(e_g, route.ghost.unsqueeze(-1))
-            gate = scale_gradient(gate, route.gate)
-        logits = two_expert_mixture(self.head(e_d), self.head(e_g), gate)
-        return MoEOutput(logits, feats.gate)
+        """Routed mixture and shared head on precomputed :meth:`features` (:func:`moe_mix`)."""
+        return moe_mix(feats, self.params(), route)
 
     def forward(
         self, obs: Tensor, route: RouteWeights | None = None, steer: str = "none"
@@ -232,12 +278,11 @@ class SingleExpertPolicy(nn.Module):
         """The body's hidden output ``[B, H]``."""
         if steer not in STEER:
             raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
-        return self.body(obs.float().flatten(1))
+        return mlp_forward(obs.float().flatten(1), dict(self.named_parameters()), "body")
 
     def mix(self, feats: Tensor, route: RouteWeights | None = None) -> MoEOutput:
         """The head on precomputed :meth:`features` (``route`` has nothing to route here)."""
-        logits = self.head(feats)
-        return MoEOutput(logits, torch.full(logits.shape[:1], float("nan"), device=logits.device))
+        return single_mix(feats, dict(self.named_parameters()))
 
     def forward(self, obs: Tensor, route: RouteWeights | None = None, steer: str = "none"):
         return self.mix(self.features(obs, steer), route)
@@ -251,4 +296,4 @@ class ValueNet(nn.Module):
         self.net = nn.Sequential(_mlp(4 * size * size, hidden), nn.Linear(hidden, 1))
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs.float().flatten(1)).squeeze(-1)
+        return value_forward(obs.float().flatten(1), dict(self.named_parameters()))

@@ -1,5 +1,6 @@
-"""One training run end to end: train, evaluate (steered and unsteered), log, checkpoint, and
-write a results JSON. ``oversight-gr train``, the demo and sweeps all call :func:`run_training`."""
+"""Training end to end, one run or a group: train, evaluate (steered and unsteered), log,
+checkpoint, and write results JSON. ``oversight-gr train``, the demo and sweeps all call
+:func:`run_training` (a sweep's ``--batch-runs`` groups pass a list of configs)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import Any
 
 import torch
 
-from oversight_gr.agents.evaluation import evaluate
+from oversight_gr.agents.evaluation import evaluate, evaluate_runs
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
-           "evaluate_all", "curve_point", "make_record"]
+           "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,27 @@ def steered_mode(method: str) -> str:
     return "diamond" if "diamond" in eval_steers(method) else "none"
 
 
-def _evaluate_all(trainer: Trainer) -> dict[str, dict]:
-    return evaluate_all(trainer.cfg, trainer.policy, trainer.device)
+def evaluate_trainer(trainer: Trainer) -> list[dict[str, dict]]:
+    """:func:`evaluate_all` of every run of a trainer, in one batch of environments per
+    steering mode; run r's numbers depend on its own config only (its seed gives the
+    evaluation seed), not on the group it trains in."""
+    cfg, cfgs = trainer.cfg, trainer.cfgs
+    out: list[dict[str, dict]] = [{} for _ in cfgs]
+    for steer in eval_steers(cfg.method):
+        results = evaluate_runs(
+            trainer.logits_fn(steer),
+            [c.oversight_prob for c in cfgs],
+            steer,
+            [10_000 + c.seed for c in cfgs],
+            num_envs=cfg.eval_envs,
+            size=cfg.size,
+            max_episode_steps=cfg.max_episode_steps,
+            gamma=cfg.gamma,
+            device=trainer.device,
+        )
+        for r, res in enumerate(results):
+            out[r][steer] = res.as_dict()
+    return out
 
 
 def evaluate_all(cfg: TrainConfig, policy: torch.nn.Module,
@@ -111,82 +131,125 @@ def make_record(cfg: TrainConfig, evals: dict[str, dict], curve: list[dict[str, 
     }
 
 
+def _run_dirs(run_dir: Path | None, trainer: Trainer) -> list[Path | None]:
+    """Where each run's results.json, curve.json and TensorBoard events go: the run directory
+    itself for one run, ``run_dir/run<r>`` for run r of a group (whose checkpoint and
+    config.json stay in ``run_dir``)."""
+    if run_dir is None:
+        return [None] * trainer.R
+    if trainer.single:
+        return [run_dir]
+    return [run_dir / f"run{r}" for r in range(trainer.R)]
+
+
 def run_training(
-    cfg: TrainConfig,
+    cfg: TrainConfig | list[TrainConfig],
     run_dir: str | Path | None = None,
     *,
     tensorboard: bool = True,
     checkpoint_every: int = 0,
     resume: bool = True,
-    progress: Callable[[Trainer, dict[str, float]], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``cfg`` to ``cfg.total_env_steps`` and return the results record.
+    progress: Callable[[Trainer, Any], None] | None = None,
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """Train ``cfg`` to ``cfg.total_env_steps`` and return the results record; given a list of
+    configs (a group, see :class:`Trainer`), train them together and return one record per
+    run, each with ``"batched"``: the group's size, the run's position, the group's (seed,
+    oversight) list.
 
     Args:
-        run_dir: where ``results.json``, ``checkpoint.pt``, ``config.json`` and TensorBoard
-            events go (``None``: nothing is written).
+        run_dir: where ``results.json``, ``curve.json``, ``checkpoint.pt``, ``config.json`` and
+            TensorBoard events go (``None``: nothing is written); a group's per-run files go to
+            ``run_dir/run<r>``.
         checkpoint_every: also checkpoint every N updates (0: only at the end).
-        resume: continue from ``run_dir``'s checkpoint if one exists with the same config.
+        resume: continue from ``run_dir``'s checkpoint if one exists with the same config(s);
+            curve points past the checkpoint are dropped, wall time accumulates.
         progress: called after every update with the trainer and its scalars.
 
     Returns:
         ``{"config", "metrics": {"steered"/"unsteered"/...}, "curve": [...], "env_steps",
-        "reported_env_steps", "wall_seconds", "versions", "seed"}``.
+        "reported_env_steps", "wall_seconds", "versions", "seed"}`` (and ``"trainer"``), or a
+        list of such records (without ``"trainer"``) for a group.
     """
+    single = isinstance(cfg, TrainConfig)
+    cfgs = [cfg] if single else list(cfg)
     run_dir = Path(run_dir) if run_dir is not None else None
     trainer = None
     if run_dir is not None and resume and (run_dir / "checkpoint.pt").exists():
         saved = json.loads((run_dir / "config.json").read_text())
-        if saved == json.loads(json.dumps(cfg.to_dict())):
+        wanted = cfgs[0].to_dict() if single else [c.to_dict() for c in cfgs]
+        if saved == json.loads(json.dumps(wanted)):
             trainer = Trainer.load(run_dir)
             log.info("resumed %s at %d env steps", run_dir, trainer.env_steps)
     if trainer is None:
-        trainer = Trainer(cfg)
-    writer = None
+        trainer = Trainer(cfgs[0] if single else cfgs)
+    R, cfg = trainer.R, trainer.cfg
+    dirs = _run_dirs(run_dir, trainer)
+    writers: list = [None] * R
     if run_dir is not None and tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"))
-    curve: list[dict[str, float]] = []
-    if run_dir is not None and (run_dir / "curve.json").exists() and trainer.env_steps > 0:
-        curve = json.loads((run_dir / "curve.json").read_text())
-    t0 = time.perf_counter()
+        writers = [SummaryWriter(str(d / "tb")) for d in dirs]
+    curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
+    for r, d in enumerate(dirs):
+        if d is not None and (d / "curve.json").exists() and trainer.env_steps > 0:
+            # points evaluated after the checkpoint was written are re-evaluated, not repeated
+            curves[r] = [p for p in json.loads((d / "curve.json").read_text())
+                         if p["env_steps"] <= trainer.env_steps]
+    wall0, t0 = trainer.wall_seconds, time.perf_counter()
+
+    def wall() -> float:
+        return wall0 + time.perf_counter() - t0
+
+    def log_evals(evals: list[dict[str, dict]]) -> None:
+        for w, ev in zip(writers, evals):
+            if w is not None:
+                for steer, res in ev.items():
+                    w.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
+                                 trainer.env_steps)
+
     next_eval = (trainer.env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
     try:
         while trainer.updates < trainer.num_updates:
             scalars = trainer.train_update()
-            if writer is not None:
-                for k, v in scalars.items():
-                    writer.add_scalar(k, v, trainer.env_steps)
+            runs = [scalars] if single else scalars
+            for w, sc in zip(writers, runs):
+                if w is not None:
+                    for k, v in sc.items():
+                        w.add_scalar(k, v, trainer.env_steps)
             if next_eval is not None and trainer.env_steps >= next_eval:
                 next_eval += cfg.eval_every
-                evals = _evaluate_all(trainer)
-                point = curve_point(evals, trainer.env_steps, trainer.reported_env_steps,
-                                    time.perf_counter() - t0)
-                for steer, res in evals.items():
-                    if writer is not None:
-                        writer.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
-                                          trainer.env_steps)
-                curve.append(point)
-                scalars = {**scalars, **{k: v for k, v in point.items() if k.startswith("return")}}
-                if run_dir is not None:
-                    write_json_atomic(run_dir / "curve.json", curve)
+                evals = evaluate_trainer(trainer)
+                log_evals(evals)
+                for r, ev in enumerate(evals):
+                    point = curve_point(ev, trainer.env_steps, trainer.reported_steps(r), wall())
+                    curves[r].append(point)
+                    runs[r].update({k: v for k, v in point.items() if k.startswith("return")})
+                    if dirs[r] is not None:
+                        write_json_atomic(dirs[r] / "curve.json", curves[r])
             if run_dir is not None and checkpoint_every and trainer.updates % checkpoint_every == 0:
+                trainer.wall_seconds = wall()
                 trainer.save(run_dir)
             if progress is not None:
                 progress(trainer, scalars)
-        wall = time.perf_counter() - t0
-        evals = _evaluate_all(trainer)
-        if writer is not None:
-            for steer, res in evals.items():
-                writer.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
-                                  trainer.env_steps)
+        trainer.wall_seconds = elapsed = wall()
+        evals = evaluate_trainer(trainer)
+        log_evals(evals)
     finally:
-        if writer is not None:
-            writer.close()
-    record = make_record(cfg, evals, curve, trainer.env_steps, trainer.reported_env_steps, wall)
+        for w in writers:
+            if w is not None:
+                w.close()
+    records = [make_record(c, ev, curves[r], trainer.env_steps, trainer.reported_steps(r),
+                           elapsed)
+               for r, (c, ev) in enumerate(zip(trainer.cfgs, evals))]
+    if not single:
+        group = {"runs": R, "axes": [[c.seed, c.oversight_prob] for c in trainer.cfgs]}
+        for r, record in enumerate(records):
+            record["batched"] = {**group, "position": r}
     if run_dir is not None:
         trainer.save(run_dir)
-        write_json_atomic(run_dir / "results.json", record)
-    record["trainer"] = trainer
-    return record
+        for d, record in zip(dirs, records):
+            write_json_atomic(d / "results.json", record)
+    if not single:
+        return records
+    records[0]["trainer"] = trainer
+    return records[0]

@@ -1,4 +1,5 @@
-"""The trainer: batched rollouts on :class:`GridRules`, routed REINFORCE / PPO updates.
+"""The trainer: one run or a group of runs, batched rollouts on :class:`GridRules`, routed
+REINFORCE / PPO updates.
 
 The loop reads top to bottom (:meth:`Trainer.train_update`): collect a ``rollout_steps`` x
 ``num_envs`` window, label every step with its episode's observed outcome, compute the method's
@@ -8,27 +9,40 @@ algorithms; only the advantage estimate and the number of passes differ).
 Steps of episodes still running when the window ends are unlabelled and train both experts and
 the gate, as in the paper (their label is not known yet); this is the documented choice.
 
+**One run or many.** ``Trainer(cfg)`` trains one run; ``Trainer([cfg, ...])`` trains a group of
+R runs that differ only in :data:`GROUP_AXES` (seed, oversight level) side by side: their
+parameters are stacked ``[R, ...]`` and every layer of every run is one batched matrix multiply
+(:mod:`oversight_gr.agents.networks` holds the forward, written once for one network or a
+stack). Each run keeps its own environments (a :class:`GridRules` seeded from its own seed), its
+own sampling generator, its own loss (a mean over its steps; the group's loss is the sum, so the
+gradient reaching run r's parameters is run r's own), its own gradient-norm clipping and PPO
+advantage normalisation, and Adam is elementwise: **a run trained inside a group draws the same
+random numbers and makes the same updates as trained alone** (equal up to the float rounding of
+batched matrix multiplies, tested). A one-run trainer keeps its parameters in ordinary modules
+(``trainer.policy``, ``trainer.value``); a group's are stacked leaves, and
+:meth:`Trainer.unstack` copies run r out into modules.
+
 Single-pass REINFORCE (one epoch, one minibatch: the paper's setting) does not run the networks a
 second time for the update. The rollout keeps the autograd graph of every step's expert outputs,
-gate and value; once the window's labels are known, only the cheap routed mixture and head are
-recomputed per step, and one backward pass goes through the stored graphs. The parameters do
-not change between acting and learning, so this is the same gradient as a fresh forward pass
-(tested against the two-pass path). It is used in fp32 and bf16_matmul, where it is faster
-(fp32, paper size: 0.40-0.41 s against 0.51-0.53 s per routing update). Under bf16 autocast the
+gate and value (the folded gate layer is computed once per window and shared by its steps);
+once the window's labels are known, only the cheap routed mixture and head are recomputed per
+step, and one backward pass goes through the stored graphs. The parameters do not change between
+acting and learning, so this is the same gradient as a fresh forward pass (tested against the
+two-pass path). It is used in fp32 and bf16_matmul, where it is faster. Under bf16 autocast the
 32 step-sized backward passes over bf16 activations are slower than one batched forward and
-backward (0.22-0.24 s against 0.21 s in steady state), so there the two-pass update is used.
-benchmarks/train_throughput.py prints both.
+backward, so there the two-pass update is used. benchmarks/train_throughput.py prints both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +54,11 @@ from oversight_gr.agents.methods import (
     METHODS,
     Method,
     advantages_and_returns,
+    ROUTE_BOTH,
+    ROUTE_DIAMOND,
+    ROUTE_GHOST,
     episode_labels,
-    gate_bce,
+    gate_bce_rows,
     masked_mean,
     method_reward,
     policy_terms,
@@ -51,18 +68,28 @@ from oversight_gr.agents.methods import (
 )
 from oversight_gr.agents.networks import (
     GATE_INPUTS,
+    MoEFeatures,
     MoEOutput,
     MoEPolicy,
     RouteWeights,
     SingleExpertPolicy,
     ValueNet,
+    fold_gate_layer,
+    gate_forward,
+    mlp_forward,
+    moe_features,
+    moe_mix,
     orthogonal_init,
+    single_mix,
+    steer_gate,
+    value_forward,
 )
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.envs.core import GridRules
 from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
-__all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS"]
+__all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "group_key",
+           "check_group", "build_policy", "init_networks"]
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +182,54 @@ class TrainConfig:
         return to_dict(self)
 
 
+#: the TrainConfig fields that may differ between the runs of a group
+GROUP_AXES = ("seed", "oversight_prob")
+
+
+def group_key(cfg: TrainConfig) -> str:
+    """Runs with equal keys can train as one group (every field but :data:`GROUP_AXES`)."""
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in GROUP_AXES}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def check_group(cfgs: Sequence[TrainConfig]) -> None:
+    """Raise ValueError unless ``cfgs`` is a non-empty list of configs that differ only in
+    :data:`GROUP_AXES`, naming the first field that differs."""
+    cfgs = list(cfgs)
+    if not cfgs:
+        raise ValueError("a group needs at least one TrainConfig")
+    for i, cfg in enumerate(cfgs):
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"run {i} of the group is a {type(cfg).__name__}, not a TrainConfig")
+    first = cfgs[0].to_dict()
+    for i, cfg in enumerate(cfgs[1:], start=1):
+        for name, value in cfg.to_dict().items():
+            if name not in GROUP_AXES and value != first[name]:
+                raise ValueError(
+                    f"the runs of a group may differ only in {GROUP_AXES}; run {i} has "
+                    f"{name}={value!r} but run 0 has {name}={first[name]!r}"
+                )
+
+
 @dataclass
 class Rollout:
-    obs: Tensor  # [T, B, 4, n, n] uint8
-    actions: Tensor  # [T, B]
-    logp: Tensor  # [T, B]
-    values: Tensor  # [T, B]
-    next_values: Tensor  # [T, B] value of the next state (0 after termination)
-    rewards: Tensor  # [T, B]
-    done: Tensor  # [T, B] bool
-    labels: Tensor  # [T, B] observed outcome of the step's episode (NONE if unfinished)
-    outcome: Tensor  # [T, B] observed outcome at the step (NONE mid-episode)
-    true_outcome: Tensor  # [T, B] ground truth (evaluation / oracle only)
-    #: per step (policy features, value) with their autograd graphs (single-pass REINFORCE)
+    """One window of every run's environments, ``[T, R * B]`` with run r's environments at
+    columns ``r * B ... (r + 1) * B - 1`` (``[T, B]`` for one run)."""
+
+    obs: Tensor  # [T, R*B, 4, n, n] uint8
+    actions: Tensor  # [T, R*B]
+    logp: Tensor  # [T, R*B]
+    values: Tensor  # [T, R*B]
+    next_values: Tensor  # [T, R*B] value of the next state (0 after termination)
+    rewards: Tensor  # [T, R*B]
+    done: Tensor  # [T, R*B] bool
+    labels: Tensor  # [T, R*B] observed outcome of the step's episode (NONE if unfinished)
+    outcome: Tensor  # [T, R*B] observed outcome at the step (NONE mid-episode)
+    true_outcome: Tensor  # [T, R*B] ground truth (evaluation / oracle only)
+    #: per step (policy features [R, B, ...], value [R, B]) with their autograd graphs
+    #: (single-pass REINFORCE)
     graph: list | None = None
+    gate: Tensor | None = None  # [T, R*B] gate value at acting (MoE methods; for logging)
 
 
 def build_policy(cfg: TrainConfig) -> nn.Module:
@@ -178,41 +239,88 @@ def build_policy(cfg: TrainConfig) -> nn.Module:
     return SingleExpertPolicy(cfg.size, cfg.hidden)
 
 
+def init_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ValueNet]:
+    """The run's initial policy and value net (they depend on ``cfg.seed`` only)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        policy = build_policy(cfg).to(device)
+        value = ValueNet(cfg.size, cfg.hidden).to(device)
+        if cfg.init == "orthogonal":
+            orthogonal_init(policy)
+            orthogonal_init(value)
+    return policy, value
+
+
+def _cat(xs: list[Tensor]) -> Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
+
+
 class Trainer:
-    """Train one method on OversightGrid. Same seed, same numbers on CPU.
+    """Train one method on OversightGrid: one run, or a group of runs side by side.
+
+    Same seed, same numbers on CPU; a run inside a group follows the same random numbers and
+    updates as alone (see the module docstring).
 
     Args:
-        cfg: the run's :class:`TrainConfig`.
+        cfg: the run's :class:`TrainConfig`, or a list of them (a group; :func:`check_group`
+            must accept it). With one config, per-run results (:meth:`update`,
+            :meth:`train_update`) are plain dicts of floats; with a list, lists of such dicts.
+
+    Shapes: ``R`` runs, ``B = num_envs`` environments per run; rollouts are ``[T, R * B]``,
+    network inputs and outputs ``[R, N, ...]``.
     """
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig | Sequence[TrainConfig]):
+        self.single = isinstance(cfg, TrainConfig)
+        self.cfgs = [cfg] if self.single else list(cfg)
+        check_group(self.cfgs)
+        self.cfg = cfg = self.cfgs[0]
+        self.R = len(self.cfgs)
         self.method = cfg.method_spec
         self.device = torch.device(cfg.device)
         torch.set_num_threads(cfg.threads)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.policy = build_policy(cfg).to(self.device)
-            self.value = ValueNet(cfg.size, cfg.hidden).to(self.device)
-            if cfg.init == "orthogonal":
-                orthogonal_init(self.policy)
-                orthogonal_init(self.value)
-        params = list(self.policy.parameters()) + list(self.value.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.resolved("lr"), eps=1e-5)
-        self.rules = GridRules(
-            cfg.num_envs,
-            size=cfg.size,
-            max_episode_steps=cfg.max_episode_steps,
-            oversight_prob=cfg.oversight_prob,
-            spurious_prob=cfg.spurious_prob,
-            reward_mode="terminal",  # unused: rewards come from observed outcomes (methods.py)
-            device=self.device,
-            seed=cfg.seed + 1,
-        )
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
-        self.obs = self.rules.reset()
-        self.env_steps = 0
+        nets = [init_networks(c, self.device) for c in self.cfgs]
+        if self.R == 1:
+            # one run: the modules' own parameters are the leaves (plain modules, plain
+            # checkpoints, every module method works on trainer.policy / trainer.value)
+            self._policy, self._value = nets[0]
+            self.params = {**{f"policy.{n}": p for n, p in self._policy.named_parameters()},
+                           **{f"value.{n}": p for n, p in self._value.named_parameters()}}
+        else:
+            self._policy = self._value = None
+            self.params = {}
+            for prefix, k in (("policy.", 0), ("value.", 1)):
+                for n, _ in nets[0][k].named_parameters():
+                    stacked = torch.stack([net[k].get_parameter(n).detach() for net in nets])
+                    self.params[prefix + n] = stacked.contiguous().requires_grad_(True)
+        self._policy_p = {n[len("policy."):]: p for n, p in self.params.items()
+                          if n.startswith("policy.")}
+        self._value_p = {n[len("value."):]: p for n, p in self.params.items()
+                         if n.startswith("value.")}
+        # fused: one kernel per parameter for the whole Adam step (the minibatch loop takes 64
+        # small steps per PPO update; measured 3-4x faster than foreach or the loop on CPU)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.resolved("lr"),
+                                          eps=1e-5, fused=True)
+        self.rules = [
+            GridRules(
+                c.num_envs,
+                size=c.size,
+                max_episode_steps=c.max_episode_steps,
+                oversight_prob=c.oversight_prob,
+                spurious_prob=c.spurious_prob,
+                reward_mode="terminal",  # unused: rewards come from observed outcomes (methods.py)
+                device=self.device,
+                seed=c.seed + 1,
+            )
+            for c in self.cfgs
+        ]
+        self.gens = [torch.Generator(device=self.device).manual_seed(c.seed + 2)
+                     for c in self.cfgs]
+        self.obs = _cat([rules.reset() for rules in self.rules])  # [R * B, 4, n, n]
+        self.env_steps = 0  # per run
         self.updates = 0
+        #: training wall time so far (set by the run loop; kept across checkpoints)
+        self.wall_seconds = 0.0
         self.num_updates = math.ceil(cfg.total_env_steps / (cfg.num_envs * cfg.rollout_steps))
         # hook for tests (honesty guard): transforms each StepResult before the learner sees it
         self.step_filter: Callable | None = None
@@ -220,14 +328,129 @@ class Trainer:
         #: (not under bf16 autocast, where the two-pass update is faster in steady state)
         self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
                             and cfg.resolved("minibatches") == 1 and cfg.precision != "bf16")
+        self._modules: dict[int, tuple[nn.Module, ValueNet]] = {}
+
+    # -- one run's modules ---------------------------------------------------------------------
+    @property
+    def gen(self) -> torch.Generator:
+        """The sampling generator of a one-run trainer."""
+        return self._one("gen", self.gens[0])
+
+    @property
+    def policy(self) -> nn.Module:
+        """A one-run trainer's policy module (its parameters are the trainer's); for a group,
+        use :meth:`unstack`."""
+        return self._one("policy", self._policy)
+
+    @property
+    def value(self) -> ValueNet:
+        """A one-run trainer's value module (its parameters are the trainer's)."""
+        return self._one("value", self._value)
+
+    def _one(self, name: str, obj):
+        if self.R != 1:
+            raise AttributeError(f"trainer.{name} is a one-run attribute; this trainer holds a "
+                                 f"group of {self.R} runs (use unstack(r))")
+        return obj
+
+    @torch.no_grad()
+    def unstack(self, r: int) -> tuple[nn.Module, ValueNet]:
+        """Run r's policy and value net as ordinary modules, copies of its current
+        parameters (for evaluation, figures, SB3, checkpoints)."""
+        if not 0 <= r < self.R:
+            raise IndexError(f"run index {r} out of range for a group of {self.R}")
+        with torch.random.fork_rng(devices=[]):  # module construction draws default inits
+            policy = build_policy(self.cfgs[r]).to(self.device)
+            value = ValueNet(self.cfg.size, self.cfg.hidden).to(self.device)
+        self._copy_out(r, policy, value)
+        return policy, value
+
+    @torch.no_grad()
+    def _copy_out(self, r: int, policy: nn.Module, value: ValueNet) -> None:
+        for prefix, module in (("policy.", policy), ("value.", value)):
+            for n, p in module.named_parameters():
+                src = self.params[prefix + n]
+                p.copy_(src if self.R == 1 else src[r])
+
+    @torch.no_grad()
+    def load_run(self, r: int, policy: nn.Module, value: ValueNet) -> None:
+        """Set run r's parameters from ordinary modules (the inverse of :meth:`unstack`)."""
+        for prefix, module in (("policy.", policy), ("value.", value)):
+            for n, p in module.named_parameters():
+                dst = self.params[prefix + n]
+                (dst if self.R == 1 else dst[r]).copy_(p)
+
+    def run_modules(self, r: int) -> tuple[nn.Module, ValueNet]:
+        """Run r's modules: a one-run trainer's own, or a cached copy refreshed from the
+        group's current parameters."""
+        if self.R == 1:
+            return self._policy, self._value
+        if r not in self._modules:
+            self._modules[r] = self.unstack(r)
+        else:
+            self._copy_out(r, *self._modules[r])
+        return self._modules[r]
 
     def autocast(self):
         """The configured numeric precision (:mod:`oversight_gr.precision`) for a block."""
         return precision_context(self.cfg.precision, self.device)
 
+    # -- the networks, all runs at once ---------------------------------------------------------
+    def _x(self, obs: Tensor) -> Tensor:
+        """Observations ``[R * N, 4, n, n]`` (run-major) or ``[R, N, 4, n, n]`` -> float
+        ``[R, N, C]``."""
+        if obs.ndim == 4:
+            obs = obs.view(self.R, -1, *obs.shape[1:])
+        return obs.float().flatten(2)
+
+    def fold(self) -> tuple[Tensor, Tensor] | None:
+        """The folded first gate layer of every run (None without a learned gate); compute it
+        once per block of forwards whose parameters do not change."""
+        if self.method.policy != "moe" or self.method.constant_gate is not None:
+            return None
+        return fold_gate_layer(self._policy_p, self.cfg.gate_input)
+
+    def features(self, x: Tensor, fold=None, steer: str = "none") -> MoEFeatures | Tensor:
+        """The actor's features on ``x [R, N, C]``: experts and gate (MoE) or body output."""
+        p = self._policy_p
+        if self.method.policy != "moe":
+            return mlp_forward(x, p, "body")
+        const = self.method.constant_gate
+        shape, dev = x.shape[:-1], x.device
+
+        def learned() -> Tensor:
+            if const is not None:
+                return torch.full(shape, float(const), device=dev)
+            f = self.fold() if fold is None else fold
+            return gate_forward(x, p, f, self.cfg.size, self.cfg.gate_input)
+
+        return moe_features(x, p, steer_gate(steer, shape, dev, learned))
+
+    def mix(self, feats, route: RouteWeights | None = None) -> MoEOutput:
+        """Logits ``[R, N, 4]`` and gate ``[R, N]`` (NaN for single-expert methods)."""
+        if self.method.policy != "moe":
+            return single_mix(feats, self._policy_p)
+        return moe_mix(feats, self._policy_p, route)
+
+    def values(self, x: Tensor) -> Tensor:
+        """``[R, N]`` state values of every run."""
+        return value_forward(x, self._value_p)
+
+    def logits_fn(self, steer: str = "none") -> Callable[[Tensor], Tensor]:
+        """``obs [R, N, 4, n, n] -> logits [R, N, 4]`` with the current parameters (no
+        autograd; for evaluation: the folded gate layer is computed once)."""
+        with torch.no_grad():
+            fold = self.fold() if steer == "none" else None
+
+        def fn(obs: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.mix(self.features(self._x(obs), fold, steer)).logits
+
+        return fn
+
     # -- data ----------------------------------------------------------------------------------
     def collect(self, graph: bool = False) -> Rollout:
-        """Run ``rollout_steps`` moves in every environment with the current policy.
+        """Run ``rollout_steps`` moves in every environment of every run.
 
         Args:
             graph: keep each step's policy features and value with their autograd graphs in
@@ -238,46 +461,55 @@ class Trainer:
             return self._collect(graph)
 
     def _collect(self, graph: bool) -> Rollout:
-        cfg, dev = self.cfg, self.device
+        cfg, dev, R = self.cfg, self.device, self.R
         T, B = cfg.rollout_steps, cfg.num_envs
         obs = self.obs
         obs_buf = torch.empty((T, *obs.shape), dtype=torch.uint8, device=dev)
-        actions = torch.empty(T, B, dtype=torch.long, device=dev)
-        logp = torch.empty(T, B, device=dev)
-        values = torch.empty(T + 1, B, device=dev)  # row T: value of the state after the window
-        trunc_values = torch.zeros(T, B, device=dev)  # value of the final obs of cut episodes
-        terminated = torch.empty(T, B, dtype=torch.bool, device=dev)
-        truncated = torch.empty(T, B, dtype=torch.bool, device=dev)
-        outcome = torch.empty(T, B, dtype=torch.long, device=dev)
-        true_outcome = torch.empty(T, B, dtype=torch.long, device=dev)
+        actions = torch.empty(T, R * B, dtype=torch.long, device=dev)
+        logp = torch.empty(T, R * B, device=dev)
+        values = torch.empty(T + 1, R * B, device=dev)  # row T: the state after the window
+        trunc_values = torch.zeros(T, R * B, device=dev)  # final obs of cut episodes
+        terminated = torch.empty(T, R * B, dtype=torch.bool, device=dev)
+        truncated = torch.empty(T, R * B, dtype=torch.bool, device=dev)
+        outcome = torch.empty(T, R * B, dtype=torch.long, device=dev)
+        true_outcome = torch.empty(T, R * B, dtype=torch.long, device=dev)
         kept: list | None = [] if graph else None
-        shared_fold = getattr(self.policy, "shared_gate_fold", contextlib.nullcontext)
-        with shared_fold():  # parameters are fixed during the window
-            for t in range(T):
-                obs_buf[t] = obs
-                feats = self.policy.features(obs)
-                v = self.value(obs)
-                if kept is not None:
-                    kept.append((feats, v))
-                with torch.no_grad():
-                    logits = self.policy.mix(feats).logits.float()
-                    values[t] = v.float()
-                    probs = torch.softmax(logits, -1)
-                    a = torch.multinomial(probs, 1, generator=self.gen).squeeze(1)
-                    actions[t] = a
-                    logp[t] = torch.log_softmax(logits, -1).gather(1, a.unsqueeze(1)).squeeze(1)
-                    r = self.rules.step(a)
-                    if self.step_filter is not None:
-                        r = self.step_filter(r)
-                    obs = r.obs
-                    if cfg.bootstrap and bool(r.truncated.any()):
-                        cut = self.value(r.final_obs).float()
-                        trunc_values[t] = torch.where(r.truncated, cut, 0.0)
-                    terminated[t], truncated[t] = r.terminated, r.truncated
-                    outcome[t] = r.outcome
-                    true_outcome[t] = r.true_outcome
+        moe = self.method.policy == "moe"
+        gates = torch.empty(T, R * B, device=dev) if moe else None
+        fold = self.fold()  # parameters are fixed during the window: one fold, shared
+        for t in range(T):
+            obs_buf[t] = obs
+            x = self._x(obs)
+            feats = self.features(x, fold)
+            v = self.values(x)
+            if kept is not None:
+                kept.append((feats, v))
+            with torch.no_grad():
+                logits = self.mix(feats).logits.float()
+                values[t] = v.float().flatten()
+                if gates is not None:
+                    gates[t] = feats.gate.float().flatten()
+                probs = torch.softmax(logits, -1)
+                a = _cat([torch.multinomial(probs[r], 1, generator=g).squeeze(1)
+                          for r, g in enumerate(self.gens)])
+                actions[t] = a
+                logp[t] = torch.log_softmax(logits, -1).flatten(0, 1).gather(
+                    1, a.unsqueeze(1)).squeeze(1)
+                steps = [rules.step(a[r * B:(r + 1) * B]) for r, rules in enumerate(self.rules)]
+                if self.step_filter is not None:
+                    steps = [self.step_filter(s) for s in steps]
+                obs = _cat([s.obs for s in steps])
+                terminated[t] = _cat([s.terminated for s in steps])
+                truncated[t] = _cat([s.truncated for s in steps])
+                outcome[t] = _cat([s.outcome for s in steps])
+                true_outcome[t] = _cat([s.true_outcome for s in steps])
+                # on a CPU this check costs nothing; elsewhere always compute (no host sync)
+                if cfg.bootstrap and (dev.type != "cpu" or bool(truncated[t].any())):
+                    final = self._x(_cat([s.final_obs for s in steps]))
+                    cut = self.values(final).float().flatten()
+                    trunc_values[t] = torch.where(truncated[t], cut, 0.0)
         with torch.no_grad():
-            values[T] = self.value(obs).float()
+            values[T] = self.values(self._x(obs)).float().flatten()
         next_values = values[1:]
         if cfg.bootstrap:
             next_values = torch.where(truncated, trunc_values, next_values)
@@ -290,75 +522,113 @@ class Trainer:
         labels = episode_labels(outcome, done)
         rewards = method_reward(self.method, outcome, true_outcome)
         return Rollout(obs_buf, actions, logp, values[:T], next_values, rewards, done, labels,
-                       outcome, true_outcome, kept)
+                       outcome, true_outcome, kept, gates)
 
     def advantages(self, ro: Rollout) -> tuple[Tensor, Tensor]:
-        """(advantages, returns) ``[T, B]``: GAE for PPO, Monte-Carlo returns for REINFORCE."""
+        """(advantages, returns) ``[T, R * B]``: GAE for PPO, Monte-Carlo returns for
+        REINFORCE."""
         cfg = self.cfg
         lam = cfg.gae_lambda if cfg.algo == "ppo" else 1.0
         return advantages_and_returns(ro.rewards, ro.values, ro.next_values, ro.done, cfg.gamma,
                                       lam)
 
+    def per_run(self, x: Tensor) -> Tensor:
+        """``[T, R * B, ...]`` -> ``[R, T * B, ...]`` (each run's steps, time-major)."""
+        T = x.shape[0]
+        return x.reshape(T, self.R, -1, *x.shape[2:]).transpose(0, 1).reshape(
+            self.R, -1, *x.shape[2:])
+
     # -- learning ------------------------------------------------------------------------------
     def _route(self, route_lbl: Tensor, gate: Tensor | None) -> RouteWeights | None:
-        """Route weights for the labels; ``gate`` is used (detached) only when sharpness != 1."""
+        """Route weights ``[R, N]`` for route labels ``[R, N]``; ``gate`` is used (detached) only
+        when sharpness != 1."""
         if not self.method.route:
             return None
         cfg = self.cfg
-        return route_weights(route_lbl.to(self.device), gate, cfg.unlabelled_gate_grad,
-                             cfg.resolved("unlabelled_sharpness"))
+        w = route_weights(route_lbl.flatten(), None if gate is None else gate.flatten(),
+                          cfg.unlabelled_gate_grad, cfg.resolved("unlabelled_sharpness"))
+        return RouteWeights(*(t.view(route_lbl.shape) for t in w))
 
     def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
-        """The routed loss on a batch of steps (shared by PPO and REINFORCE)."""
+        """The routed loss on a batch of steps ``[R, N, ...]`` (shared by PPO and REINFORCE):
+        the sum over runs of each run's mean loss, and per-run ``[R]`` statistics. A one-run
+        trainer also takes one run's ``[N, ...]`` batch."""
+        if obs.ndim == 4:  # one run's flat batch
+            obs, actions, old_logp, adv, returns, labels, mask = (
+                t.unsqueeze(0) for t in (obs, actions, old_logp, adv, returns, labels, mask))
         route_lbl = route_labels(labels)
         with self.autocast():
-            feats = self.policy.features(obs)
-            out = self.policy.mix(feats, self._route(route_lbl, getattr(feats, "gate", None)))
-            values = self.value(obs)
+            x = self._x(obs)
+            feats = self.features(x)
+            gate = feats.gate if isinstance(feats, MoEFeatures) else None
+            out = self.mix(feats, self._route(route_lbl, gate))
+            values = self.values(x)
         return self.objective(out, values, actions, old_logp, adv, returns, route_lbl, mask)
 
     def objective(self, out, values, actions, old_logp, adv, returns, route_lbl, mask):
-        """Policy-gradient, value, entropy and gate terms from the networks' outputs."""
+        """Policy-gradient, value, entropy and gate terms from the networks' outputs (all
+        ``[R, N]``): the sum over runs of each run's mean loss, and per-run statistics."""
         cfg = self.cfg
-        pg, entropy = policy_terms(out.logits, actions, old_logp, adv, cfg.algo, cfg.clip_coef)
-        pg_loss = masked_mean(pg, mask)
-        v_loss = masked_mean((values.float() - returns) ** 2, mask)
-        ent = masked_mean(entropy, mask)
+        pg, entropy, logp = policy_terms(out.logits, actions, old_logp, adv, cfg.algo,
+                                         cfg.clip_coef, with_logp=True)
+        pg_loss = masked_mean(pg, mask, dim=-1)
+        v_loss = masked_mean((values.float() - returns) ** 2, mask, dim=-1)
+        ent = masked_mean(entropy, mask, dim=-1)
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
-        gate_loss = torch.zeros((), device=self.device)
+        gate_loss = torch.zeros_like(total)
         if self.method.gate_loss:
-            bce = gate_bce(out.gate, route_lbl)
-            if bce is not None:
-                gate_loss = bce
-                total = total + cfg.resolved("gate_loss_coef") * gate_loss
+            gate_loss = gate_bce_rows(out.gate, route_lbl)  # 0 for a run without overseen steps
+            total = total + cfg.resolved("gate_loss_coef") * gate_loss
+        with torch.no_grad():  # PPO's diagnostics (REINFORCE's ratio is 1: 0 and 0)
+            log_ratio = logp - old_logp
+            ratio = log_ratio.exp()
+            approx_kl = masked_mean((ratio - 1) - log_ratio, mask, dim=-1)
+            clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip_coef).float(), mask, dim=-1)
         stats = {"policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": ent.detach(),
-                 "gate": gate_loss.detach()}
-        return total, stats
+                 "gate": gate_loss.detach(), "approx_kl": approx_kl, "clipfrac": clipfrac}
+        return total.sum(), stats
+
+    def _clip(self, max_norm: float) -> None:
+        """Gradient-norm clipping, each run by its own norm."""
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        if self.R == 1:
+            nn.utils.clip_grad_norm_(grads and list(self.params.values()), max_norm,
+                                     foreach=True)
+            return
+        sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # [R]
+        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, [coef.view(-1, *[1] * (g.ndim - 1)) for g in grads])
 
     def _step(self, loss: Tensor) -> None:
         cfg = self.cfg
-        if cfg.anneal_lr:
-            frac = 1.0 - self.updates / max(self.num_updates, 1)
-            for group in self.optimizer.param_groups:
-                group["lr"] = frac * cfg.resolved("lr")
         self.optimizer.zero_grad(set_to_none=True)
         with backward_context(cfg.precision):
             loss.backward()
         if cfg.resolved("max_grad_norm") > 0:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, cfg.resolved("max_grad_norm"))
+            self._clip(cfg.resolved("max_grad_norm"))
         self.optimizer.step()
 
-    def update(self, ro: Rollout) -> dict[str, float]:
-        """One learning step on a rollout (PPO: epochs x minibatches; REINFORCE: one batch).
+    def _per_run_result(self, sums: dict[str, Tensor], count: int):
+        """``{name: [R] tensor}`` sums -> per-run dicts of floats (one host transfer)."""
+        names = list(sums)
+        table = (torch.stack([sums[k] for k in names]) / count).tolist()  # [stats, R]
+        runs = [{k: table[i][r] for i, k in enumerate(names)} for r in range(self.R)]
+        return runs[0] if self.single else runs
+
+    def update(self, ro: Rollout):
+        """One learning step for every run on a rollout (PPO: epochs x minibatches;
+        REINFORCE: one batch); returns the mean losses (a dict, or one per run for a group).
 
         A rollout collected with ``graph=True`` is learned from in a single pass through its
         stored graphs (REINFORCE with one epoch and one minibatch only).
         """
         cfg = self.cfg
+        if cfg.anneal_lr:
+            frac = 1.0 - self.updates / max(self.num_updates, 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * cfg.resolved("lr")
         adv, returns = self.advantages(ro)
         mask = train_mask(self.method, ro.labels)
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         if ro.graph is not None:
             if not self.single_pass:
                 raise ValueError("a rollout with a graph needs single-pass REINFORCE (algo "
@@ -367,111 +637,186 @@ class Trainer:
             ro.graph = None  # the graph is consumed by this backward pass
             self._step(loss)
             self.updates += 1
-            return {k: float(v) for k, v in stats.items()}
-        obs, actions, old_logp = flat(ro.obs), flat(ro.actions), flat(ro.logp)
-        adv, returns, labels, mask = flat(adv), flat(returns), flat(ro.labels), flat(mask)
-        if cfg.algo == "ppo":
-            m = mask.bool()
-            if bool(m.any()):
-                a = adv[m]
-                adv = (adv - a.mean()) / (a.std() + 1e-8)
-        n = obs.shape[0]
-        mb = n // cfg.resolved("minibatches")
+            return self._per_run_result(stats, 1)
+        per_run = self.per_run
+        batch = [per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
+                                      mask)]
+        if cfg.algo == "ppo":  # normalise each run's advantages over its trained steps
+            adv, m = batch[3], batch[6]
+            count = m.sum(-1, keepdim=True)
+            mean = (adv * m).sum(-1, keepdim=True) / count.clamp_min(1.0)
+            var = ((adv - mean) ** 2 * m).sum(-1, keepdim=True) / (count - 1)
+            batch[3] = torch.where(count > 0, (adv - mean) / (var.sqrt() + 1e-8), adv)
+        n = batch[0].shape[1]
+        minibatches = cfg.resolved("minibatches")
+        mb = n // minibatches
+        offsets = torch.arange(self.R, device=self.device).unsqueeze(1) * n
         sums: dict[str, Tensor] = {}
         count = 0
         for _ in range(cfg.resolved("update_epochs")):
-            perm = torch.randperm(n, generator=self.gen, device=self.device)
-            for start in range(0, mb * cfg.resolved("minibatches"), mb):
-                idx = perm[start : start + mb]
-                loss, stats = self.loss(obs[idx], actions[idx], old_logp[idx], adv[idx],
-                                        returns[idx], labels[idx], mask[idx])
+            if minibatches > 1:
+                # each run's own order from its own generator; one gather per epoch, then every
+                # minibatch is a slice
+                perm = torch.stack([torch.randperm(n, generator=g, device=self.device)
+                                    for g in self.gens])
+                flat = (perm + offsets).flatten()
+                shuffled = [x.flatten(0, 1).index_select(0, flat).view(x.shape) for x in batch]
+            else:  # one minibatch is the whole rollout: no shuffle (its order does not matter)
+                shuffled = batch
+            for start in range(0, mb * minibatches, mb):
+                loss, stats = self.loss(*(x[:, start:start + mb] for x in shuffled))
                 self._step(loss)
                 for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums[k] + v if k in sums else v
                 count += 1
         self.updates += 1
-        return {k: float(v) / count for k, v in sums.items()}
+        return self._per_run_result(sums, count)
 
     def _single_pass_loss(self, ro: Rollout, adv: Tensor, returns: Tensor, mask: Tensor):
         """The routed loss from the rollout's stored per-step graphs (no second forward)."""
+        R = self.R
         route_lbl = route_labels(ro.labels)
         logits, gates, values = [], [], []
         with self.autocast():
             for t, (feats, v) in enumerate(ro.graph):
-                gate = getattr(feats, "gate", None)
-                out = self.policy.mix(feats, self._route(route_lbl[t], gate))
+                gate = feats.gate if isinstance(feats, MoEFeatures) else None
+                out = self.mix(feats, self._route(route_lbl[t].view(R, -1), gate))
                 logits.append(out.logits)
                 gates.append(out.gate)
                 values.append(v)
-        out = MoEOutput(torch.cat(logits), torch.cat(gates))
-        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-        return self.objective(out, torch.cat(values), flat(ro.actions), flat(ro.logp), flat(adv),
-                              flat(returns), flat(route_lbl), flat(mask))
+        out = MoEOutput(torch.cat(logits, 1), torch.cat(gates, 1))  # [R, T * B, ...]
+        per_run = self.per_run
+        return self.objective(out, torch.cat(values, 1), per_run(ro.actions), per_run(ro.logp),
+                              per_run(adv), per_run(returns), per_run(route_lbl), per_run(mask))
 
-    def train_update(self) -> dict[str, float]:
-        """Collect one window and learn from it; returns logged scalars."""
+    #: update statistics logged under charts/ (the rest of update's result under losses/)
+    CHART_STATS = ("approx_kl", "clipfrac")
+
+    def rollout_stats(self, ro: Rollout) -> dict[str, Tensor]:
+        """Per-run ``[R]`` diagnostics of a rollout: episodes, reward per episode, the value
+        net's explained variance of the returns, and (MoE methods) the mean gate on steps of
+        overseen-diamond, overseen-ghost and unlabelled episodes (NaN where there are none)."""
+        T, R = ro.rewards.shape[0], self.R
+        done = ro.done.view(T, R, -1)
+        n_ep = done.sum((0, 2)).float()
+        out = {"episodes": n_ep,
+               "episode_reward": ro.rewards.view(done.shape).sum((0, 2)) / n_ep.clamp_min(1)}
+        _, returns = self.advantages(ro)
+        ret, val = self.per_run(returns), self.per_run(ro.values)
+        out["explained_variance"] = 1 - (ret - val).var(-1) / ret.var(-1)
+        if ro.gate is not None:
+            gate, lbl = self.per_run(ro.gate), self.per_run(route_labels(ro.labels))
+            for name, code in (("diamond", ROUTE_DIAMOND), ("ghost", ROUTE_GHOST),
+                               ("unlabelled", ROUTE_BOTH)):
+                m = (lbl == code).float()
+                out[f"gate_{name}"] = (gate * m).sum(-1) / m.sum(-1)
+        return out
+
+    def train_update(self):
+        """Collect one window and learn from it; returns logged scalars (a dict, or one per run
+        for a group): ``losses/*`` and ``charts/*`` (env steps, sps, episodes, reward, PPO's
+        approx_kl and clipfrac, explained variance, learning rate, gate per route label)."""
         t0 = time.perf_counter()
         ro = self.collect(graph=self.single_pass)
         losses = self.update(ro)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this update stepped with
         dt = time.perf_counter() - t0
-        ended = ro.done
-        n_ep = int(ended.sum())
-        metrics = {f"losses/{k}": v for k, v in losses.items()}
-        metrics["charts/sps"] = ro.rewards.numel() / dt
-        metrics["charts/episodes"] = n_ep
-        metrics["charts/episode_reward"] = float(ro.rewards.sum()) / max(n_ep, 1)
-        metrics["charts/env_steps"] = self.env_steps
-        metrics["charts/reported_env_steps"] = self.reported_env_steps
-        return metrics
+        diag = self.rollout_stats(ro)
+        names = list(diag)
+        table = torch.stack([diag[k].float() for k in names]).tolist()  # one host transfer
+        runs = []
+        for r in range(self.R):
+            metrics = {f"{'charts' if k in self.CHART_STATS else 'losses'}/{k}": v
+                       for k, v in (losses if self.single else losses[r]).items()}
+            metrics.update({f"charts/{k}": table[i][r] for i, k in enumerate(names)})
+            metrics["charts/episodes"] = int(metrics["charts/episodes"])
+            metrics["charts/sps"] = ro.rewards.numel() / dt
+            metrics["charts/learning_rate"] = lr
+            metrics["charts/env_steps"] = self.env_steps
+            metrics["charts/reported_env_steps"] = self.reported_steps(r)
+            runs.append(metrics)
+        return runs[0] if self.single else runs
+
+    def reported_steps(self, r: int = 0) -> float:
+        """Run r's env steps on the paper's axis (the oracle is charged only the fraction p)."""
+        scale = self.cfgs[r].oversight_prob if self.method.oracle_scale else 1.0
+        return self.env_steps * scale
 
     @property
     def reported_env_steps(self) -> float:
-        """Env steps on the paper's axis (the oracle is charged only the fraction p)."""
-        scale = self.cfg.oversight_prob if self.method.oracle_scale else 1.0
-        return self.env_steps * scale
+        """A one-run trainer's env steps on the paper's axis (:meth:`reported_steps`)."""
+        return self._one("reported_env_steps", self.reported_steps(0))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Plain state dicts; a one-run trainer's ``policy`` / ``value`` entries are its
+        modules' state dicts, a group's are the stacked ``[R, ...]`` tensors."""
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {n[len(prefix):]: p.detach() for n, p in self.params.items()
+                    if n.startswith(prefix)}
+
+        single = self.R == 1
         return {
-            "policy": self.policy.state_dict(),
-            "value": self.value.state_dict(),
+            "policy": self._policy.state_dict() if single else part("policy."),
+            "value": self._value.state_dict() if single else part("value."),
             "optimizer": self.optimizer.state_dict(),
-            "rules": self.rules.get_state(),
-            "gen": self.gen.get_state(),
+            "rules": self.rules[0].get_state() if single else [r.get_state() for r in self.rules],
+            "gen": self.gens[0].get_state() if single else [g.get_state() for g in self.gens],
             "obs": self.obs,
             "env_steps": torch.tensor(self.env_steps),
             "updates": torch.tensor(self.updates),
+            "wall_seconds": torch.tensor(self.wall_seconds, dtype=torch.float64),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.value.load_state_dict(state["value"])
+        if self.R == 1:
+            self._policy.load_state_dict(state["policy"])
+            self._value.load_state_dict(state["value"])
+            rules, gens = [state["rules"]], [state["gen"]]
+        else:
+            with torch.no_grad():
+                for prefix in ("policy", "value"):
+                    for n, t in state[prefix].items():
+                        self.params[f"{prefix}.{n}"].copy_(t)
+            rules, gens = state["rules"], state["gen"]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rules.set_state(state["rules"])
-        self.gen.set_state(state["gen"])
+        for r, s in zip(self.rules, rules):
+            r.set_state(s)
+        for g, s in zip(self.gens, gens):
+            g.set_state(s)
         self.obs = state["obs"].to(self.device)
         self.env_steps = int(state["env_steps"])
         self.updates = int(state["updates"])
+        self.wall_seconds = float(state.get("wall_seconds", 0.0))
+
+    def config_json(self) -> Any:
+        """What ``config.json`` holds: the config (one run) or the list of configs (a group)."""
+        return self.cfg.to_dict() if self.single else [c.to_dict() for c in self.cfgs]
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``checkpoint.pt`` (plain state dicts) and ``config.json`` atomically."""
+        """Write ``checkpoint.pt`` (plain state dicts) and ``config.json`` atomically (temporary
+        names unique per writer)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "checkpoint.pt.tmp"
+        tag = f"{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = d / f".checkpoint.pt.{tag}.tmp"
         torch.save(self.state_dict(), tmp)
         tmp.replace(d / "checkpoint.pt")
-        cfg_tmp = d / "config.json.tmp"
-        cfg_tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        cfg_tmp = d / f".config.json.{tag}.tmp"
+        cfg_tmp.write_text(json.dumps(self.config_json(), indent=2))
         cfg_tmp.replace(d / "config.json")
         return d / "checkpoint.pt"
 
     @classmethod
     def load(cls, directory: str | Path, **overrides: Any) -> Trainer:
-        """Rebuild a trainer from ``save``'s files (``weights_only=True``)."""
+        """Rebuild a trainer (one run or a group) from ``save``'s files
+        (``weights_only=True``); ``overrides`` apply to every run's config."""
         d = Path(directory)
-        cfg_dict = json.loads((d / "config.json").read_text())
-        cfg_dict.update(overrides)
-        trainer = cls(TrainConfig(**cfg_dict))
+        saved = json.loads((d / "config.json").read_text())
+        if isinstance(saved, list):
+            trainer = cls([TrainConfig(**{**c, **overrides}) for c in saved])
+        else:
+            trainer = cls(TrainConfig(**{**saved, **overrides}))
         state = torch.load(d / "checkpoint.pt", map_location=trainer.device, weights_only=True)
         trainer.load_state_dict(state)
         return trainer

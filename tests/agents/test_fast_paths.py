@@ -6,6 +6,8 @@
 - the precision modes.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -136,5 +138,6 @@ def test_every_precision_trains_single_and_two_pass(precision):
         trainer = Trainer(cfg)
         before = [p.clone() for p in trainer.policy.parameters()]
         stats = trainer.train_update()
-        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+        # (the mean gate per route label is NaN when a window has no step of that label)
+        assert all(math.isfinite(v) for k, v in stats.items() if not k.startswith("charts/gate_"))
         assert any(not torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))

@@ -163,6 +163,61 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["method"] == "routing"
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_run_has_no_duplicated_curve_points_and_accumulates_wall_time(tmp_path):
+    """A kill between an evaluation and the next checkpoint: the resumed run drops the curve
+    points past its checkpoint and evaluates them again; the wall time carries over."""
+    from oversight_gr.agents.run import run_training
+
+    cfg = TrainConfig(method="routing", eval_every=TINY["num_envs"] * TINY["rollout_steps"],
+                      **{**TINY, "total_env_steps": 4 * 16 * 8})
+    straight = run_training(cfg, None)
+
+    def kill(trainer, _scalars):
+        if trainer.updates == 3:  # evaluated at updates 1, 2, 3; checkpointed at 2
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_training(cfg, tmp_path, tensorboard=False, checkpoint_every=2, progress=kill)
+    assert len(json.loads((tmp_path / "curve.json").read_text())) == 3
+    saved_wall = float(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["wall_seconds"])
+    assert saved_wall > 0
+    resumed = run_training(cfg, tmp_path, tensorboard=False, checkpoint_every=2)
+    steps = [p["env_steps"] for p in resumed["curve"]]
+    assert steps == [p["env_steps"] for p in straight["curve"]] and len(set(steps)) == 4
+    assert [p["return_diamond"] for p in resumed["curve"]] == [
+        p["return_diamond"] for p in straight["curve"]]
+    assert resumed["metrics"] == straight["metrics"]
+    assert resumed["wall_seconds"] > saved_wall
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_run_training_writes_the_tensorboard_charts(tmp_path, group):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from oversight_gr.agents.run import run_training
+
+    cfg = TrainConfig(method="routing", oversight_prob=0.5, **TINY)
+    run_training([cfg, dataclasses.replace(cfg, seed=1)] if group else cfg, tmp_path)
+    tb = tmp_path / ("run1" if group else "") / "tb"
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    wanted = {"charts/approx_kl", "charts/clipfrac", "charts/explained_variance",
+              "charts/learning_rate", "charts/gate_diamond", "charts/gate_ghost",
+              "charts/gate_unlabelled", "losses/policy", "losses/gate", "eval/return_diamond"}
+    assert wanted <= tags, wanted - tags
+    lr = [e.value for e in events.Scalars("charts/learning_rate")]
+    assert lr == pytest.approx([3e-4] * len(lr))
+    kl = [e.value for e in events.Scalars("charts/approx_kl")]
+    assert all(k >= 0 for k in kl) and any(k > 0 for k in kl)  # PPO moves the policy
+    unl = [e.value for e in events.Scalars("charts/gate_unlabelled")]
+    assert all(0 < g < 1 for g in unl)
+
+
 def test_same_seed_same_numbers_and_seed_matters():
     a, b, c = (Trainer(TrainConfig(seed=s, **TINY)) for s in (3, 3, 4))
     for t in (a, b, c):
@@ -242,21 +297,19 @@ def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
     for k in (1.0, 3.0):
         trainer = Trainer(TrainConfig(unlabelled_sharpness=k, gate_loss_coef=0.0, **TINY))
         obs = trainer.obs
-        captured = {}
-
-        def keep(_m, _i, out, captured=captured):
-            out.retain_grad()
-            captured["e_d"] = out
-
-        handle = trainer.policy.expert_diamond.register_forward_hook(keep)
         n = obs.shape[0]
-        labels = torch.tensor([U, D] * (n // 2))
-        loss, _ = trainer.loss(obs, torch.zeros(n, dtype=torch.long), torch.zeros(n),
-                               torch.ones(n), torch.zeros(n), labels, torch.ones(n))
+        labels = torch.tensor([U, D] * (n // 2)).unsqueeze(0)
+        x = trainer._x(obs)
+        feats = trainer.features(x)
+        feats.diamond.retain_grad()
+        out = trainer.mix(feats, trainer._route(route_labels(labels), feats.gate))
+        loss, _ = trainer.objective(out, trainer.values(x), torch.zeros(1, n, dtype=torch.long),
+                                    torch.zeros(1, n), torch.ones(1, n), torch.zeros(1, n),
+                                    route_labels(labels), torch.ones(1, n))
         loss.backward()
-        handle.remove()
-        grads[k] = captured["e_d"].grad
+        grads[k] = feats.diamond.grad[0]
         gate = trainer.policy.gate_value(obs).detach()
+    labels = labels[0]
     unl = labels == U
     ratio = grads[3.0][unl].norm(dim=1) / grads[1.0][unl].norm(dim=1)
     torch.testing.assert_close(ratio, gate[unl] ** 2, rtol=1e-4, atol=1e-6)
