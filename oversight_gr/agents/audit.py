@@ -24,6 +24,7 @@ routing gets:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -33,7 +34,16 @@ from torch import nn
 from oversight_gr.agents.evaluation import _as_policy
 from oversight_gr.envs.core import GridRules, Outcome
 
-__all__ = ["training_oversight", "AuditLedger", "AuditResult", "audit_policy", "BestSnapshot"]
+__all__ = ["outcome_counts", "training_oversight", "Auditor", "AuditLedger", "AuditResult", "audit_policy", "BestSnapshot"]
+
+
+def outcome_counts(outcome: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(overseen, terminal)`` counts of observed outcome codes ``[T, R, B]`` per run ``[R]``:
+    episodes whose outcome the supervisor saw (an overseen diamond or ghost), and all episodes
+    that ended on a terminal, seen or not."""
+    seen = (outcome == int(Outcome.DIAMOND)) | (outcome == int(Outcome.GHOST))
+    ended = seen | (outcome == int(Outcome.UNKNOWN))
+    return seen.sum((0, 2)), ended.sum((0, 2))
 
 
 def training_oversight(p: float, audit_share: float) -> float:
@@ -56,13 +66,11 @@ class AuditLedger:
         self.training_labels = 0
         self.audit_labels = 0
 
-    def record_training(self, outcome: torch.Tensor) -> None:
-        """Count a rollout's outcome codes ``[T, B]``: its terminal episodes (seen or not) and
-        those whose outcome the supervisor saw (an overseen diamond or ghost)."""
-        diamond, ghost, unknown = int(Outcome.DIAMOND), int(Outcome.GHOST), int(Outcome.UNKNOWN)
-        seen = (outcome == diamond) | (outcome == ghost)
-        self.terminal_episodes += int((seen | (outcome == unknown)).sum())
-        self.training_labels += int(seen.sum())
+    def record_training(self, terminal_episodes: int, overseen_outcomes: int) -> None:
+        """Count a rollout's terminal episodes (seen or not) and those whose outcome the
+        supervisor saw (an overseen diamond or ghost), e.g. from :func:`outcome_counts`."""
+        self.terminal_episodes += int(terminal_episodes)
+        self.training_labels += int(overseen_outcomes)
 
     @property
     def budget(self) -> float:
@@ -131,6 +139,12 @@ def audit_policy(policy, episodes: int, *, size: int = 5, max_episode_steps: int
     return AuditResult(float(total) / episodes, int(labels), steps)
 
 
+#: most audit episodes in one audit (the budget left over carries to the next)
+MAX_AUDIT_EPISODES = 4096
+#: audit seeds start here (evaluation uses 10_000 + seed), one stream per run seed
+AUDIT_SEED = 20_000_000
+
+
 class BestSnapshot:
     """The parameters with the best audit score so far (the earliest on ties)."""
 
@@ -152,3 +166,127 @@ class BestSnapshot:
         if self.state is not None:
             module.load_state_dict(self.state)
         return module
+
+
+class Auditor:
+    """The audits of every run of a :class:`~oversight_gr.agents.trainer.Trainer` whose method
+    pays for them (``naive_early_stop``), driven by the run loop.
+
+    The loop calls :meth:`observe` after every update (it reads the update's counts of terminal
+    episodes and observed outcomes), which audits every ``audit_every`` env steps, spending what
+    each run's ledger can afford; evaluations inside :meth:`selected` see each run's
+    best-audited parameters, which is what the method reports.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        cfg = trainer.cfg
+        self.ledgers = [AuditLedger(c.oversight_prob) for c in trainer.cfgs]
+        self.best = [BestSnapshot() for _ in trainer.cfgs]
+        self.env_steps = [0] * trainer.R
+        self.audits = 0
+        self.every = cfg.audit_every or max(cfg.total_env_steps // 20, 1)
+        self.next_at = self.every
+
+    @classmethod
+    def for_trainer(cls, trainer) -> Auditor | None:
+        return cls(trainer) if trainer.method.audit else None
+
+    def observe(self, runs: list[dict]) -> None:
+        """Count one update's supervision (``runs``: the per-run scalars of ``train_update``)
+        and audit when ``audit_every`` env steps have passed."""
+        for ledger, scalars in zip(self.ledgers, runs):
+            ledger.record_training(scalars["charts/terminal_episodes"],
+                                   scalars["charts/overseen_outcomes"])
+        if self.trainer.env_steps >= self.next_at:
+            while self.next_at <= self.trainer.env_steps:
+                self.next_at += self.every
+            self.audit()
+
+    def audit(self) -> None:
+        """Audit every run's current policy with the labels its ledger affords now."""
+        trainer = self.trainer
+        for r, cfg in enumerate(trainer.cfgs):
+            n = min(self.ledgers[r].affordable(), MAX_AUDIT_EPISODES)
+            if n < 1:
+                continue
+            policy, value = trainer.unstack(r)
+            res = audit_policy(policy, n, size=cfg.size, max_episode_steps=cfg.max_episode_steps,
+                               seed=AUDIT_SEED + 1000 * cfg.seed + self.audits,
+                               device=trainer.device)
+            self.ledgers[r].charge(res.labels)
+            self.env_steps[r] += res.env_steps
+            self.best[r].offer(res.score, nn.ModuleList([policy, value]), trainer.env_steps)
+        self.audits += 1
+
+    @contextlib.contextmanager
+    def selected(self):
+        """Within the block every audited run holds its best-audited parameters (a run not yet
+        audited keeps its current ones); they are put back afterwards."""
+        trainer = self.trainer
+        saved = []
+        for r, best in enumerate(self.best):
+            if best.state is None:
+                saved.append(None)
+                continue
+            saved.append(trainer.unstack(r))
+            policy, value = trainer.unstack(r)
+            best.restore(nn.ModuleList([policy, value]))
+            trainer.load_run(r, policy, value)
+        try:
+            yield
+        finally:
+            for r, current in enumerate(saved):
+                if current is not None:
+                    trainer.load_run(r, *current)
+
+    def summary(self, r: int) -> dict:
+        """Run r's audit record: the ledger, the selected parameters' env steps and score."""
+        best = self.best[r]
+        return {**self.ledgers[r].as_dict(), "audits": self.audits,
+                "audit_env_steps": self.env_steps[r], "selected_env_steps": best.env_steps,
+                "selected_score": None if best.state is None else best.score,
+                "audit_share": self.trainer.cfgs[r].audit_share,
+                "training_oversight": self.trainer.cfgs[r].training_oversight}
+
+    def state_dict(self) -> dict:
+        return {"ledgers": [vars(ledger).copy() for ledger in self.ledgers],
+                "best": [{"score": b.score, "env_steps": b.env_steps, "state": b.state}
+                         for b in self.best],
+                "env_steps": list(self.env_steps), "audits": self.audits,
+                "next_at": self.next_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        for ledger, saved in zip(self.ledgers, state["ledgers"]):
+            vars(ledger).update(saved)
+        for best, saved in zip(self.best, state["best"]):
+            best.score, best.env_steps, best.state = saved["score"], saved["env_steps"], \
+                saved["state"]
+        self.env_steps, self.audits = list(state["env_steps"]), state["audits"]
+        self.next_at = state["next_at"]
+
+    def save(self, directory) -> None:
+        """Write ``audit.pt`` beside the trainer's checkpoint (atomically)."""
+        import os
+        import secrets
+        from pathlib import Path
+
+        d = Path(directory)
+        tmp = d / f".audit.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(d / "audit.pt")
+
+    def load(self, directory) -> bool:
+        """Restore ``audit.pt`` if present (a resumed run); True if it was."""
+        from pathlib import Path
+
+        path = Path(directory) / "audit.pt"
+        if not path.exists():
+            return False
+        try:
+            self.load_state_dict(torch.load(path, weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same answer
+            raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the "
+                             "run directory's checkpoint.pt and audit.pt to restart the run") \
+                from None
+        return True

@@ -18,6 +18,13 @@ DEMO_DEFAULTS = {"oversight_prob": 0.1, "total_env_steps": 1_000_000, "num_envs"
                  "hidden": 64}
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _default_run_dir(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -44,8 +51,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.refresh()
 
     record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
-                          checkpoint_every=args.checkpoint_every, progress=progress)
+                          checkpoint_every=args.checkpoint_every, on_change=args.on_change,
+                          progress=progress)
     bar.close()
+    if bar.n == 0 and record["env_steps"] > 0:
+        print(f"{run_dir} already holds this finished run; its results are unchanged")
     print(f"run directory: {run_dir}")
     _print_metrics(record["metrics"])
     return 0
@@ -190,9 +200,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, TrainConfig)
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<name>-<time>)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
-    p.add_argument("--checkpoint-every", type=int, default=50,
-                   help="checkpoint every N updates so an interrupted run resumes (default: 50)")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--checkpoint-every", type=_non_negative, default=50,
+                   help="checkpoint every N updates so an interrupted run resumes (0: only at "
+                   "the end; default: 50)")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--extend", dest="on_change", action="store_const", const="extend",
+                        help="RUN_DIR holds this run with a smaller --total-env-steps: train it "
+                        "on from its checkpoint")
+    change.add_argument("--overwrite", dest="on_change", action="store_const",
+                        const="overwrite", help="RUN_DIR holds a run with another config: "
+                        "discard it and start again")
+    p.set_defaults(func=cmd_train, on_change="refuse")
 
     p = sub.add_parser("eval", help="evaluate a trained run (steered and unsteered)")
     p.add_argument("--run-dir", required=True, help="a directory written by `train`")

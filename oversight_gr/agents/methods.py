@@ -72,6 +72,8 @@ class Method:
         constant_gate: fix the gate to this value during training (ablation).
         oracle_scale: report env steps multiplied by the oversight probability (the oracle
             sees the truth on every episode; the paper charges it only for the fraction p).
+        audit: pay part of the oversight budget for hidden ground-truth audits and report the
+            parameters the audits score best (early stopping; :mod:`oversight_gr.agents.audit`).
         doc: one line for --help.
     """
 
@@ -83,6 +85,7 @@ class Method:
     filter_unseen: bool = False
     constant_gate: float | None = None
     oracle_scale: bool = False
+    audit: bool = False
     doc: str = ""
 
 
@@ -97,6 +100,9 @@ METHODS: dict[str, Method] = {
                doc="single expert, true reward, trained only on overseen episodes and timeouts"),
         Method("oracle", "single", "true", oracle_scale=True,
                doc="single expert on the true reward everywhere (infeasible reference; steps x p)"),
+        Method("naive_early_stop", "single", "proxy", audit=True,
+               doc="naive reward with early stopping by hidden audits paid from the same "
+               "oversight budget (trains at p x (1 - audit_share))"),
         Method("moe_no_routing", "moe", "terminal", route=False, gate_loss=True,
                doc="ablation: the same MoE and gate loss, no routing"),
         Method("constant_gate", "moe", "terminal", route=True, gate_loss=False, constant_gate=0.5,

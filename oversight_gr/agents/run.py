@@ -16,7 +16,10 @@ from typing import Any
 import torch
 
 from oversight_gr.agents.evaluation import evaluate, evaluate_runs
+from oversight_gr.agents.audit import Auditor
+from oversight_gr.agents.rundir import plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.config import check_device
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
            "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
@@ -142,13 +145,46 @@ def _run_dirs(run_dir: Path | None, trainer: Trainer) -> list[Path | None]:
     return [run_dir / f"run{r}" for r in range(trainer.R)]
 
 
+def _evaluate(trainer: Trainer, auditor: Auditor | None) -> list[dict[str, dict]]:
+    """:func:`evaluate_trainer`; an audited method is evaluated with the parameters its audits
+    selected (what it reports)."""
+    if auditor is None:
+        return evaluate_trainer(trainer)
+    with auditor.selected():
+        return evaluate_trainer(trainer)
+
+
+def _save(trainer: Trainer, auditor: Auditor | None, run_dir: Path) -> None:
+    trainer.save(run_dir)
+    if auditor is not None:
+        auditor.save(run_dir)
+
+
+def _finished(run_dir: Path, single: bool, runs: int) -> dict[str, Any] | list[dict[str, Any]]:
+    """The records of a finished run (or group) in ``run_dir``, untouched."""
+    paths = [run_dir / "results.json"] if single else \
+        [run_dir / f"run{r}" / "results.json" for r in range(runs)]
+    records = []
+    for path in paths:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is unreadable ({exc}); pass --overwrite to train the run "
+                             "again") from None
+    log.info("%s is already finished; its records are returned unchanged", run_dir)
+    if not single:
+        return records
+    records[0]["trainer"] = Trainer.load(run_dir)
+    return records[0]
+
+
 def run_training(
     cfg: TrainConfig | list[TrainConfig],
     run_dir: str | Path | None = None,
     *,
     tensorboard: bool = True,
     checkpoint_every: int = 0,
-    resume: bool = True,
+    on_change: str = "refuse",
     progress: Callable[[Trainer, Any], None] | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Train ``cfg`` to ``cfg.total_env_steps`` and return the results record; given a list of
@@ -161,8 +197,12 @@ def run_training(
             TensorBoard events go (``None``: nothing is written); a group's per-run files go to
             ``run_dir/run<r>``.
         checkpoint_every: also checkpoint every N updates (0: only at the end).
-        resume: continue from ``run_dir``'s checkpoint if one exists with the same config(s);
-            curve points past the checkpoint are dropped, wall time accumulates.
+        on_change: what to do when ``run_dir`` holds a run (see
+            :func:`oversight_gr.agents.rundir.plan_run_dir`, decided before any compute): the
+            same config resumes from its checkpoint (curve points past the checkpoint are
+            dropped, wall time accumulates) or, finished, is returned as it is; another config
+            is refused (``"refuse"``), trained on to the new ``total_env_steps``
+            (``"extend"``), or discarded (``"overwrite"``).
         progress: called after every update with the trainer and its scalars.
 
     Returns:
@@ -173,16 +213,26 @@ def run_training(
     single = isinstance(cfg, TrainConfig)
     cfgs = [cfg] if single else list(cfg)
     run_dir = Path(run_dir) if run_dir is not None else None
+    for c in cfgs:
+        check_device(c.device, "TrainConfig.device")
     trainer = None
-    if run_dir is not None and resume and (run_dir / "checkpoint.pt").exists():
-        saved = json.loads((run_dir / "config.json").read_text())
+    if run_dir is not None:
         wanted = cfgs[0].to_dict() if single else [c.to_dict() for c in cfgs]
-        if saved == json.loads(json.dumps(wanted)):
-            trainer = Trainer.load(run_dir)
-            log.info("resumed %s at %d env steps", run_dir, trainer.env_steps)
+        results = ("results.json",) if single else tuple(
+            f"run{r}/results.json" for r in range(len(cfgs)))
+        plan = plan_run_dir(run_dir, wanted, on_change, results)
+        if plan.action == "finished":
+            return _finished(run_dir, single, len(cfgs))
+        if plan.action in ("resume", "extend"):
+            trainer = Trainer.load(run_dir, total_env_steps=cfgs[0].total_env_steps)
+            log.info("%s %s at %d env steps", "extending" if plan.action == "extend" else
+                     "resumed", run_dir, trainer.env_steps)
     if trainer is None:
         trainer = Trainer(cfgs[0] if single else cfgs)
     R, cfg = trainer.R, trainer.cfg
+    auditor = Auditor.for_trainer(trainer)
+    if auditor is not None and run_dir is not None and trainer.env_steps > 0:
+        auditor.load(run_dir)
     dirs = _run_dirs(run_dir, trainer)
     writers: list = [None] * R
     if run_dir is not None and tensorboard:
@@ -196,6 +246,9 @@ def run_training(
             curves[r] = [p for p in json.loads((d / "curve.json").read_text())
                          if p["env_steps"] <= trainer.env_steps]
     wall0, t0 = trainer.wall_seconds, time.perf_counter()
+
+    def reported(r: int) -> float:  # audits are env steps too
+        return trainer.reported_steps(r) + (auditor.env_steps[r] if auditor else 0)
 
     def wall() -> float:
         return wall0 + time.perf_counter() - t0
@@ -212,41 +265,47 @@ def run_training(
         while trainer.updates < trainer.num_updates:
             scalars = trainer.train_update()
             runs = [scalars] if single else scalars
+            if auditor is not None:
+                auditor.observe(runs)
             for w, sc in zip(writers, runs):
                 if w is not None:
                     for k, v in sc.items():
                         w.add_scalar(k, v, trainer.env_steps)
             if next_eval is not None and trainer.env_steps >= next_eval:
                 next_eval += cfg.eval_every
-                evals = evaluate_trainer(trainer)
+                evals = _evaluate(trainer, auditor)
                 log_evals(evals)
                 for r, ev in enumerate(evals):
-                    point = curve_point(ev, trainer.env_steps, trainer.reported_steps(r), wall())
+                    point = curve_point(ev, trainer.env_steps, reported(r), wall())
                     curves[r].append(point)
                     runs[r].update({k: v for k, v in point.items() if k.startswith("return")})
                     if dirs[r] is not None:
                         write_json_atomic(dirs[r] / "curve.json", curves[r])
             if run_dir is not None and checkpoint_every and trainer.updates % checkpoint_every == 0:
                 trainer.wall_seconds = wall()
-                trainer.save(run_dir)
+                _save(trainer, auditor, run_dir)
             if progress is not None:
                 progress(trainer, scalars)
+        if auditor is not None:
+            auditor.audit()  # the final parameters are a candidate too
         trainer.wall_seconds = elapsed = wall()
-        evals = evaluate_trainer(trainer)
+        evals = _evaluate(trainer, auditor)
         log_evals(evals)
     finally:
         for w in writers:
             if w is not None:
                 w.close()
-    records = [make_record(c, ev, curves[r], trainer.env_steps, trainer.reported_steps(r),
-                           elapsed)
+    records = [make_record(c, ev, curves[r], trainer.env_steps, reported(r), elapsed)
                for r, (c, ev) in enumerate(zip(trainer.cfgs, evals))]
+    if auditor is not None:
+        for r, record in enumerate(records):
+            record["audit"] = auditor.summary(r)
     if not single:
         group = {"runs": R, "axes": [[c.seed, c.oversight_prob] for c in trainer.cfgs]}
         for r, record in enumerate(records):
             record["batched"] = {**group, "position": r}
     if run_dir is not None:
-        trainer.save(run_dir)
+        _save(trainer, auditor, run_dir)
         for d, record in zip(dirs, records):
             write_json_atomic(d / "results.json", record)
     if not single:

@@ -41,8 +41,22 @@ class RunDirPlan:
     saved_config: dict[str, Any] | None = None
 
 
-def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple]:
-    """``{field: (saved, wanted)}`` for every field that differs (placement fields ignored)."""
+def config_differences(saved: Any, wanted: Any) -> dict[str, tuple]:
+    """``{field: (saved, wanted)}`` for every field that differs (placement fields ignored).
+
+    Configs are dicts, or lists of dicts (a group of runs: fields are compared run by run, a
+    field named once with the first run's values that differ; groups of different sizes differ
+    in ``runs``)."""
+    if isinstance(saved, list) or isinstance(wanted, list):
+        saved_l = saved if isinstance(saved, list) else [saved]
+        wanted_l = wanted if isinstance(wanted, list) else [wanted]
+        if len(saved_l) != len(wanted_l):
+            return {"runs": (len(saved_l), len(wanted_l))}
+        out: dict[str, tuple] = {}
+        for a, b in zip(saved_l, wanted_l):
+            for k, v in config_differences(a, b).items():
+                out.setdefault(k, v)
+        return dict(sorted(out.items()))
     keys = (set(saved) | set(wanted)) - set(PLACEMENT_FIELDS)
     return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys)
             if saved.get(k) != wanted.get(k)}
@@ -54,15 +68,18 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is unreadable ({exc}); move the run directory aside or pass "
                          "a new --run-dir") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, (dict, list)):
         raise ValueError(f"{path} does not hold a config object; move the run directory aside "
                          "or pass a new --run-dir")
     return data
 
 
-def plan_run_dir(run_dir: str | Path, config: dict[str, Any],
-                 on_change: str = "refuse") -> RunDirPlan:
-    """Decide what training into ``run_dir`` with ``config`` (a JSON-ready dict) does.
+def plan_run_dir(run_dir: str | Path, config: dict[str, Any] | list[dict[str, Any]],
+                 on_change: str = "refuse",
+                 results: tuple[str, ...] = ("results.json",)) -> RunDirPlan:
+    """Decide what training into ``run_dir`` with ``config`` (a JSON-ready dict, or a list of
+    them for a group) does; the run is finished when every file of ``results`` (paths inside
+    ``run_dir``) exists.
 
     Raises:
         ValueError: ``run_dir`` cannot hold output, its config.json is unreadable, or it holds a
@@ -82,7 +99,7 @@ def plan_run_dir(run_dir: str | Path, config: dict[str, Any],
         return RunDirPlan("new", d)
     saved = _read_config(cfg_path)
     diff = config_differences(saved, wanted)
-    finished = (d / "results.json").exists()
+    finished = all((d / name).exists() for name in results)
     has_checkpoint = (d / "checkpoint.pt").exists()
     if not diff:
         if finished:
@@ -108,7 +125,8 @@ def plan_run_dir(run_dir: str | Path, config: dict[str, Any],
 
 
 def _remove_run(d: Path) -> None:
-    for name in RUN_FILES:
+    runs = [p.name for p in d.glob("run*") if p.is_dir() and p.name[3:].isdigit()]
+    for name in (*RUN_FILES, "audit.pt", *runs):  # run<r>/: a group's per-run files
         p = d / name
         if p.is_dir():
             shutil.rmtree(p)

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from oversight_gr.agents.audit import outcome_counts, training_oversight
 from oversight_gr.agents.methods import (
     METHODS,
     Method,
@@ -94,6 +95,9 @@ __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "gr
 log = logging.getLogger(__name__)
 
 ALGOS = ("ppo", "reinforce")
+#: seeds are 0 .. SEED_LIMIT: a run draws from seed, seed + 1, seed + 2 and 10_000 + seed, all
+#: far below the 2**63 at which torch's generators wrap around (seed 2**63 ran as seed 0)
+SEED_LIMIT = 2**31 - 1
 #: per-algorithm defaults for fields left at None. REINFORCE is the paper's setting; PPO's
 #: gate-loss coefficient 0.3 was tuned here (0.01 left the gate unseparated under PPO), and its
 #: unlabelled sharpness 3 was measured better than the paper's 1 (docs/RESULTS.md, "sharpness").
@@ -151,7 +155,13 @@ class TrainConfig:
                              "does; --no-bootstrap gives the paper's REINFORCE returns)")
     eval_every: int = option(0, "evaluate every N env steps (0: only at the end)", low=0)
     eval_envs: int = option(512, "environments in each evaluation", low=1)
-    seed: int = option(0, "seed for parameters, environments and sampling", low=0)
+    audit_share: float = option(0.2, "naive_early_stop: share of the oversight budget spent on "
+                                "hidden audits (training sees oversight p x (1 - share))",
+                                low=0.0, high=0.95)
+    audit_every: int = option(0, "naive_early_stop: env steps between audits (0: a twentieth of "
+                              "total_env_steps)", low=0)
+    seed: int = option(0, "seed for parameters, environments and sampling (distinct seeds give "
+                       "distinct runs in this range)", low=0, high=SEED_LIMIT)
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
     init: str = option("orthogonal", "parameter initialisation: PyTorch's default ('torch') or 'orthogonal' "
@@ -173,6 +183,14 @@ class TrainConfig:
         """The field's value, or its per-algorithm default when left at None."""
         value = getattr(self, name)
         return ALGO_DEFAULTS[self.algo][name] if value is None else value
+
+    @property
+    def training_oversight(self) -> float:
+        """The oversight level of the training environments: ``oversight_prob``, less the audit
+        share for methods that pay for audits from it (:mod:`oversight_gr.agents.audit`)."""
+        if self.method_spec.audit:
+            return training_oversight(self.oversight_prob, self.audit_share)
+        return self.oversight_prob
 
     @property
     def method_spec(self) -> Method:
@@ -306,7 +324,7 @@ class Trainer:
                 c.num_envs,
                 size=c.size,
                 max_episode_steps=c.max_episode_steps,
-                oversight_prob=c.oversight_prob,
+                oversight_prob=c.training_oversight,
                 spurious_prob=c.spurious_prob,
                 reward_mode="terminal",  # unused: rewards come from observed outcomes (methods.py)
                 device=self.device,
@@ -695,12 +713,16 @@ class Trainer:
     def rollout_stats(self, ro: Rollout) -> dict[str, Tensor]:
         """Per-run ``[R]`` diagnostics of a rollout: episodes, reward per episode, the value
         net's explained variance of the returns, and (MoE methods) the mean gate on steps of
-        overseen-diamond, overseen-ghost and unlabelled episodes (NaN where there are none)."""
+        overseen-diamond, overseen-ghost and unlabelled episodes (NaN where there are none);
+        the counts of terminal episodes and of outcomes the supervisor observed."""
         T, R = ro.rewards.shape[0], self.R
         done = ro.done.view(T, R, -1)
         n_ep = done.sum((0, 2)).float()
         out = {"episodes": n_ep,
                "episode_reward": ro.rewards.view(done.shape).sum((0, 2)) / n_ep.clamp_min(1)}
+        # what the supervisor saw: terminal episodes, and those whose outcome it observed
+        seen, ended = outcome_counts(ro.outcome.view(T, R, -1))
+        out["terminal_episodes"], out["overseen_outcomes"] = ended, seen
         _, returns = self.advantages(ro)
         ret, val = self.per_run(returns), self.per_run(ro.values)
         out["explained_variance"] = 1 - (ret - val).var(-1) / ret.var(-1)
@@ -729,7 +751,8 @@ class Trainer:
             metrics = {f"{'charts' if k in self.CHART_STATS else 'losses'}/{k}": v
                        for k, v in (losses if self.single else losses[r]).items()}
             metrics.update({f"charts/{k}": table[i][r] for i, k in enumerate(names)})
-            metrics["charts/episodes"] = int(metrics["charts/episodes"])
+            for k in ("episodes", "terminal_episodes", "overseen_outcomes"):
+                metrics[f"charts/{k}"] = int(metrics[f"charts/{k}"])
             metrics["charts/sps"] = ro.rewards.numel() / dt
             metrics["charts/learning_rate"] = lr
             metrics["charts/env_steps"] = self.env_steps
@@ -812,13 +835,23 @@ class Trainer:
         """Rebuild a trainer (one run or a group) from ``save``'s files
         (``weights_only=True``); ``overrides`` apply to every run's config."""
         d = Path(directory)
-        saved = json.loads((d / "config.json").read_text())
-        if isinstance(saved, list):
-            trainer = cls([TrainConfig(**{**c, **overrides}) for c in saved])
-        else:
-            trainer = cls(TrainConfig(**{**saved, **overrides}))
-        state = torch.load(d / "checkpoint.pt", map_location=trainer.device, weights_only=True)
-        trainer.load_state_dict(state)
+        how = f"; move {d} aside or train again with --overwrite"
+        try:
+            saved = json.loads((d / "config.json").read_text())
+            if isinstance(saved, list):
+                trainer = cls([TrainConfig(**{**c, **overrides}) for c in saved])
+            else:
+                trainer = cls(TrainConfig(**{**saved, **overrides}))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{d / 'config.json'} is not a usable run config "
+                             f"({type(exc).__name__}: {exc}){how}") from None
+        try:
+            state = torch.load(d / "checkpoint.pt", map_location=trainer.device,
+                               weights_only=True)
+            trainer.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong keys/shapes
+            raise ValueError(f"{d / 'checkpoint.pt'} is not a readable checkpoint of this run "
+                             f"({type(exc).__name__}: {str(exc)[:200]}){how}") from None
         return trainer
 
 

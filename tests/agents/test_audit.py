@@ -8,6 +8,7 @@ from oversight_gr.agents.audit import (
     AuditLedger,
     BestSnapshot,
     audit_policy,
+    outcome_counts,
     training_oversight,
 )
 from oversight_gr.agents.reference import diamond_seeker
@@ -47,10 +48,10 @@ def test_ledger_enforces_p_labels_per_terminal_episode():
                                       Outcome.NONE, Outcome.TIMEOUT))
     ledger = AuditLedger(p=0.1)
     outcome = torch.tensor([[D, U, N, T], [U, U, G, N]] * 25)  # 125 terminal, 50 seen
-    ledger.record_training(outcome)
+    ledger.record_training(*reversed(outcome_counts(outcome[:, None])))
     assert ledger.terminal_episodes == 125 and ledger.training_labels == 50
     assert ledger.affordable() == 0  # 50 seen > 0.1 * 125: nothing left for audits
-    ledger.record_training(torch.full((10, 100), U))  # 1000 unseen terminals
+    ledger.record_training(1000, 0)  # 1000 unseen terminals
     assert ledger.budget == pytest.approx(112.5)
     assert ledger.affordable() == 62
     ledger.charge(60)
@@ -71,3 +72,52 @@ def test_best_snapshot_keeps_the_best_and_restores_it():
     assert not best.offer(0.1, net, 300)
     best.restore(net)
     assert torch.all(net.weight == 1.0) and best.env_steps == 100 and best.score == 0.3
+
+
+def test_naive_early_stop_run_stays_within_the_oversight_budget(tmp_path):
+    from oversight_gr.agents.run import run_training
+    from oversight_gr.agents.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
+                      num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,
+                      eval_envs=32, audit_every=64 * 8 * 2)
+    assert float(Trainer(cfg).rules[0].oversight_prob) == pytest.approx(0.15)
+    record = run_training(cfg, tmp_path, tensorboard=False)
+    audit = record["audit"]
+    assert audit["audits"] == 4  # every 2 updates of 6, and once at the end
+    assert 0 < audit["audit_labels"] and audit["labels_read"] <= audit["budget"]
+    assert audit["training_labels"] + audit["audit_labels"] == audit["labels_read"]
+    assert audit["budget"] == pytest.approx(0.3 * audit["terminal_episodes"])
+    assert record["reported_env_steps"] == record["env_steps"] + audit["audit_env_steps"]
+    assert audit["selected_env_steps"] in (1024, 2048, 3072)
+    # the metrics are those of the selected parameters, not the last ones
+    from oversight_gr.agents.run import evaluate_trainer
+    last = evaluate_trainer(record["trainer"])[0]["none"]["stepwise_return"]
+    picked = record["metrics"]["none"]["stepwise_return"]
+    assert picked == last or audit["selected_env_steps"] != 3072
+    # a finished run is returned untouched on a second call
+    again = run_training(cfg, tmp_path, tensorboard=False)
+    assert again["audit"] == audit and again["metrics"] == record["metrics"]
+
+
+def test_auditor_state_survives_a_resume(tmp_path):
+    from oversight_gr.agents.run import run_training
+    from oversight_gr.agents.trainer import TrainConfig
+
+    cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
+                      num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,
+                      eval_envs=32, audit_every=64 * 8 * 2)
+    straight = run_training(cfg, None)
+
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, _):
+        if trainer.updates == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_training(cfg, tmp_path, tensorboard=False, checkpoint_every=4, progress=kill)
+    resumed = run_training(cfg, tmp_path, tensorboard=False, checkpoint_every=4)
+    assert resumed["audit"] == straight["audit"]
+    assert resumed["metrics"] == straight["metrics"]

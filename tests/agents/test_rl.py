@@ -132,7 +132,8 @@ def _scramble(gen):
     return step_filter
 
 
-@pytest.mark.parametrize("method", ["routing", "naive", "filtering", "oracle"])
+@pytest.mark.parametrize("method", ["routing", "naive", "filtering", "oracle",
+                                    "naive_early_stop"])
 def test_honesty_guard_ground_truth_cannot_change_what_is_learned(method):
     cfg = TrainConfig(method=method, oversight_prob=0.3, **TINY)
     plain = Trainer(cfg)

@@ -74,3 +74,62 @@ def test_bad_dirs_and_files_are_named(tmp_path):
         plan_run_dir(orphan, CFG)
     with pytest.raises(ValueError, match="on_change must be one of"):
         plan_run_dir(tmp_path / "x", CFG, on_change="replace")
+
+
+def test_groups_compare_run_by_run(tmp_path):
+    group = [CFG, {**CFG, "seed": 1}]
+    d = _saved(tmp_path / "g", cfg=group)
+    for r in range(2):
+        (d / f"run{r}").mkdir()
+    assert plan_run_dir(d, group, results=("run0/results.json", "run1/results.json")).action \
+        == "resume"
+    (d / "run0" / "results.json").write_text("{}")
+    (d / "run1" / "results.json").write_text("{}")
+    assert plan_run_dir(d, group, results=("run0/results.json", "run1/results.json")).action \
+        == "finished"
+    longer = [{**c, "total_env_steps": 40000} for c in group]
+    assert plan_run_dir(d, longer, on_change="extend").action == "extend"
+    with pytest.raises(ValueError, match=r"runs: 2 -> 3"):
+        plan_run_dir(d, group + [{**CFG, "seed": 2}])
+    plan_run_dir(d, [CFG], on_change="overwrite")
+    assert not list(d.iterdir())  # run<r>/ folders go with the run
+
+
+def test_corrupt_checkpoint_and_config_name_the_file(tmp_path):
+    from oversight_gr.agents.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=64, eval_envs=8)
+    Trainer(cfg).save(tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"checkpoint.pt is not a readable checkpoint"):
+        Trainer.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"method": "routing", "hidden": "wide"}')
+    with pytest.raises(ValueError, match=r"config.json is not a usable run config .*hidden"):
+        Trainer.load(tmp_path)
+
+
+def test_cli_train_refuses_a_changed_config_before_training(tmp_path, capsys):
+    from oversight_gr.cli import main
+
+    base = ["train", "--num-envs", "8", "--rollout-steps", "4", "--hidden", "8",
+            "--eval-envs", "8", "--no-tensorboard", "--run-dir", str(tmp_path / "r")]
+    assert main(base + ["--total-env-steps", "64"]) == 0
+    before = (tmp_path / "r" / "results.json").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--total-env-steps", "128"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "total_env_steps: 64 -> 128" in err and "--extend" in err
+    assert (tmp_path / "r" / "results.json").read_bytes() == before
+    assert main(base + ["--total-env-steps", "128", "--extend"]) == 0
+    extended = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert extended["env_steps"] == 128
+    assert main(base + ["--total-env-steps", "128"]) == 0  # finished: nothing is redone
+    assert "already holds this finished run" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(base + ["--checkpoint-every", "-3"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(base[:-1] + [str(tmp_path / "file"), "--total-env-steps", "64"])
+    assert "is an existing file" in capsys.readouterr().err
