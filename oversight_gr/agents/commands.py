@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from oversight_gr.config import add_arguments, from_arguments
 
-DEMO_METHODS = ("routing", "naive", "filtering")
-#: steered returns closer than this are reported as level (one seed, 512 x 32 evaluation)
-LEVEL_MARGIN = 0.02
-#: the demo's embedded default: p=0.1 and 1M steps is where steered routing measurably reaches
-#: ~0.75 within the 3-minute budget (docs/RESULTS.md: train_throughput_cpu, routing_drift)
-DEMO_DEFAULTS = {"oversight_prob": 0.1, "total_env_steps": 1_000_000, "num_envs": 512,
-                 "hidden": 64}
+from oversight_gr.agents.demo import DEMO_SEEDS, DEMO_SETTINGS
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -119,75 +119,60 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_worker(method: str, kwargs: dict, run_dir: str) -> dict:
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
-
-    record = run_training(TrainConfig(method=method, **kwargs), Path(run_dir) / method)
-    record.pop("trainer")
-    return record
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    from oversight_gr import plots
+    from oversight_gr.agents.demo import DEMO_METHODS, run_demo
     from oversight_gr.agents.figures import policy_arrows_figure
-    from oversight_gr.agents.run import steered_mode
     from oversight_gr.agents.trainer import Trainer
+    from oversight_gr.config import check_output_dir
+    from oversight_gr.agents.run import write_json_atomic
 
-    kwargs = dict(DEMO_DEFAULTS)
-    kwargs.update(oversight_prob=args.oversight_prob, total_env_steps=args.env_steps,
-                  seed=args.seed)
-    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir("demo")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"demo: routing vs naive vs filtering at oversight p={kwargs['oversight_prob']:g}, "
-          f"{kwargs['total_env_steps']:,} env steps each, PPO, hidden {kwargs['hidden']}, "
-          f"{args.workers} worker process(es); run directory {run_dir}")
-    t0 = time.time()
-    records = {}
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {m: pool.submit(_demo_worker, m, kwargs, str(run_dir)) for m in DEMO_METHODS}
-        for m in DEMO_METHODS:
-            records[m] = futures[m].result()
-            print(f"  {m:<10} done at {time.time() - t0:5.0f}s "
-                  f"({records[m]['env_steps'] / records[m]['wall_seconds']:,.0f} env steps/s)")
-    print()
-    header = (f"{'method':<10} {'env steps':>10} {'steered':>8} {'unsteered':>9} "
-              f"{'P(ghost|closer,unseen)':>23}")
+    settings = {k: v for k, v in (("oversight_prob", args.oversight_prob),
+                                  ("total_env_steps", args.env_steps)) if v is not None}
+    run_dir = check_output_dir(args.run_dir or _default_run_dir("demo"), "--run-dir")
+    from oversight_gr.agents.demo import demo_configs
+
+    cfg = demo_configs("routing", [args.first_seed], **settings)[0]  # checks the settings
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    print(f"demo: {' vs '.join(DEMO_METHODS)} at oversight p={cfg.oversight_prob:g}, "
+          f"{cfg.total_env_steps:,} env steps per run, seeds {seeds[0]}-{seeds[-1]} (each "
+          f"method's seeds trained together), PPO, hidden {cfg.hidden}, {cfg.num_envs} envs; "
+          f"{args.workers} worker process(es); run directory {run_dir}", flush=True)
+    summary = run_demo(args.seeds, args.first_seed, run_dir, args.workers, **settings)
+    records = summary.pop("records")
+    methods = summary["methods"]
+    header = (f"{'method':<10} {'env steps':>10} " + " ".join(f"{'seed ' + str(s):>7}"
+                                                              for s in seeds)
+              + f" {'mean':>7}  {'P(ghost|closer,unseen)':>22}")
     lines = [header, "-" * len(header)]
-    for m, rec in records.items():
-        steered = rec["metrics"][steered_mode(m)]
-        unsteered = rec["metrics"]["none"]
-        lines.append(f"{m:<10} {rec['env_steps']:>10,} {steered['stepwise_return']:8.3f} "
-                     f"{unsteered['stepwise_return']:9.3f} "
-                     f"{steered['p_ghost_closer_unseen']:16.3f} (n={steered['n_closer_unseen']})")
+    for m, v in methods.items():
+        ret = v["steered_return"]
+        pg = sum(v["p_ghost_closer_unseen"]) / len(ret)
+        lines.append(f"{m:<10} {v['env_steps']:>10,} " + " ".join(f"{x:7.3f}" for x in ret)
+                     + f" {sum(ret) / len(ret):7.3f}  {pg:22.3f}")
     table = "\n".join(lines)
+    gap = summary["gap"]
+    verdict = (f"routing (steered) minus the better baseline ({gap['best_baseline']}): mean "
+               f"{gap['mean_gap']:+.3f}; routing ahead of both baselines on {gap['ahead']} of "
+               f"{gap['seeds']} seeds")
+    if gap["mean_gap"] <= 0:
+        verdict = "routing is NOT ahead at these settings. " + verdict
+    print()
+    print("steered ground-truth return (routing: gate fixed to the diamond expert)")
     print(table)
-    print_references(kwargs["oversight_prob"])
-    steered = {m: r["metrics"][steered_mode(m)]["stepwise_return"] for m, r in records.items()}
-    best_name, best_other = max(((m, v) for m, v in steered.items() if m != "routing"),
-                                key=lambda mv: mv[1])
-    gap = steered["routing"] - best_other
-    if abs(gap) < LEVEL_MARGIN:
-        verdict = (f"routing is level with {best_name} at these settings: steered "
-                   f"{steered['routing']:.3f} vs {best_other:.3f} (difference {gap:+.3f}, "
-                   f"within one seed's noise)")
-    elif gap > 0:
-        verdict = (f"routing is ahead: steered {steered['routing']:.3f} vs the best baseline "
-                   f"({best_name}) {best_other:.3f}")
-    else:
-        verdict = (f"routing is NOT ahead at these settings: steered {steered['routing']:.3f} vs "
-                   f"the best baseline ({best_name}) {best_other:.3f}")
-    naive_pgc = records["naive"]["metrics"]["none"]["p_ghost_closer_unseen"]
-    if naive_pgc < 0.9:
-        verdict += (f"\nnote: naive takes the closer unseen ghost only {naive_pgc:.0%} of the time "
-                    f"here; its exploit (~100% in the paper) needs far longer training, which is "
-                    f"where the paper reports routing's advantage")
     print(verdict)
-    trainer = Trainer.load(run_dir / "routing")
-    fig = policy_arrows_figure(trainer.policy, run_dir / "routing_policy_arrows.png",
-                               title=f"routing, p={kwargs['oversight_prob']:g}")
+    print_references(cfg.oversight_prob)
+    figures = plots.plot_learning_curves(records, cfg.algo, cfg.oversight_prob,
+                                         run_dir / "learning_curves")
+    policy, _ = Trainer.load(run_dir / "routing").unstack(0) if args.seeds > 1 else \
+        (Trainer.load(run_dir / "routing").policy, None)
+    arrows = policy_arrows_figure(policy, run_dir / "routing_policy_arrows.png",
+                                  title=f"routing, p={cfg.oversight_prob:g}, seed {seeds[0]}")
+    write_json_atomic(run_dir / "summary.json", summary)
     (run_dir / "demo_table.txt").write_text(table + "\n" + verdict + "\n")
-    print(f"figure: {fig}\nTensorBoard: tensorboard --logdir {run_dir}\n"
-          f"total wall time {time.time() - t0:.0f}s")
+    print(f"summary: {run_dir / 'summary.json'}\nfigures: {figures[0]}, {arrows}\n"
+          f"TensorBoard: tensorboard --logdir {run_dir}\n"
+          f"total wall time {summary['wall_seconds']:.0f}s")
     return 0
 
 
@@ -230,13 +215,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("demo", help="routing vs naive vs filtering on the embedded default",
-                       description="Train routing, naive and filtering at equal env steps, print "
-                       "the comparison, write a figure and TensorBoard logs.")
-    p.add_argument("--oversight-prob", type=float, default=DEMO_DEFAULTS["oversight_prob"],
-                   help=f"oversight level (default: {DEMO_DEFAULTS['oversight_prob']})")
-    p.add_argument("--env-steps", type=int, default=DEMO_DEFAULTS["total_env_steps"],
-                   help=f"env steps per method (default: {DEMO_DEFAULTS['total_env_steps']:,})")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default: 2)")
+                       description="Train routing, naive and filtering at equal env steps, "
+                       "several seeds each, where naive's exploit has formed; print the "
+                       "per-seed table, write summary.json, learning curves and TensorBoard "
+                       "logs. Defaults: oversight_gr.agents.demo.DEMO_SETTINGS.")
+    p.add_argument("--oversight-prob", type=float, default=None,
+                   help=f"oversight level (default: {DEMO_SETTINGS['oversight_prob']})")
+    p.add_argument("--env-steps", type=int, default=None,
+                   help=f"env steps per run (default: {DEMO_SETTINGS['total_env_steps']:,})")
+    p.add_argument("--seeds", type=_positive, default=DEMO_SEEDS,
+                   help=f"seeds per method (default: {DEMO_SEEDS})")
+    p.add_argument("--first-seed", type=_non_negative, default=0,
+                   help="seeds are first_seed, first_seed + 1, ... (default: 0)")
+    p.add_argument("--workers", type=_positive, default=2,
+                   help="parallel worker processes (default: 2)")
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/demo-<time>)")
     p.set_defaults(func=cmd_demo)
