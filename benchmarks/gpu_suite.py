@@ -20,9 +20,15 @@ are written per finished group). ``OUT/suite.json`` says what ran, how long, how
 which device (``torch.cuda.get_device_name()``); ``OUT/logs/`` holds each step's output;
 ``OUT/sections.md`` the RESULTS.md sections; ``OUT/figures/`` their figures.
 
-    python benchmarks/gpu_suite.py run --out gpu_results                  # on the GPU machine
+    python benchmarks/gpu_suite.py prepare                  # here: wheels + MNIST to carry
+    python benchmarks/gpu_suite.py run --out gpu_results    # on the GPU machine
     python benchmarks/gpu_suite.py run --out /tmp/dry --device cpu --tiny  # CPU dry run (tests)
-    python benchmarks/gpu_suite.py merge gpu_results                       # here, into docs/
+    python benchmarks/gpu_suite.py merge gpu_results        # here, into docs/ (or gpu.tar.gz)
+
+The GPU machine has its own python3 with torch but reaches no package index: ``prepare`` puts
+the pure-Python wheels the package needs there (gymnasium and its one missing dependency) into
+``.whl/`` and MNIST into ``.cache/`` (both git-ignored), and prints the command to run there,
+which installs the wheels into /tmp/site and runs the suite from the repository root.
 """
 
 from __future__ import annotations
@@ -192,12 +198,43 @@ def run_suite(out: Path, device: str, budget_s: float, tiny: bool,
         entry["seconds"] = round(clock() - t0, 1)
         save()
     save()
+    bundle(out)
     return summary
+
+
+def bundle(out: Path) -> Path:
+    """``OUT.tar.gz`` beside ``OUT``: the whole folder in one file (a device machine returns
+    only a few files)."""
+    import tarfile
+
+    target = out.with_name(out.name + ".tar.gz")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    tmp.replace(target)
+    return target
+
+
+def _unpacked(path: Path) -> Path:
+    """A suite folder, from the folder itself or its ``.tar.gz`` bundle."""
+    if path.is_dir():
+        return path
+    import tarfile
+    import tempfile
+
+    dest = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
+    with tarfile.open(path) as tar:
+        tar.extractall(dest, filter="data")
+    found = [p.parent for p in dest.rglob("suite.json")]
+    if not found:
+        raise ValueError(f"{path} holds no suite.json")
+    return found[0]
 
 
 def merge(out: Path, results: Path | None = None) -> list[str]:
     """Copy ``OUT``'s sections into docs/RESULTS.md (each headed by the device and the suite's
     command) and its figures into docs/figures; returns the merged section names."""
+    out = _unpacked(Path(out))
     suite = json.loads((out / "suite.json").read_text())
     sections_file = out / "sections.md"
     sections = read_sections(sections_file) if sections_file.exists() else {}
@@ -222,6 +259,36 @@ def merge(out: Path, results: Path | None = None) -> list[str]:
     return merged
 
 
+#: pure-Python wheels the GPU image lacks (its torch, numpy, matplotlib, scipy, tqdm, rich,
+#: tensorboard and tokenizers serve as they are), pinned as in constraints.txt
+CARRY_WHEELS = ("gymnasium", "farama-notifications")
+CARRY = (".whl", ".cache")
+
+
+def _pin(name: str) -> str:
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == name:
+            return line.strip()
+    return name
+
+
+def prepare() -> str:
+    """Download the wheels and MNIST to carry; returns the command to run on the GPU."""
+    wheels = ROOT / ".whl"
+    wheels.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "-d", str(wheels), *map(_pin, CARRY_WHEELS)],
+                   check=True)
+    sys.path.insert(0, str(ROOT))
+    from oversight_gr.vision.data import load_mnist
+
+    load_mnist(cache_dir=ROOT / ".cache")
+    return ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+            "--target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD "
+            "OVERSIGHT_GR_CACHE=$PWD/.cache PYTHONUNBUFFERED=1 && python3 benchmarks/gpu_suite.py "
+            "run --out /tmp/gpu --budget-minutes 9; cp /tmp/gpu.tar.gz $OUT/")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -234,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
                      help="tiny sizes: a dry run of every step in under a minute")
     run.add_argument("--steps", nargs="+", choices=[s.name for s in STEPS],
                      default=[s.name for s in STEPS], help="a subset of the steps, in order")
+    sub.add_parser("prepare", help="download what the GPU machine lacks (carry .whl .cache)")
     mg = sub.add_parser("merge", help="merge a run's folder into docs/RESULTS.md")
     mg.add_argument("out", type=Path)
     mg.add_argument("--results", type=Path, default=None,
                     help="RESULTS.md to write (default docs/RESULTS.md)")
     args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        command = prepare()
+        print(f"carry {list(CARRY)} and run on the GPU machine, from the repository root:\n"
+              f"{command}")
+        return 0
     if args.cmd == "merge":
-        if not (args.out / "suite.json").is_file():
+        if not (args.out / "suite.json").is_file() and not args.out.name.endswith(".tar.gz"):
             ap.error(f"{args.out} holds no suite.json (run `gpu_suite.py run --out {args.out}`)")
         for name in merge(args.out, args.results):
             print(f"merged section {name}")

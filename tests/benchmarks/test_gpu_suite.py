@@ -48,6 +48,8 @@ def test_budget_stops_a_long_step_and_skips_what_does_not_fit(tmp_path, monkeypa
     assert saved["steps"] == summary["steps"] and saved["device_name"].startswith("CPU")
     sections = (tmp_path / "out" / "sections.md").read_text()
     assert "value 42" in sections and "BEGIN slow" in sections  # what "slow" wrote is kept
+    assert (tmp_path / "out.tar.gz").stat().st_size > 0  # one file to bring back
+    assert gs._unpacked(tmp_path / "out.tar.gz").joinpath("sections.md").read_text() == sections
 
 
 def test_merge_heads_each_section_with_the_device(tmp_path):
