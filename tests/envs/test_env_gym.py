@@ -419,7 +419,9 @@ def test_vector_env_rejects_bad_action_batches(actions, words):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"size": 1}, ["size", "1", ">= 2"]),
+        ({"size": 1}, ["size", "1", "[2, 128]"]),
+        ({"size": 129}, ["size", "129", "[2, 128]"]),
+        ({"size": 10**6}, ["size", "1000000", "[2, 128]"]),
         ({"oversight_prob": 1.2}, ["oversight_prob", "1.2", "[0, 1]"]),
         ({"spurious_prob": -0.5}, ["spurious_prob", "-0.5", "[0, 1]"]),
         ({"reward_mode": "oracle"}, ["reward_mode", "oracle", "proxy", "terminal", "true"]),

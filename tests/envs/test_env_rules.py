@@ -13,7 +13,7 @@ from gridref import DIAMOND, GHOST, NONE, TIMEOUT, UNKNOWN, decode_obs, ref_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oversight_gr.envs import GridRules, Outcome
+from oversight_gr.envs import MAX_SIZE, GridRules, Outcome
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -56,9 +56,33 @@ def test_rules_follow_reference(size, max_steps, p, q, mode, num_envs, seed):
     check_against_reference(size, max_steps, p, q, mode, num_envs, seed)
 
 
-@pytest.mark.parametrize("size", [5, 6, 8])  # small grids use whole-state tables, larger don't
+@pytest.mark.parametrize("size", [5, 6, 8, 23])  # small grids use whole-state tables, larger don't
 def test_rules_follow_reference_by_grid_size(size):
     check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 16, size, steps=40)
+
+
+@pytest.mark.parametrize("size", [6, 20, MAX_SIZE])
+def test_grid_tables_grow_as_cells_not_as_size_to_the_sixth(size):
+    """Beyond whole-state grids the shared tables hold O(C) entries (size 20 once needed ~24 GB
+    of tables built as size**6); the rules at the largest allowed size still step."""
+    rules = GridRules(2, size=size, spurious_prob=0.5, seed=0)
+    cells = size * size
+    grid = vars(rules._grid)
+    table_bytes = sum(t.numel() * t.element_size() for t in grid.values()
+                      if isinstance(t, torch.Tensor))
+    assert table_bytes <= 100 * cells, table_bytes
+    rules.reset()
+    obs = rules.step(torch.tensor([0, 1])).obs
+    assert obs.shape == (2, 4, size, size)
+    assert (obs[:, :3].flatten(1).sum(1) == 3).all()  # one agent, one ghost, one diamond
+
+
+def test_triples_are_every_ordered_triple_of_distinct_cells_in_order():
+    c = 9
+    i, j, k = torch.meshgrid(torch.arange(c), torch.arange(c), torch.arange(c), indexing="ij")
+    distinct = (i != j) & (j != k) & (i != k)
+    expected = torch.stack([i[distinct], j[distinct], k[distinct]])
+    assert torch.equal(GridRules(1, size=3).triples, expected)
 
 
 def check_against_reference(size, max_steps, p, q, mode, num_envs, seed, steps=48):
@@ -355,7 +379,9 @@ def test_ghost_closer():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"size": 1}, ["size", "1", ">= 2"]),
+        ({"size": 1}, ["size", "1", "[2, 128]"]),
+        ({"size": 129}, ["size", "129", "[2, 128]"]),
+        ({"size": 10**6}, ["size", "1000000", "[2, 128]"]),
         ({"size": 2.5}, ["size", "2.5"]),
         ({"max_episode_steps": 0}, ["max_episode_steps", "0", ">= 1"]),
         ({"oversight_prob": 1.5}, ["oversight_prob", "1.5", "[0, 1]"]),
