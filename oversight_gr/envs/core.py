@@ -39,11 +39,11 @@ __all__ = [
 ]
 
 NUM_ACTIONS = 4
-#: largest grid side. Memory grows as size**2: the rules keep shared tables of O(size**2)
-#: entries (whole-state tables only for grids of size <= 5, under 8 MiB; the ``size**4``
-#: distances of :attr:`GridRules.manhattan` only when asked for) and ``5 * size**2`` bytes per
-#: environment (observation planes and spurious marks). The packed state of a 128x128 grid,
-#: below ``4 * size**6``, fits int64 with a wide margin.
+#: largest grid side. Memory is predictable: the rules keep shared tables of O(size**2)
+#: entries (tables indexed by state or layout only for grids of size <= 10, at most 80 MiB;
+#: the ``size**4`` distances of :attr:`GridRules.manhattan` only when asked for) and
+#: ``5 * size**2`` bytes per environment (observation planes and spurious marks). The packed
+#: state of a 128x128 grid, below ``4 * size**6``, fits int64 with a wide margin.
 MAX_SIZE = 128
 #: (drow, dcol) of actions 0 north, 1 east, 2 south, 3 west.
 ACTION_DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
@@ -165,8 +165,9 @@ class StepResult:
 # (``C`` cells, ``S = 4 * C**3`` codes). What a step computes is then a few table lookups: on a
 # CPU each torch op costs microseconds of dispatch, more than the arithmetic on thousands of
 # environments, so the number of ops per step is what sets the speed. Tables indexed by the
-# whole state grow as C**3 = size**6, so only small grids get them; larger grids decode the
-# state with arithmetic (a few more ops per step) and keep tables of O(C) entries.
+# state or by the layout (the state without the agent) grow as C**3 = size**6, so only grids
+# whose tables fit a fixed budget get them; larger grids decode the state with arithmetic (more
+# ops per step) and keep tables of O(C) entries.
 
 # step codes: the event of the move (0 none, 1 diamond unseen, 2 diamond seen, 3 ghost unseen,
 # 4 ghost seen) plus 5 where the move used up the step budget; a terminal wins over a timeout.
@@ -175,9 +176,15 @@ _EVENT_OUTCOME = [int(Outcome.NONE), int(Outcome.UNKNOWN), int(Outcome.DIAMOND),
 _EVENT_TRUE = [int(Outcome.NONE), int(Outcome.DIAMOND), int(Outcome.DIAMOND),
                int(Outcome.GHOST), int(Outcome.GHOST)]
 #: grids whose every configuration's observation fits in this many bytes get whole-state
-#: tables (one lookup per step for the move, one for the event, one for the frame); larger
-#: grids decode the packed state with arithmetic.
+#: tables (one lookup per step for the move, one for the frame: sizes <= 5) ...
 _WHOLE_STATE_TABLE_BYTES = 8 << 20
+#: ... grids whose event table and layout planes fit in this many bytes get those (one lookup
+#: for the event, the frame composed from the layout's planes and the agent: sizes 6-10) ...
+_LAYOUT_TABLE_BYTES = 64 << 20
+#: ... and larger grids compute both from the packed state with arithmetic. Starting states
+#: come from a table of every (triple, oversight code) where it fits in this many bytes
+#: (sizes <= 8), else from the triple's index by arithmetic.
+_START_TABLE_BYTES = 16 << 20
 
 
 def _decode(s: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -206,8 +213,10 @@ def _planes(s: Tensor, c: int) -> Tensor:
 class _GridTables:
     """Read-only tables of one grid size on one device, shared by every GridRules of it.
 
-    Memory: O(C) entries, plus whole-state tables of ``4 * C**3`` entries for grids small
-    enough (``whole``), plus the ``[C, C]`` distances built on first use."""
+    Memory: O(C) entries, plus per-state and per-layout tables of ``O(C**3)`` entries for
+    grids small enough (``layout``: at most ``_LAYOUT_TABLE_BYTES``; ``whole``: at most
+    ``_WHOLE_STATE_TABLE_BYTES`` more; ``start``: at most ``_START_TABLE_BYTES``), plus the
+    ``[C, C]`` distances built on first use."""
 
     def __init__(self, size: int, device: torch.device):
         n, c = size, size * size
@@ -223,12 +232,29 @@ class _GridTables:
         # a move changes only the agent's cell: s' = s + (next cell - cell)
         self.delta = (self.next_cell - cells.repeat_interleave(NUM_ACTIONS)).contiguous()
         self._manhattan: Tensor | None = None
-        self.whole = 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
-        if self.whole:
+        # int64 events (8 bytes per state) + planes and terminal marks per layout (4C + C)
+        self.layout = 4 * c**3 * 8 + 4 * c * c * 5 * c <= _LAYOUT_TABLE_BYTES
+        self.whole = self.layout and 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
+        if self.layout:
             s = torch.arange(4 * c**3, device=device)
+            self.event = _events(s, c)  # [S]
+            lay = torch.arange(4 * c * c, device=device)
+            planes = _planes(lay * c, c)  # agents on cell 0; cleared next
+            planes[:, 0] = 0
+            self.lay_planes = planes  # [4C^2, 4C], agent plane empty
+            _, ghost, diamond, _, _ = _decode(lay * c, c)
+            terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=device)
+            self.lay_terminal = terminal.scatter_(1, torch.stack([ghost, diamond], 1), True)
+        self.start: Tensor | None = None
+        triples = c * (c - 1) * (c - 2)
+        if 4 * triples * 8 <= _START_TABLE_BYTES:  # at 4 * triple + oversight code
+            agent, ghost, diamond = self.sample_triples(torch.arange(triples, device=device))
+            code = torch.arange(4, device=device)
+            cells = (agent + c * (ghost + c * diamond)).unsqueeze(1)
+            self.start = (cells + c**3 * code).reshape(-1)
+        if self.whole:
             moves = self.delta.view(c, NUM_ACTIONS).index_select(0, s % c)
             self.next_state = (s.unsqueeze(1) + moves).reshape(-1)
-            self.event = _events(s, c)
             self.frames = _planes(s, c)  # [S, 4C]
 
     @property
@@ -431,14 +457,18 @@ class GridRules:
         c = self.num_cells
         triple = torch.randint(c * (c - 1) * (c - 2), (count,), generator=g, device=dev)
         u = torch.rand(count, dtype=torch.float64, generator=g, device=dev)
-        agent, ghost, diamond = grid.sample_triples(triple)
-        cells = agent + c * (ghost + c * diamond)
+        if grid.start is None:
+            agent, ghost, diamond = grid.sample_triples(triple)
+            cells = agent + c * (ghost + c * diamond)
         if self.per_env_oversight:  # oversight bits are added in _begin, per environment
-            self._pool = cells
+            self._pool = cells if grid.start is None else grid.start.index_select(0, triple * 4)
             self._pool_u = u
         else:
             over_code = torch.bucketize(u, self._over_cdf, right=True)
-            self._pool = cells + c**3 * over_code
+            if grid.start is None:
+                self._pool = cells + c**3 * over_code
+            else:
+                self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
         if self.spurious_prob > 0:
             self._pool_marks = (
                 torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
@@ -493,10 +523,20 @@ class GridRules:
 
     def _observe(self, s: Tensor, spurious: Tensor) -> Tensor:
         grid, c, B = self._grid, self.num_cells, s.shape[0]
-        planes = grid.frames.index_select(0, s) if grid.whole else _planes(s, c)
+        if grid.whole:
+            planes = grid.frames.index_select(0, s)
+        elif grid.layout:
+            planes = grid.lay_planes.index_select(0, s // c)
+            flat = torch.arange(B, device=self.device) * (4 * c) + s % c
+            planes.view(-1).index_fill_(0, flat, 1)
+        else:
+            planes = _planes(s, c)
         if self.spurious_prob > 0:
-            _, ghost, diamond, _, _ = _decode(s, c)
-            marks = spurious.scatter(1, torch.stack([ghost, diamond], 1), False)
+            if grid.layout:
+                marks = spurious & ~grid.lay_terminal.index_select(0, s // c)
+            else:
+                _, ghost, diamond, _, _ = _decode(s, c)
+                marks = spurious.scatter(1, torch.stack([ghost, diamond], 1), False)
             planes[:, 3 * c :] |= marks
         return planes.view(B, 4, self.size, self.size)
 
@@ -523,7 +563,7 @@ class GridRules:
         # convert it first (an extra op)
         timeout = torch.ge(t, self.max_episode_steps, out=self._scratch)
         grid = self._grid
-        event = grid.event.index_select(0, s) if grid.whole else _events(s, self.num_cells)
+        event = grid.event.index_select(0, s) if grid.layout else _events(s, self.num_cells)
         code = torch.add(event, timeout, alpha=5)
         done = self._c_done.index_select(0, code)
         result = StepResult(

@@ -56,21 +56,25 @@ def test_rules_follow_reference(size, max_steps, p, q, mode, num_envs, seed):
     check_against_reference(size, max_steps, p, q, mode, num_envs, seed)
 
 
-@pytest.mark.parametrize("size", [5, 6, 8, 23])  # small grids use whole-state tables, larger don't
+# whole-state tables (<= 5), layout tables (6-10), arithmetic (> 10)
+@pytest.mark.parametrize("size", [5, 6, 8, 11, 23])
 def test_rules_follow_reference_by_grid_size(size):
     check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 16, size, steps=40)
 
 
-@pytest.mark.parametrize("size", [6, 20, MAX_SIZE])
-def test_grid_tables_grow_as_cells_not_as_size_to_the_sixth(size):
-    """Beyond whole-state grids the shared tables hold O(C) entries (size 20 once needed ~24 GB
-    of tables built as size**6); the rules at the largest allowed size still step."""
+@pytest.mark.parametrize("size", [5, 8, 10, 11, 20, MAX_SIZE])
+def test_grid_tables_are_bounded_and_grow_as_cells_beyond_size_10(size):
+    """Tables indexed by state or layout (size**6 entries) exist only while they fit 80 MiB;
+    beyond, the shared tables hold O(C) entries (size 20 once built ~24 GB of tables). The
+    rules at the largest allowed size still step."""
     rules = GridRules(2, size=size, spurious_prob=0.5, seed=0)
     cells = size * size
     grid = vars(rules._grid)
     table_bytes = sum(t.numel() * t.element_size() for t in grid.values()
                       if isinstance(t, torch.Tensor))
-    assert table_bytes <= 100 * cells, table_bytes
+    assert table_bytes <= 80 << 20, table_bytes
+    if size > 10:
+        assert table_bytes <= 100 * cells, table_bytes
     rules.reset()
     obs = rules.step(torch.tensor([0, 1])).obs
     assert obs.shape == (2, 4, size, size)
@@ -402,10 +406,11 @@ def test_rules_reject_bad_arguments(kwargs, words):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_rules_on_cuda_match_cpu():
+@pytest.mark.parametrize("size", [5, 8, 20])  # whole-state, layout and arithmetic tables
+def test_rules_on_cuda_match_cpu(size):
     """The same state and action give the same step on the GPU as on the CPU."""
     B = 256
-    kw = dict(size=5, max_episode_steps=8, oversight_prob=0.5, spurious_prob=0.2)
+    kw = dict(size=size, max_episode_steps=8, oversight_prob=0.5, spurious_prob=0.2)
     cpu = GridRules(B, seed=0, **kw)
     gpu = GridRules(B, seed=1, device="cuda", **kw)
     cpu.reset()
