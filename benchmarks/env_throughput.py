@@ -1,7 +1,7 @@
 """Env steps per second of OversightGrid (native vector env, flat ids, raw rules) and memory.
 
     python benchmarks/env_throughput.py [--device cpu|cuda] [--seconds 2] [--envs 512 4096 65536]
-        [--memory-sizes 5 8 20 64 128] [--baseline-core FILE]
+        [--memory-sizes 5 8 10 12 20 64 128] [--baseline-rev REV]
 
 Random actions, torch at one thread. Three paths per batch size:
 
@@ -15,9 +15,10 @@ Memory: peak resident memory of a fresh process that imports the package, makes
 ``gym.make("OversightGrid-v0", size=s)`` and ``gym.make_vec(..., num_envs=64, size=s)`` and
 steps each 50 times, per grid size ``s``.
 
-``--baseline-core FILE`` (e.g. ``git show main:oversight_gr/envs/core.py > /tmp/core.py``) also
-times that file's ``GridRules.step`` against this tree's, interleaved in one process at sizes 5
-and 8, and prints the ratios (not written to the results file).
+``--baseline-rev REV`` (a git revision of this repository) also times that revision's
+``GridRules.step`` (its ``oversight_gr/envs/core.py``) against this tree's, interleaved in one
+process at sizes 5 and 8, and measures its memory next to this tree's; both go into the
+results file.
 
 Prints the tables and writes them, with the command and the hardware, into docs/RESULTS.md
 (section ``env_throughput``).
@@ -32,6 +33,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,32 +106,43 @@ def bench_rules(n: int, device: torch.device, seconds: float, rules_class=GridRu
     return n * wall, n * cpu
 
 
+# Run in a fresh process: imports first, then the peak resident memory is reset (Linux
+# clear_refs) so that what is measured is what the rules take: 64 envs of the given size made,
+# reset and stepped 50 times, with spurious marks on (their [B, C] state is the largest part).
 MEMORY_PROBE = """
-import resource, sys, gymnasium as gym, numpy as np, torch
-import oversight_gr
+import importlib.util, sys, torch
+path, size = sys.argv[1], int(sys.argv[2])
+if path == "-":
+    from oversight_gr.envs.core import GridRules
+else:
+    spec = importlib.util.spec_from_file_location("baseline_core", path)
+    core = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_core"] = core
+    spec.loader.exec_module(core)
+    GridRules = core.GridRules
 torch.set_num_threads(1)
-size = int(sys.argv[1])
-env = gym.make("OversightGrid-v0", size=size)
-env.reset(seed=0)
-venv = gym.make_vec("OversightGrid-v0", num_envs=64, size=size)
-venv.reset(seed=0)
+
+def kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
+base = kib("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")
+rules = GridRules(64, size=size, spurious_prob=0.1, seed=0)
+rules.reset()
 for _ in range(50):
-    env.step(env.action_space.sample())
-    venv.step(np.zeros(64, dtype=np.int64))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-IMPORT_PROBE = """
-import resource, gymnasium, numpy, torch
-import oversight_gr
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    rules.step(torch.zeros(64, dtype=torch.long))
+print(kib("VmHWM:") - base)
 """
 
 
-def peak_rss_mib(code: str, *args: str) -> float:
-    """Peak resident memory (MiB) of a fresh Python running ``code``."""
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         check=True, timeout=600)
-    return int(out.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+def rules_peak_mib(size: int, core_path: str | None = None) -> float:
+    """Resident memory (MiB) the rules of ``size`` add at their peak, in a fresh process
+    (``core_path``: a baseline core.py; default this tree's)."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, core_path or "-", str(size)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def load_core(path: str):
@@ -141,20 +154,40 @@ def load_core(path: str):
     return module
 
 
+def core_at(rev: str) -> str:
+    """``oversight_gr/envs/core.py`` at git revision ``rev``, written to a temporary file."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:oversight_gr/envs/core.py"],
+                          capture_output=True, text=True, check=True).stdout
+    fd, path = tempfile.mkstemp(prefix="core_", suffix=".py")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def rev_hash(rev: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def compare_cores(path: str, envs: list[int], device: torch.device, seconds: float,
-                  rounds: int = 3) -> None:
-    """Interleave this tree's rules with ``path``'s, ``rounds`` times per cell; print the
-    ratio of the best CPU-time rates (this tree / baseline)."""
+                  rounds: int = 3) -> list[tuple[int, int, float, float]]:
+    """Interleave this tree's rules with ``path``'s, ``rounds`` times per cell; return rows
+    (size, envs, this tree's and the baseline's best CPU-time rate)."""
     baseline = load_core(path).GridRules
-    print(f"raw rules, this tree / {path} (best CPU-time rate of {rounds} interleaved rounds):")
+    print(f"raw rules, this tree / baseline (best CPU-time rate of {rounds} interleaved rounds):")
+    rows = []
     for size in (5, 8):
         for n in envs:
             new, old = 0.0, 0.0
             for _ in range(rounds):
                 old = max(old, bench_rules(n, device, seconds, baseline, size)[1])
                 new = max(new, bench_rules(n, device, seconds, GridRules, size)[1])
+            rows.append((size, n, new, old))
             print(f"  size {size}, {n:>6} envs: {new / 1e6:6.2f} / {old / 1e6:6.2f} M steps/s "
                   f"= {new / old:.3f}", flush=True)
+    return rows
 
 
 def hardware(device: torch.device) -> str:
@@ -172,10 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds timed per table cell")
     ap.add_argument("--envs", type=int, nargs="+", default=[512, 4096, 65536],
                     help="batch sizes (default 512 4096 65536)")
-    ap.add_argument("--memory-sizes", type=int, nargs="*", default=[5, 8, 20, 64, 128],
-                    help="grid sizes whose peak memory is measured (default 5 8 20 64 128)")
-    ap.add_argument("--baseline-core", metavar="FILE",
-                    help="also A/B this tree's GridRules against the core.py in FILE (printed)")
+    ap.add_argument("--memory-sizes", type=int, nargs="*", default=[5, 8, 10, 12, 20, 64, 128],
+                    help="grid sizes whose peak memory is measured (default 5 8 10 12 20 64 128)")
+    ap.add_argument("--baseline-memory-max-size", type=int, default=12,
+                    help="largest size whose memory is measured with --baseline-rev (the old "
+                         "tables grew as size^6: 24 GB at size 20); default 12")
+    ap.add_argument("--baseline-rev", metavar="REV",
+                    help="also A/B this tree's GridRules against git revision REV's")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -183,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
 
-    if args.baseline_core:
-        compare_cores(args.baseline_core, args.envs, device, args.seconds)
+    baseline_core = core_at(args.baseline_rev) if args.baseline_rev else None
+    ab = compare_cores(baseline_core, args.envs, device, args.seconds) if baseline_core else []
     load = os.getloadavg()[0]
     cpu_col = device.type == "cpu"
     rows = []
@@ -202,11 +238,14 @@ def main(argv: list[str] | None = None) -> None:
         print(" | ".join([f"{n:>21}"] + [f"{x:>21.2f}" for x in row[1:]]), flush=True)
     memory = []
     if args.memory_sizes:
-        base = peak_rss_mib(IMPORT_PROBE)
-        print(f"peak memory, MiB (import alone: {base:.0f})")
+        print("peak memory the rules add, MiB (this tree / baseline)")
         for size in args.memory_sizes:
-            memory.append((size, peak_rss_mib(MEMORY_PROBE, str(size))))
-            print(f"  size {size:>3}: {memory[-1][1]:.0f}", flush=True)
+            old = None
+            if baseline_core and size <= args.baseline_memory_max_size:
+                old = rules_peak_mib(size, baseline_core)
+            memory.append((size, rules_peak_mib(size), old))
+            print(f"  size {size:>3}: {memory[-1][1]:8.1f} / "
+                  f"{'not run' if old is None else f'{old:.1f}'}", flush=True)
 
     command = "python benchmarks/env_throughput.py " + shlex.join(sys.argv[1:] if argv is None
                                                                   else argv)
@@ -229,18 +268,35 @@ def main(argv: list[str] | None = None) -> None:
         "|" + "---:|" * len(head),
         *("| " + " | ".join([str(r[0])] + [f"{x:.2f}" for x in r[1:]]) + " |" for r in rows),
     ]
-    if memory:
+    if ab:
         lines += [
             "",
-            "Peak resident memory of a fresh process that imports the package (alone: "
-            f"{base:.0f} MiB), then makes `gym.make(\"OversightGrid-v0\", size=s)` and "
-            "`gym.make_vec(..., num_envs=64, size=s)` and steps each 50 times "
-            "(sizes are bounded to [2, 128]; memory grows as size^2):",
+            f"Raw rules against `{args.baseline_rev}` ({rev_hash(args.baseline_rev)}, "
+            "`--baseline-rev`): the best CPU-time "
+            "rate of 3 rounds, the two interleaved in one process, M steps/s:",
             "",
-            "| size | peak MiB |",
-            "|---:|---:|",
-            *(f"| {s} | {m:.0f} |" for s, m in memory),
+            "| size | envs | this tree | baseline | ratio |",
+            "|---:|---:|---:|---:|---:|",
+            *(f"| {s} | {n} | {a / 1e6:.2f} | {b / 1e6:.2f} | {a / b:.3f} |" for s, n, a, b in ab),
         ]
+    if memory:
+        baseline = baseline_core is not None
+        lines += [
+            "",
+            "Memory: the resident memory that `GridRules(64, size=s, spurious_prob=0.1)` adds at "
+            "its peak while made, reset and stepped 50 times, in a fresh process after the "
+            "imports, MiB (sizes are bounded to [2, 128]; tables indexed by state or layout, "
+            "which grow as size^6, exist only up to size 10)"
+            + (f"; *before*: the same with `{args.baseline_rev}`'s rules "
+               f"(run up to size {args.baseline_memory_max_size})" if baseline else "") + ":",
+            "",
+            "| size | MiB |" + (" before, MiB |" if baseline else ""),
+            "|---:|---:|" + ("---:|" if baseline else ""),
+            *(f"| {s} | {m:.1f} |" + (f" {'-' if o is None else f'{o:.1f}'} |" if baseline
+                                      else "") for s, m, o in memory),
+        ]
+    if baseline_core:
+        os.unlink(baseline_core)
     if not args.no_write:
         path = update_section("env_throughput", "\n".join(lines))
         print(f"wrote {path}")

@@ -42,8 +42,10 @@ NUM_ACTIONS = 4
 #: largest grid side. Memory is predictable: the rules keep shared tables of O(size**2)
 #: entries (tables indexed by state or layout only for grids of size <= 10, at most 80 MiB;
 #: the ``size**4`` distances of :attr:`GridRules.manhattan` only when asked for) and
-#: ``5 * size**2`` bytes per environment (observation planes and spurious marks). The packed
-#: state of a 128x128 grid, below ``4 * size**6``, fits int64 with a wide margin.
+#: ``5 * size**2`` bytes per environment (observation planes and spurious marks); with
+#: ``spurious_prob > 0`` also the marks of the ``max(1024, 2 * num_envs)`` starts drawn ahead
+#: (``size**2`` bytes each, 5 while drawn). The packed state of a 128x128 grid, below
+#: ``4 * size**6``, fits int64 with a wide margin.
 MAX_SIZE = 128
 #: (drow, dcol) of actions 0 north, 1 east, 2 south, 3 west.
 ACTION_DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
@@ -235,16 +237,18 @@ class _GridTables:
         # int64 events (8 bytes per state) + planes and terminal marks per layout (4C + C)
         self.layout = 4 * c**3 * 8 + 4 * c * c * 5 * c <= _LAYOUT_TABLE_BYTES
         self.whole = self.layout and 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
-        if self.layout:
-            s = torch.arange(4 * c**3, device=device)
-            self.event = _events(s, c)  # [S]
+        if self.layout:  # built per layout, so nothing of size C**3 but the tables themselves
             lay = torch.arange(4 * c * c, device=device)
+            _, ghost, diamond, over_g, over_d = _decode(lay * c, c)
+            cells = torch.stack([ghost, diamond], 1)
+            event = torch.zeros(4 * c * c, c, dtype=torch.long, device=device)
+            event.scatter_(1, cells, torch.stack([3 + over_g, 1 + over_d], 1))
+            self.event = event.view(-1)  # [S]: state s = agent + C * layout
             planes = _planes(lay * c, c)  # agents on cell 0; cleared next
             planes[:, 0] = 0
             self.lay_planes = planes  # [4C^2, 4C], agent plane empty
-            _, ghost, diamond, _, _ = _decode(lay * c, c)
             terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=device)
-            self.lay_terminal = terminal.scatter_(1, torch.stack([ghost, diamond], 1), True)
+            self.lay_terminal = terminal.scatter_(1, cells, True)
         self.start: Tensor | None = None
         triples = c * (c - 1) * (c - 2)
         if 4 * triples * 8 <= _START_TABLE_BYTES:  # at 4 * triple + oversight code
@@ -253,6 +257,7 @@ class _GridTables:
             cells = (agent + c * (ghost + c * diamond)).unsqueeze(1)
             self.start = (cells + c**3 * code).reshape(-1)
         if self.whole:
+            s = torch.arange(4 * c**3, device=device)
             moves = self.delta.view(c, NUM_ACTIONS).index_select(0, s % c)
             self.next_state = (s.unsqueeze(1) + moves).reshape(-1)
             self.frames = _planes(s, c)  # [S, 4C]

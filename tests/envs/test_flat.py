@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from gymnasium.utils.env_checker import check_env
 from torch import nn
 
 import oversight_gr  # noqa: F401  (registers the ids)
@@ -72,20 +69,6 @@ def test_flat_vector_env_is_the_native_one_reshaped(flat_id):
             assert np.array_equal(ia[key], expected), key
         ends += int(ia.get("_outcome", np.zeros(6, bool)).sum())
     assert ends > 10
-
-
-@pytest.mark.parametrize("flat_id", list(FLAT_ENV_IDS))
-@pytest.mark.parametrize("render_mode", [None, "ansi", "rgb_array"])
-def test_check_env_passes_on_the_flat_ids(flat_id, render_mode):
-    env = gym.make(flat_id, render_mode=render_mode)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        # the one warning check_env gives any wrapped env (the flat ids are a wrapper)
-        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version")
-        check_env(env, skip_render_check=False)
-    if render_mode == "rgb_array":
-        env.reset(seed=0)
-        assert env.render().shape[-1] == 3  # renders the grid, not the flat vector
 
 
 def test_wrappers_serve_your_own_settings():
