@@ -222,7 +222,7 @@ class _GridTables:
 
     def __init__(self, size: int, device: torch.device):
         n, c = size, size * size
-        self.size, self.device = size, device
+        self.size = size
         cells = torch.arange(c, device=device)
         row, col = cells // n, cells % n
         self.row, self.col = row, col
@@ -240,22 +240,22 @@ class _GridTables:
         if self.layout:  # built per layout, so nothing of size C**3 but the tables themselves
             lay = torch.arange(4 * c * c, device=device)
             _, ghost, diamond, over_g, over_d = _decode(lay * c, c)
-            cells = torch.stack([ghost, diamond], 1)
+            terminals = torch.stack([ghost, diamond], 1)
             event = torch.zeros(4 * c * c, c, dtype=torch.long, device=device)
-            event.scatter_(1, cells, torch.stack([3 + over_g, 1 + over_d], 1))
+            event.scatter_(1, terminals, torch.stack([3 + over_g, 1 + over_d], 1))
             self.event = event.view(-1)  # [S]: state s = agent + C * layout
             planes = _planes(lay * c, c)  # agents on cell 0; cleared next
             planes[:, 0] = 0
             self.lay_planes = planes  # [4C^2, 4C], agent plane empty
             terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=device)
-            self.lay_terminal = terminal.scatter_(1, cells, True)
+            self.lay_terminal = terminal.scatter_(1, terminals, True)
         self.start: Tensor | None = None
         triples = c * (c - 1) * (c - 2)
         if 4 * triples * 8 <= _START_TABLE_BYTES:  # at 4 * triple + oversight code
             agent, ghost, diamond = self.sample_triples(torch.arange(triples, device=device))
             code = torch.arange(4, device=device)
-            cells = (agent + c * (ghost + c * diamond)).unsqueeze(1)
-            self.start = (cells + c**3 * code).reshape(-1)
+            layout = (agent + c * (ghost + c * diamond)).unsqueeze(1)
+            self.start = (layout + c**3 * code).reshape(-1)
         if self.whole:
             s = torch.arange(4 * c**3, device=device)
             moves = self.delta.view(c, NUM_ACTIONS).index_select(0, s % c)

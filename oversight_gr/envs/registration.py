@@ -60,17 +60,12 @@ def _make_limit(kwargs: dict[str, Any]) -> dict[str, Any]:
     if frame.f_code is not _gym_registration.make.__code__:
         return kwargs
     asked = frame.f_locals.get("max_episode_steps")
-    spec = frame.f_locals.get("env_spec")
-    registered = getattr(spec, "max_episode_steps", None)
-    if asked is None and registered is not None:
-        return {**kwargs, "max_episode_steps": registered}
-    if asked == -1:
-        if registered is not None and "max_episode_steps" not in kwargs:
-            return {**kwargs, "max_episode_steps": registered}
-        return kwargs
-    if asked is not None:
-        return {**kwargs, "max_episode_steps": asked}
-    return kwargs
+    registered = getattr(frame.f_locals.get("env_spec"), "max_episode_steps", None)
+    if asked == -1:  # no TimeLimit: the kwargs' limit, else the registered one
+        limit = kwargs.get("max_episode_steps", registered)
+    else:  # the TimeLimit's
+        limit = registered if asked is None else asked
+    return kwargs if limit is None else {**kwargs, "max_episode_steps": limit}
 
 
 def make_env(**kwargs: Any) -> OversightGridEnv:

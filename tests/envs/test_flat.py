@@ -16,6 +16,8 @@ from oversight_gr.envs import (
     FlatObservationVector,
     OversightGridVectorEnv,
     flat_box,
+    make_flat_env,
+    make_flat_vector_env,
 )
 
 PLANE_ID = {"OversightGrid-Flat-v0": "OversightGrid-v0",
@@ -164,3 +166,20 @@ def test_a_minimal_mlp_ppo_learns_on_the_flat_id_unmodified():
     learned = mlp_ppo("OversightGrid-Flat-v0", 30, seed=0, reward_mode="true")
     assert len(learned) > 100
     assert float(np.mean(learned)) > baseline + 0.25, (np.mean(learned), baseline)
+
+
+def test_your_own_id_with_the_exported_entry_points():
+    gym.register("TestOwnFlatGrid-v0", entry_point=make_flat_env,
+                 vector_entry_point=make_flat_vector_env,
+                 kwargs={"size": 6, "max_episode_steps": 20, "oversight_prob": 0.5})
+    try:
+        env = gym.make("TestOwnFlatGrid-v0")  # no registered spec limit: the kwargs' one
+        assert env.observation_space.shape == (144,)
+        assert env.spec.max_episode_steps == env.unwrapped.rules.max_episode_steps == 20
+        env = gym.make("TestOwnFlatGrid-v0", max_episode_steps=7)
+        assert env.spec.max_episode_steps == env.unwrapped.rules.max_episode_steps == 7
+        venv = gym.make_vec("TestOwnFlatGrid-v0", num_envs=3)
+        assert venv.observation_space.shape == (3, 144)
+        assert venv.spec.max_episode_steps == venv.unwrapped.rules.max_episode_steps == 20
+    finally:
+        del gym.registry["TestOwnFlatGrid-v0"]
