@@ -271,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     if ab:
         lines += [
             "",
-            f"Raw rules against `{args.baseline_rev}` ({rev_hash(args.baseline_rev)}, "
-            "`--baseline-rev`): the best CPU-time "
+            f"Raw rules against `{args.baseline_rev}`"
+            + ("" if rev_hash(args.baseline_rev).startswith(args.baseline_rev)
+               else f" ({rev_hash(args.baseline_rev)})")
+            + " (`--baseline-rev`): the best CPU-time "
             "rate of 3 rounds, the two interleaved in one process, M steps/s:",
             "",
             "| size | envs | this tree | baseline | ratio |",

@@ -85,9 +85,9 @@ class OversightGridEnv(gym.Env):
     ``OversightGrid-Flat-v0`` and ``OversightGrid-8x8-Flat-v0`` are the same envs with the
     planes flattened, ``Box(0, 1, (4 * size * size,), uint8)``: use them with RL code whose
     network is an MLP over ``prod(observation_space.shape)`` fed the raw observation (CleanRL's
-    ``ppo.py``, SB3's ``MlpPolicy`` on a flat Box, most single-file scripts). Use the plane ids
-    for convolutional networks and for this package's policies and ``RoutedPPO`` (their gate
-    and experts read the planes). Rules, rewards, ``info`` and seeding are identical; the
+    ``ppo.py``, most single-file scripts). Use the plane ids for convolutional networks and for
+    this package's policies and ``RoutedPPO`` (their gate and experts read the planes); SB3's
+    ``MlpPolicy`` flattens by itself and takes either. Rules, rewards, ``info`` and seeding are identical; the
     wrappers (:class:`~oversight_gr.envs.flat.FlatObservation`,
     :class:`~oversight_gr.envs.flat.FlatObservationVector`) serve your own settings too, and
     ``gym.make_vec`` of a flat id is the native batched env plus one reshape.
