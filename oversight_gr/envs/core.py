@@ -32,12 +32,21 @@ __all__ = [
     "RewardMode",
     "REWARD_MODES",
     "NUM_ACTIONS",
+    "MAX_SIZE",
     "GridRules",
     "StepResult",
     "validate_env_args",
 ]
 
 NUM_ACTIONS = 4
+#: largest grid side. Memory is predictable: the rules keep shared tables of O(size**2)
+#: entries (tables indexed by state or layout only for grids of size <= 10, at most 80 MiB;
+#: the ``size**4`` distances of :attr:`GridRules.manhattan` only when asked for) and
+#: ``5 * size**2`` bytes per environment (observation planes and spurious marks); with
+#: ``spurious_prob > 0`` also the marks of the ``max(1024, 2 * num_envs)`` starts drawn ahead
+#: (``size**2`` bytes each, 5 while drawn). The packed state of a 128x128 grid, below
+#: ``4 * size**6``, fits int64 with a wide margin.
+MAX_SIZE = 128
 #: (drow, dcol) of actions 0 north, 1 east, 2 south, 3 west.
 ACTION_DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 PLANES = ("agent", "ghost", "diamond", "oversight")
@@ -99,10 +108,10 @@ def validate_env_args(
     size: int, max_episode_steps: int, oversight_prob: float, spurious_prob: float, reward_mode
 ) -> tuple[int, int, float, float, RewardMode]:
     """Check the environment's arguments; raise ValueError naming the value and what is allowed."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+    if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= MAX_SIZE:
         raise ValueError(
-            f"size must be an int >= 2 (a grid needs at least 3 cells for agent, ghost and "
-            f"diamond), got {size!r}"
+            f"size must be an int in [2, {MAX_SIZE}] (>= 2: a grid needs at least 3 cells for "
+            f"agent, ghost and diamond; <= {MAX_SIZE} keeps memory predictable), got {size!r}"
         )
     if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or (
         max_episode_steps < 1
@@ -157,7 +166,10 @@ class StepResult:
 #     s = agent + C * (ghost + C * (diamond + C * (ghost_overseen + 2 * diamond_overseen)))
 # (``C`` cells, ``S = 4 * C**3`` codes). What a step computes is then a few table lookups: on a
 # CPU each torch op costs microseconds of dispatch, more than the arithmetic on thousands of
-# environments, so the number of ops per step is what sets the speed.
+# environments, so the number of ops per step is what sets the speed. Tables indexed by the
+# state or by the layout (the state without the agent) grow as C**3 = size**6, so only grids
+# whose tables fit a fixed budget get them; larger grids decode the state with arithmetic (more
+# ops per step) and keep tables of O(C) entries.
 
 # step codes: the event of the move (0 none, 1 diamond unseen, 2 diamond seen, 3 ghost unseen,
 # 4 ghost seen) plus 5 where the move used up the step budget; a terminal wins over a timeout.
@@ -166,64 +178,109 @@ _EVENT_OUTCOME = [int(Outcome.NONE), int(Outcome.UNKNOWN), int(Outcome.DIAMOND),
 _EVENT_TRUE = [int(Outcome.NONE), int(Outcome.DIAMOND), int(Outcome.DIAMOND),
                int(Outcome.GHOST), int(Outcome.GHOST)]
 #: grids whose every configuration's observation fits in this many bytes get whole-state
-#: tables (one lookup per step for the move, one for the frame); larger grids compose them
-#: from the agent's cell and the layout of the rest (a few more ops, far less memory).
+#: tables (one lookup per step for the move, one for the frame: sizes <= 5) ...
 _WHOLE_STATE_TABLE_BYTES = 8 << 20
+#: ... grids whose event table and layout planes fit in this many bytes get those (one lookup
+#: for the event, the frame composed from the layout's planes and the agent: sizes 6-10) ...
+_LAYOUT_TABLE_BYTES = 64 << 20
+#: ... and larger grids compute both from the packed state with arithmetic. Starting states
+#: come from a table of every (triple, oversight code) where it fits in this many bytes
+#: (sizes <= 8), else from the triple's index by arithmetic.
+_START_TABLE_BYTES = 16 << 20
+
+
+def _decode(s: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Packed states -> (agent, ghost, diamond, ghost overseen, diamond overseen), int64."""
+    lay = s // c
+    code = lay // (c * c)
+    return s % c, lay % c, (lay // c) % c, code & 1, code >> 1
+
+
+def _events(s: Tensor, c: int) -> Tensor:
+    """Event code of standing on the agent cell of each packed state (see step codes)."""
+    pos, ghost, diamond, over_g, over_d = _decode(s, c)
+    return torch.where(pos == ghost, 3 + over_g, torch.where(pos == diamond, 1 + over_d, 0))
+
+
+def _planes(s: Tensor, c: int) -> Tensor:
+    """``[B, 4C]`` uint8 observation planes of packed states (no spurious marks)."""
+    pos, ghost, diamond, over_g, over_d = _decode(s, c)
+    planes = torch.zeros(s.shape[0], 4 * c, dtype=torch.uint8, device=s.device)
+    index = torch.stack([pos, c + ghost, 2 * c + diamond, 3 * c + ghost, 3 * c + diamond], 1)
+    ones = torch.ones_like(pos)
+    values = torch.stack([ones, ones, ones, over_g, over_d], 1).to(torch.uint8)
+    return planes.scatter_(1, index, values)  # ghost != diamond: no index repeats
 
 
 class _GridTables:
-    """Read-only tables of one grid size on one device, shared by every GridRules of it."""
+    """Read-only tables of one grid size on one device, shared by every GridRules of it.
+
+    Memory: O(C) entries, plus per-state and per-layout tables of ``O(C**3)`` entries for
+    grids small enough (``layout``: at most ``_LAYOUT_TABLE_BYTES``; ``whole``: at most
+    ``_WHOLE_STATE_TABLE_BYTES`` more; ``start``: at most ``_START_TABLE_BYTES``), plus the
+    ``[C, C]`` distances built on first use."""
 
     def __init__(self, size: int, device: torch.device):
         n, c = size, size * size
-        dev = device
-        cells = torch.arange(c, device=dev)
+        self.size = size
+        cells = torch.arange(c, device=device)
         row, col = cells // n, cells % n
-        nxt = torch.empty(c, NUM_ACTIONS, dtype=torch.long, device=dev)
+        self.row, self.col = row, col
+        nxt = torch.empty(c, NUM_ACTIONS, dtype=torch.long, device=device)
         for a, (dr, dc) in enumerate(ACTION_DELTAS):
             nxt[:, a] = (row + dr).clamp(0, n - 1) * n + (col + dc).clamp(0, n - 1)
         # flat [c * 4] so that next = table[4 * cell + action] is a single lookup
         self.next_cell = nxt.reshape(-1)
-        self.manhattan = (row[:, None] - row[None, :]).abs() + (col[:, None] - col[None, :]).abs()
-        # every ordered triple of distinct cells (agent, ghost, diamond)
-        i, j, k = torch.meshgrid(cells, cells, cells, indexing="ij")
-        distinct = (i != j) & (j != k) & (i != k)
-        self.triples = torch.stack([i[distinct], j[distinct], k[distinct]])  # [3, N]
-        # starting configurations, at 4 * triple + oversight code
-        code = torch.arange(4, device=dev)
-        a, g, d = (x.unsqueeze(1) for x in self.triples)
-        self.start = (a + c * (g + c * (d + c * code))).reshape(-1)
-        # layouts (everything but the agent): lay = s // C
-        lay = torch.arange(4 * c * c, device=dev)
-        ghost, diamond, over_code = lay % c, (lay // c) % c, lay // (c * c)
-        over_g, over_d = (over_code & 1).bool(), (over_code >> 1).bool()
-        self.lay_ghost, self.lay_diamond = ghost, diamond
-        self.lay_over = torch.stack([over_g, over_d])  # [2, 4C^2]
-        planes = torch.zeros(4 * c * c, 4 * c, dtype=torch.uint8, device=dev)
-        planes[lay, c + ghost] = 1
-        planes[lay, 2 * c + diamond] = 1
-        planes[lay, 3 * c + ghost] = over_g.to(torch.uint8)
-        planes[lay, 3 * c + diamond] = over_d.to(torch.uint8)
-        self.lay_planes = planes  # [4C^2, 4C], agent plane empty
-        terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=dev)
-        terminal[lay, ghost] = True
-        terminal[lay, diamond] = True
-        self.lay_terminal = terminal
-        # event of standing on the agent cell of configuration s (the move's result)
-        s = torch.arange(4 * c**3, device=dev)
-        pos, s_lay = s % c, s // c
-        g, d = ghost.index_select(0, s_lay), diamond.index_select(0, s_lay)
-        og, od = over_g.index_select(0, s_lay).long(), over_d.index_select(0, s_lay).long()
-        self.event = torch.where(pos == g, 3 + og, torch.where(pos == d, 1 + od, 0))
         # a move changes only the agent's cell: s' = s + (next cell - cell)
         self.delta = (self.next_cell - cells.repeat_interleave(NUM_ACTIONS)).contiguous()
-        self.whole = 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
+        self._manhattan: Tensor | None = None
+        # int64 events (8 bytes per state) + planes and terminal marks per layout (4C + C)
+        self.layout = 4 * c**3 * 8 + 4 * c * c * 5 * c <= _LAYOUT_TABLE_BYTES
+        self.whole = self.layout and 4 * c**3 * 4 * c <= _WHOLE_STATE_TABLE_BYTES
+        if self.layout:  # built per layout, so nothing of size C**3 but the tables themselves
+            lay = torch.arange(4 * c * c, device=device)
+            _, ghost, diamond, over_g, over_d = _decode(lay * c, c)
+            terminals = torch.stack([ghost, diamond], 1)
+            event = torch.zeros(4 * c * c, c, dtype=torch.long, device=device)
+            event.scatter_(1, terminals, torch.stack([3 + over_g, 1 + over_d], 1))
+            self.event = event.view(-1)  # [S]: state s = agent + C * layout
+            planes = _planes(lay * c, c)  # agents on cell 0; cleared next
+            planes[:, 0] = 0
+            self.lay_planes = planes  # [4C^2, 4C], agent plane empty
+            terminal = torch.zeros(4 * c * c, c, dtype=torch.bool, device=device)
+            self.lay_terminal = terminal.scatter_(1, terminals, True)
+        self.start: Tensor | None = None
+        triples = c * (c - 1) * (c - 2)
+        if 4 * triples * 8 <= _START_TABLE_BYTES:  # at 4 * triple + oversight code
+            agent, ghost, diamond = self.sample_triples(torch.arange(triples, device=device))
+            code = torch.arange(4, device=device)
+            layout = (agent + c * (ghost + c * diamond)).unsqueeze(1)
+            self.start = (layout + c**3 * code).reshape(-1)
         if self.whole:
-            moves = self.delta.view(c, NUM_ACTIONS).index_select(0, pos)
+            s = torch.arange(4 * c**3, device=device)
+            moves = self.delta.view(c, NUM_ACTIONS).index_select(0, s % c)
             self.next_state = (s.unsqueeze(1) + moves).reshape(-1)
-            frames = planes.index_select(0, s_lay)
-            frames.view(-1).index_fill_(0, s * (4 * c) + pos, 1)
-            self.frames = frames  # [S, 4C]
+            self.frames = _planes(s, c)  # [S, 4C]
+
+    @property
+    def manhattan(self) -> Tensor:
+        if self._manhattan is None:
+            row, col = self.row, self.col
+            self._manhattan = ((row[:, None] - row[None, :]).abs()
+                               + (col[:, None] - col[None, :]).abs())
+        return self._manhattan
+
+    def sample_triples(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``index``-th ordered triple of distinct cells (agent, ghost, diamond), in
+        lexicographic order, for ``index`` in ``[0, C (C - 1) (C - 2))``."""
+        c = self.size * self.size
+        agent, rest = index // ((c - 1) * (c - 2)), index % ((c - 1) * (c - 2))
+        ghost, k = rest // (c - 2), rest % (c - 2)
+        ghost = ghost + (ghost >= agent)  # skip the agent's cell
+        lo, hi = torch.minimum(agent, ghost), torch.maximum(agent, ghost)
+        diamond = k + (k >= lo)
+        diamond = diamond + (diamond >= hi)  # skip both taken cells, in increasing order
+        return agent, ghost, diamond
 
 
 _GRID_CACHE: dict[tuple[int, str], _GridTables] = {}
@@ -292,7 +349,8 @@ class GridRules:
         self.seed(seed)
         self._build_tables()
         B = num_envs
-        self._s = self._grid.start[:1].expand(B).clone()
+        c = self.num_cells
+        self._s = torch.full((B,), c * (1 + 2 * c), dtype=torch.long, device=self.device)
         self.spurious = torch.zeros(B, self.num_cells, dtype=torch.bool, device=self.device)
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self._all = torch.ones(B, dtype=torch.bool, device=self.device)
@@ -358,22 +416,25 @@ class GridRules:
 
     @property
     def manhattan(self) -> Tensor:
-        """``[C, C]`` Manhattan distance between cells."""
+        """``[C, C]`` Manhattan distance between cells (built on first use: ``C**2``
+        entries)."""
         return self._grid.manhattan
 
     @property
     def triples(self) -> Tensor:
-        """``[3, N]`` every ordered triple of distinct cells."""
-        return self._grid.triples
+        """``[3, N]`` every ordered triple of distinct cells, ``N = C (C - 1) (C - 2)``, in the
+        order starting states are drawn from (built on each call: ``3 N`` entries, so only
+        for small grids)."""
+        return torch.stack(self._grid.sample_triples(
+            torch.arange(self.num_cells * (self.num_cells - 1) * (self.num_cells - 2),
+                         device=self.device)))
 
     # -- state views ---------------------------------------------------------------------------
     @property
     def objs(self) -> Tensor:
         """``[3, B]`` int64 cells (row * size + col) of agent, ghost and diamond."""
-        c, grid = self.num_cells, self._grid
-        lay = self._s // c
-        return torch.stack([self._s % c, grid.lay_ghost.index_select(0, lay),
-                            grid.lay_diamond.index_select(0, lay)])
+        agent, ghost, diamond, _, _ = _decode(self._s, self.num_cells)
+        return torch.stack([agent, ghost, diamond])
 
     @objs.setter
     def objs(self, objs: Tensor) -> None:
@@ -385,7 +446,8 @@ class GridRules:
     @property
     def over(self) -> Tensor:
         """``[2, B]`` bool: is the ghost cell / the diamond cell overseen."""
-        return self._grid.lay_over.index_select(1, self._s // self.num_cells)
+        _, _, _, over_g, over_d = _decode(self._s, self.num_cells)
+        return torch.stack([over_g, over_d]).bool()
 
     @over.setter
     def over(self, over: Tensor) -> None:
@@ -397,14 +459,21 @@ class GridRules:
     def _draw_starts(self, count: int) -> None:
         """Refill the pool of starting states with ``count`` fresh draws."""
         g, dev, grid = self.generator, self.device, self._grid
-        triple = torch.randint(grid.triples.shape[1], (count,), generator=g, device=dev)
+        c = self.num_cells
+        triple = torch.randint(c * (c - 1) * (c - 2), (count,), generator=g, device=dev)
         u = torch.rand(count, dtype=torch.float64, generator=g, device=dev)
+        if grid.start is None:
+            agent, ghost, diamond = grid.sample_triples(triple)
+            cells = agent + c * (ghost + c * diamond)
         if self.per_env_oversight:  # oversight bits are added in _begin, per environment
-            self._pool = grid.start.index_select(0, triple * 4)
+            self._pool = cells if grid.start is None else grid.start.index_select(0, triple * 4)
             self._pool_u = u
         else:
             over_code = torch.bucketize(u, self._over_cdf, right=True)
-            self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
+            if grid.start is None:
+                self._pool = cells + c**3 * over_code
+            else:
+                self._pool = grid.start.index_select(0, torch.add(over_code, triple, alpha=4))
         if self.spurious_prob > 0:
             self._pool_marks = (
                 torch.rand(count, self.num_cells, generator=g, device=dev) < self.spurious_prob
@@ -461,12 +530,18 @@ class GridRules:
         grid, c, B = self._grid, self.num_cells, s.shape[0]
         if grid.whole:
             planes = grid.frames.index_select(0, s)
-        else:
+        elif grid.layout:
             planes = grid.lay_planes.index_select(0, s // c)
             flat = torch.arange(B, device=self.device) * (4 * c) + s % c
             planes.view(-1).index_fill_(0, flat, 1)
+        else:
+            planes = _planes(s, c)
         if self.spurious_prob > 0:
-            marks = spurious & ~grid.lay_terminal.index_select(0, s // c)
+            if grid.layout:
+                marks = spurious & ~grid.lay_terminal.index_select(0, s // c)
+            else:
+                _, ghost, diamond, _, _ = _decode(s, c)
+                marks = spurious.scatter(1, torch.stack([ghost, diamond], 1), False)
             planes[:, 3 * c :] |= marks
         return planes.view(B, 4, self.size, self.size)
 
@@ -492,7 +567,9 @@ class GridRules:
         # the comparison writes int64 into a scratch buffer: adding a bool tensor would
         # convert it first (an extra op)
         timeout = torch.ge(t, self.max_episode_steps, out=self._scratch)
-        code = torch.add(self._grid.event.index_select(0, s), timeout, alpha=5)
+        grid = self._grid
+        event = grid.event.index_select(0, s) if grid.layout else _events(s, self.num_cells)
+        code = torch.add(event, timeout, alpha=5)
         done = self._c_done.index_select(0, code)
         result = StepResult(
             obs=None,  # type: ignore[arg-type]  # set below, after the autoreset
@@ -519,7 +596,9 @@ class GridRules:
     def ghost_closer(self) -> Tensor:
         """``[B]`` bool: the ghost is strictly closer (Manhattan) to the agent than the diamond."""
         a, g, d = self.objs
-        return self.manhattan[a, g] < self.manhattan[a, d]
+        row, col = self._grid.row, self._grid.col
+        dist_g = (row[a] - row[g]).abs() + (col[a] - col[g]).abs()
+        return dist_g < (row[a] - row[d]).abs() + (col[a] - col[d]).abs()
 
     # torch generators don't pickle; their state does (envs must pickle and deepcopy). The
     # shared lookup tables are looked up (or rebuilt) rather than copied.

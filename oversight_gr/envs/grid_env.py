@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 
 from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
 from oversight_gr.envs.render import render_ansi, render_rgb
@@ -36,6 +38,19 @@ def check_action(action: Any) -> int:
 
 def observation_space(size: int) -> spaces.Box:
     return spaces.Box(low=0, high=1, shape=(4, size, size), dtype=np.uint8)
+
+
+def with_episode_limit(spec: EnvSpec | None, limit: int) -> EnvSpec | None:
+    """``spec`` reporting the env's own step limit as ``max_episode_steps``.
+
+    ``gym.make`` sets ``max_episode_steps=None`` in the spec it gives the unwrapped env, and
+    ``gym.make_vec`` the registered value whatever limit ``kwargs`` chose; the env knows its
+    limit, so its spec says it."""
+    if spec is None or spec.max_episode_steps == limit:
+        return spec
+    spec = copy.copy(spec)
+    spec.max_episode_steps = limit
+    return spec
 
 
 def end_info(outcome: int, overseen: bool, length: int, true_outcome: int) -> dict[str, Any]:
@@ -67,6 +82,16 @@ class OversightGridEnv(gym.Env):
     and the oversight map (1 on overseen cells; spurious marks on non-terminal cells when
     ``spurious_prob > 0``).
 
+    ``OversightGrid-Flat-v0`` and ``OversightGrid-8x8-Flat-v0`` are the same envs with the
+    planes flattened, ``Box(0, 1, (4 * size * size,), uint8)``: use them with RL code whose
+    network is an MLP over ``prod(observation_space.shape)`` fed the raw observation (CleanRL's
+    ``ppo.py``, most single-file scripts). Use the plane ids for convolutional networks and for
+    this package's policies and ``RoutedPPO`` (their gate and experts read the planes); SB3's
+    ``MlpPolicy`` flattens by itself and takes either. Rules, rewards, ``info`` and seeding are identical; the
+    wrappers (:class:`~oversight_gr.envs.flat.FlatObservation`,
+    :class:`~oversight_gr.envs.flat.FlatObservationVector`) serve your own settings too, and
+    ``gym.make_vec`` of a flat id is the native batched env plus one reshape.
+
     ## Rewards
     Paid on the step that reaches a terminal cell (0 otherwise, and 0 on timeout):
 
@@ -81,7 +106,7 @@ class OversightGridEnv(gym.Env):
 
     ## Episode End
     Termination on reaching the ghost or the diamond; truncation after exactly
-    ``max_episode_steps`` moves.
+    ``max_episode_steps`` moves, by the env itself, with the full end-of-episode ``info``.
 
     At the end of an episode ``info`` holds the keys a learner may read
     (:data:`LEARNER_INFO_KEYS`): ``outcome`` (an :class:`~oversight_gr.envs.core.Outcome`
@@ -91,22 +116,25 @@ class OversightGridEnv(gym.Env):
     (``eval_true_outcome``), for evaluation only. Mid-episode steps return an empty info.
 
     ## Arguments
-    * ``size=5``: grid side (>= 2).
-    * ``max_episode_steps=32``: moves before truncation. ``gym.make`` reserves this keyword
-      for Gymnasium's ``TimeLimit`` wrapper, which then cuts episodes on top of the
-      environment's own limit (its truncation info lacks ``outcome``); construct
-      :class:`OversightGridEnv` directly, or pass it to ``gym.make_vec``, to set the
-      environment's own limit.
+    * ``size=5``: grid side, in ``[2, 128]`` (:data:`~oversight_gr.envs.core.MAX_SIZE`); memory
+      grows as ``size**2``.
+    * ``max_episode_steps=32``: moves before truncation. The registered ids put it in their
+      spec (``env.spec.max_episode_steps``: 32, 64 for 8x8), and
+      ``gym.make(id, max_episode_steps=k)`` / ``gym.make_vec(id, max_episode_steps=k)`` set
+      the env's own limit to ``k`` (see :mod:`oversight_gr.envs.registration` for how, and
+      for the one flag Gymnasium's ``TimeLimit`` adds).
     * ``oversight_prob=0.1``: probability that each terminal cell is overseen.
     * ``spurious_prob=0.0``: probability that each other cell is marked overseen.
     * ``reward_mode="proxy"``: ``"proxy"``, ``"terminal"`` or ``"true"``.
     * ``render_mode=None``: ``"ansi"`` or ``"rgb_array"``.
 
     ## Version History
-    * v0: initial release.
+    * v0: initial release; ``max_episode_steps`` registered in the spec, flat-observation ids
+      added (same dynamics).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -136,6 +164,16 @@ class OversightGridEnv(gym.Env):
         self.action_space = spaces.Discrete(NUM_ACTIONS)
         self._obs: np.ndarray | None = None
         self._next_obs: np.ndarray | None = None  # first frame of the episode the rules began
+
+    @property
+    def spec(self) -> EnvSpec | None:  # type: ignore[override]
+        """The registration this env was made from (``None`` when constructed directly), with
+        ``max_episode_steps`` the env's own limit."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: EnvSpec | None) -> None:
+        self._spec = with_episode_limit(spec, self.rules.max_episode_steps)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

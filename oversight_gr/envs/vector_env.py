@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
-from oversight_gr.envs.grid_env import observation_space
+from oversight_gr.envs.grid_env import observation_space, with_episode_limit
 from oversight_gr.envs.render import render_ansi, render_rgb
 
 __all__ = ["OversightGridVectorEnv"]
@@ -34,6 +35,7 @@ class OversightGridVectorEnv(VectorEnv):
         "render_fps": 4,
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -69,6 +71,15 @@ class OversightGridVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._obs: np.ndarray | None = None
         self._on_cpu = self.rules.device.type == "cpu"
+
+    @property
+    def spec(self) -> EnvSpec | None:  # type: ignore[override]
+        """The registration this env was made from, with ``max_episode_steps`` its own limit."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: EnvSpec | None) -> None:
+        self._spec = with_episode_limit(spec, self.rules.max_episode_steps)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gridref import DIAMOND, GHOST, TIMEOUT, UNKNOWN, decode_obs, ref_step
+from gridref import DIAMOND, GHOST, MOVES, TIMEOUT, UNKNOWN, decode_obs, ref_step
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 from hypothesis import given, settings
@@ -22,6 +22,7 @@ import oversight_gr  # noqa: F401  (registers the ids)
 from oversight_gr.envs import (
     ENV_IDS,
     EVAL_INFO_KEYS,
+    FLAT_ENV_IDS,
     LEARNER_INFO_KEYS,
     OversightGridEnv,
     OversightGridVectorEnv,
@@ -47,13 +48,19 @@ def play(env, actions):
 # ---------------------------------------------------------------------------------------------
 # Gymnasium's own checks, registration
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id", list(ENV_IDS))
+@pytest.mark.parametrize("env_id", [*ENV_IDS, *FLAT_ENV_IDS])
 @pytest.mark.parametrize("render_mode", [None, "ansi", "rgb_array"])
 def test_check_env_passes_without_warnings(env_id, render_mode):
     env = gym.make(env_id, render_mode=render_mode)
+    flat = env_id in FLAT_ENV_IDS
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_env(env.unwrapped, skip_render_check=False)
+        if flat:  # a wrapper: check it, less the one warning check_env gives any wrapped env
+            warnings.filterwarnings("ignore", message=".*is different from the unwrapped")
+        check_env(env if flat else env.unwrapped, skip_render_check=False)
+    if render_mode == "rgb_array":
+        env.reset(seed=0)
+        assert env.render().ndim == 3  # an image of the grid, also for the flat ids
 
 
 def test_gym_make_in_a_fresh_interpreter():
@@ -113,6 +120,108 @@ def test_make_vec_sync_mode_works():
     for _ in range(40):
         obs, rew, term, trunc, info = venv.step(np.array([0, 1, 2]))
     assert obs.shape == (3, 4, 5, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the step limit: registered in the spec, enforced by the env itself
+# ---------------------------------------------------------------------------------------------
+ALL_IDS = {**ENV_IDS, **FLAT_ENV_IDS}
+LIMIT = {i: kw["max_episode_steps"] for i, kw in ALL_IDS.items()}
+
+
+def safe_action(obs: np.ndarray) -> int:
+    """A move that reaches neither terminal (one always exists: at most two of the four
+    neighbours are terminals, and at a wall bumping into it stays put)."""
+    n = int(round((obs.size / 4) ** 0.5))
+    s = decode_obs(obs.reshape(4, n, n))
+    for a, (dr, dc) in MOVES.items():
+        pos = (min(max(s.agent[0] + dr, 0), n - 1), min(max(s.agent[1] + dc, 0), n - 1))
+        if pos not in (s.ghost, s.diamond):
+            return a
+    raise AssertionError("no safe move")
+
+
+def check_truncates_at(env, limit: int, episodes: int = 2) -> None:
+    """Play ``episodes`` that avoid the terminals: each is truncated after exactly ``limit``
+    moves, by the env itself (full end-of-episode info), never before."""
+    obs, _ = env.reset(seed=0)
+    for _ in range(episodes):
+        for t in range(1, limit + 1):
+            obs, reward, term, trunc, info = env.step(safe_action(obs))
+            assert not term and trunc == (t == limit), (t, limit)
+        assert info == {"outcome": TIMEOUT, "overseen": False, "length": limit,
+                        "eval_true_outcome": TIMEOUT}
+        obs, _ = env.reset()
+
+
+@pytest.mark.parametrize("env_id", list(ALL_IDS))
+def test_spec_reports_the_limit_the_env_enforces(env_id):
+    limit = LIMIT[env_id]
+    assert limit == (64 if "8x8" in env_id else 32)
+    assert gym.spec(env_id).max_episode_steps == limit
+    env = gym.make(env_id)
+    assert env.spec.max_episode_steps == env.unwrapped.spec.max_episode_steps == limit
+    assert env.unwrapped.rules.max_episode_steps == limit
+    check_truncates_at(env, limit, episodes=1)
+    venv = gym.make_vec(env_id, num_envs=2)
+    assert venv.spec.max_episode_steps == venv.unwrapped.rules.max_episode_steps == limit
+
+
+@pytest.mark.parametrize("env_id", ["OversightGrid-v0", "OversightGrid-8x8-Flat-v0"])
+@pytest.mark.parametrize("k", [3, 50, 100])  # below and above the registered 32 / 64
+def test_make_max_episode_steps_sets_the_env_own_limit(env_id, k):
+    env = gym.make(env_id, max_episode_steps=k)
+    assert env.spec.max_episode_steps == env.unwrapped.spec.max_episode_steps == k
+    assert env.unwrapped.rules.max_episode_steps == k
+    check_truncates_at(env, k)
+    again = gym.make(env.spec)  # re-made from its spec, as wrappers and libraries do
+    assert again.spec.max_episode_steps == again.unwrapped.rules.max_episode_steps == k
+
+
+@pytest.mark.parametrize("env_id", ["OversightGrid-8x8-v0", "OversightGrid-Flat-v0"])
+def test_make_max_episode_steps_minus_one_keeps_the_registered_limit_without_time_limit(env_id):
+    env = gym.make(env_id, max_episode_steps=-1)
+    chain = []
+    while isinstance(env, gym.Wrapper):
+        chain.append(type(env))
+        env = env.env
+    assert gym.wrappers.TimeLimit not in chain
+    assert env.spec.max_episode_steps == env.rules.max_episode_steps == LIMIT[env_id]
+
+
+def test_the_last_allowed_move_onto_a_terminal_keeps_its_outcome_under_gym_make():
+    """Gymnasium's TimeLimit marks truncated on the limit's step whatever happened; the info is
+    still the terminal's (the env's own flags say terminated only)."""
+    for seed in range(100):
+        env = gym.make("OversightGrid-v0", max_episode_steps=1, oversight_prob=1.0)
+        obs, _ = env.reset(seed=seed)
+        s = decode_obs(obs)
+        toward = [a for a, (dr, dc) in MOVES.items()
+                  if (s.agent[0] + dr, s.agent[1] + dc) == s.diamond]
+        if toward:
+            break
+    _, reward, term, trunc, info = env.step(toward[0])
+    assert term and trunc and reward == 1.0
+    assert info["outcome"] == DIAMOND and info["length"] == 1 and info["overseen"]
+    inner = OversightGridEnv(max_episode_steps=1, oversight_prob=1.0)
+    inner.reset(seed=seed)
+    assert inner.step(toward[0])[2:4] == (True, False)
+
+
+@pytest.mark.parametrize("env_id", ["OversightGrid-8x8-v0", "OversightGrid-Flat-v0"])
+@pytest.mark.parametrize("mode", ["vector_entry_point", "sync"])
+def test_make_vec_max_episode_steps_agrees(env_id, mode):
+    k, B = 5, 3
+    venv = gym.make_vec(env_id, num_envs=B, vectorization_mode=mode, max_episode_steps=k)
+    if mode == "vector_entry_point":
+        assert venv.spec.max_episode_steps == venv.unwrapped.rules.max_episode_steps == k
+    else:  # Gymnasium's SyncVectorEnv keeps the registered spec; its envs have the limit
+        assert all(e.spec.max_episode_steps == k for e in venv.envs)
+    obs, _ = venv.reset(seed=0)
+    for t in range(1, k + 1):
+        obs, _, term, trunc, info = venv.step(np.array([safe_action(o) for o in obs]))
+        assert not term.any() and (trunc == (t == k)).all(), t
+    assert (info["outcome"] == TIMEOUT).all() and (info["length"] == k).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +528,9 @@ def test_vector_env_rejects_bad_action_batches(actions, words):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"size": 1}, ["size", "1", ">= 2"]),
+        ({"size": 1}, ["size", "1", "[2, 128]"]),
+        ({"size": 129}, ["size", "129", "[2, 128]"]),
+        ({"size": 10**6}, ["size", "1000000", "[2, 128]"]),
         ({"oversight_prob": 1.2}, ["oversight_prob", "1.2", "[0, 1]"]),
         ({"spurious_prob": -0.5}, ["spurious_prob", "-0.5", "[0, 1]"]),
         ({"reward_mode": "oracle"}, ["reward_mode", "oracle", "proxy", "terminal", "true"]),

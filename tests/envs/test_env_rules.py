@@ -13,7 +13,7 @@ from gridref import DIAMOND, GHOST, NONE, TIMEOUT, UNKNOWN, decode_obs, ref_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oversight_gr.envs import GridRules, Outcome
+from oversight_gr.envs import MAX_SIZE, GridRules, Outcome
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -56,9 +56,37 @@ def test_rules_follow_reference(size, max_steps, p, q, mode, num_envs, seed):
     check_against_reference(size, max_steps, p, q, mode, num_envs, seed)
 
 
-@pytest.mark.parametrize("size", [5, 6, 8])  # small grids use whole-state tables, larger don't
+# whole-state tables (<= 5), layout tables (6-10), arithmetic (> 10)
+@pytest.mark.parametrize("size", [5, 6, 8, 11, 23])
 def test_rules_follow_reference_by_grid_size(size):
     check_against_reference(size, 2 * size, 0.5, 0.2, "proxy", 16, size, steps=40)
+
+
+@pytest.mark.parametrize("size", [5, 8, 10, 11, 20, MAX_SIZE])
+def test_grid_tables_are_bounded_and_grow_as_cells_beyond_size_10(size):
+    """Tables indexed by state or layout (size**6 entries) exist only while they fit 80 MiB;
+    beyond, the shared tables hold O(C) entries (size 20 once built ~24 GB of tables). The
+    rules at the largest allowed size still step."""
+    rules = GridRules(2, size=size, spurious_prob=0.5, seed=0)
+    cells = size * size
+    grid = vars(rules._grid)
+    table_bytes = sum(t.numel() * t.element_size() for t in grid.values()
+                      if isinstance(t, torch.Tensor))
+    assert table_bytes <= 80 << 20, table_bytes
+    if size > 10:
+        assert table_bytes <= 100 * cells, table_bytes
+    rules.reset()
+    obs = rules.step(torch.tensor([0, 1])).obs
+    assert obs.shape == (2, 4, size, size)
+    assert (obs[:, :3].flatten(1).sum(1) == 3).all()  # one agent, one ghost, one diamond
+
+
+def test_triples_are_every_ordered_triple_of_distinct_cells_in_order():
+    c = 9
+    i, j, k = torch.meshgrid(torch.arange(c), torch.arange(c), torch.arange(c), indexing="ij")
+    distinct = (i != j) & (j != k) & (i != k)
+    expected = torch.stack([i[distinct], j[distinct], k[distinct]])
+    assert torch.equal(GridRules(1, size=3).triples, expected)
 
 
 def check_against_reference(size, max_steps, p, q, mode, num_envs, seed, steps=48):
@@ -355,7 +383,9 @@ def test_ghost_closer():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"size": 1}, ["size", "1", ">= 2"]),
+        ({"size": 1}, ["size", "1", "[2, 128]"]),
+        ({"size": 129}, ["size", "129", "[2, 128]"]),
+        ({"size": 10**6}, ["size", "1000000", "[2, 128]"]),
         ({"size": 2.5}, ["size", "2.5"]),
         ({"max_episode_steps": 0}, ["max_episode_steps", "0", ">= 1"]),
         ({"oversight_prob": 1.5}, ["oversight_prob", "1.5", "[0, 1]"]),
@@ -376,10 +406,11 @@ def test_rules_reject_bad_arguments(kwargs, words):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_rules_on_cuda_match_cpu():
+@pytest.mark.parametrize("size", [5, 8, 20])  # whole-state, layout and arithmetic tables
+def test_rules_on_cuda_match_cpu(size):
     """The same state and action give the same step on the GPU as on the CPU."""
     B = 256
-    kw = dict(size=5, max_episode_steps=8, oversight_prob=0.5, spurious_prob=0.2)
+    kw = dict(size=size, max_episode_steps=8, oversight_prob=0.5, spurious_prob=0.2)
     cpu = GridRules(B, seed=0, **kw)
     gpu = GridRules(B, seed=1, device="cuda", **kw)
     cpu.reset()
