@@ -197,23 +197,34 @@ def route_weights(
     return RouteWeights(diamond, ghost, gate_w)
 
 
-def gate_bce(gate: Tensor, route_lbl: Tensor) -> Tensor | None:
+def gate_bce(gate: Tensor, route_lbl: Tensor, balanced: bool = False) -> Tensor | None:
     """The gate loss: BCE of the gate ``[B]`` toward 1 on overseen-diamond steps and 0 on
-    overseen-ghost steps (mean over those steps); ``None`` when the batch has none."""
+    overseen-ghost steps (mean over those steps; ``balanced``: the mean of the two classes'
+    means, see :func:`gate_bce_rows`); ``None`` when the batch has none."""
     labelled = (route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)
     if not bool(labelled.any()):
         return None
-    target = (route_lbl[labelled] == ROUTE_DIAMOND).float()
-    return F.binary_cross_entropy(gate[labelled].float().clamp(1e-6, 1 - 1e-6), target)
+    return gate_bce_rows(gate.unsqueeze(0), route_lbl.unsqueeze(0), balanced)[0]
 
 
-def gate_bce_rows(gate: Tensor, route_lbl: Tensor) -> Tensor:
+def gate_bce_rows(gate: Tensor, route_lbl: Tensor, balanced: bool = False) -> Tensor:
     """:func:`gate_bce` for each row of a ``[R, N]`` batch (R training runs side by side):
-    ``[R]`` losses, 0 for a row without overseen steps (where :func:`gate_bce` gives None)."""
-    labelled = ((route_lbl == ROUTE_DIAMOND) | (route_lbl == ROUTE_GHOST)).float()
-    target = (route_lbl == ROUTE_DIAMOND).float()
-    bce = F.binary_cross_entropy(gate.float().clamp(1e-6, 1 - 1e-6), target, reduction="none")
-    return (bce * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
+    ``[R]`` losses, 0 for a row without overseen steps (where :func:`gate_bce` gives None).
+
+    ``balanced``: half the mean BCE over overseen-diamond steps plus half the mean over
+    overseen-ghost steps (a class absent from the row adds 0), so the class that happens to be
+    overseen more often cannot pull the gate toward its expert on the unlabelled states: early in
+    training the more competent expert wins the terminals, its class dominates the labels, and
+    the plain mean then starves the other expert (measured: docs/RESULTS.md, "gate_balance")."""
+    g = gate.float().clamp(1e-6, 1 - 1e-6)
+    diamond = (route_lbl == ROUTE_DIAMOND).float()
+    ghost = (route_lbl == ROUTE_GHOST).float()
+    bce = F.binary_cross_entropy(g, diamond, reduction="none")
+    if not balanced:
+        labelled = diamond + ghost
+        return (bce * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
+    return 0.5 * ((bce * diamond).sum(-1) / diamond.sum(-1).clamp_min(1.0)
+                  + (bce * ghost).sum(-1) / ghost.sum(-1).clamp_min(1.0))
 
 
 def advantages_and_returns(

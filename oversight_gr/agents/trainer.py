@@ -143,6 +143,9 @@ class TrainConfig:
     gate_loss_coef: float | None = option(None, "gate BCE coefficient on overseen episodes "
                                           "(None: 0.3 PPO, 0.01 REINFORCE as in the paper)",
                                           low=0.0)
+    gate_balance: bool = option(False, "gate loss balanced over the two overseen classes (half "
+                                "the mean BCE on overseen-diamond steps, half on overseen-ghost "
+                                "ones) instead of one mean over all overseen steps")
     max_grad_norm: float | None = option(None, "gradient clipping, 0 = off (None: 0.5 PPO, "
                                          "off REINFORCE)", low=0.0)
     unlabelled_gate_grad: float = option(1.0, "gradient weight into the gate from the policy "
@@ -595,7 +598,8 @@ class Trainer:
         total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
         gate_loss = torch.zeros_like(total)
         if self.method.gate_loss:
-            gate_loss = gate_bce_rows(out.gate, route_lbl)  # 0 for a run without overseen steps
+            # 0 for a run without overseen steps
+            gate_loss = gate_bce_rows(out.gate, route_lbl, cfg.gate_balance)
             total = total + cfg.resolved("gate_loss_coef") * gate_loss
         with torch.no_grad():  # PPO's diagnostics (REINFORCE's ratio is 1: 0 and 0)
             log_ratio = logp - old_logp

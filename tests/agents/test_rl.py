@@ -316,3 +316,20 @@ def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
     torch.testing.assert_close(ratio, gate[unl] ** 2, rtol=1e-4, atol=1e-6)
     # labelled steps are untouched by the option
     torch.testing.assert_close(grads[3.0][~unl], grads[1.0][~unl])
+
+
+def test_balanced_gate_loss_weighs_the_two_overseen_classes_equally():
+    from oversight_gr.agents.methods import ROUTE_BOTH, ROUTE_DIAMOND, ROUTE_GHOST, gate_bce
+
+    gate = torch.tensor([0.9, 0.8, 0.7, 0.4, 0.5])
+    lbl = torch.tensor([ROUTE_DIAMOND, ROUTE_DIAMOND, ROUTE_DIAMOND, ROUTE_GHOST, ROUTE_BOTH])
+    bce_d = -torch.log(gate[:3])
+    bce_g = -torch.log(1 - gate[3:4])
+    plain = torch.cat([bce_d, bce_g]).mean()
+    assert gate_bce(gate, lbl) == pytest.approx(float(plain))
+    assert gate_bce(gate, lbl, balanced=True) == pytest.approx(
+        float(0.5 * bce_d.mean() + 0.5 * bce_g.mean()))
+    only_d = torch.tensor([ROUTE_DIAMOND, ROUTE_DIAMOND, ROUTE_BOTH, ROUTE_BOTH, ROUTE_BOTH])
+    assert gate_bce(gate, only_d, balanced=True) == pytest.approx(
+        float(0.5 * -torch.log(gate[:2]).mean()))
+    assert gate_bce(gate, torch.full((5,), ROUTE_BOTH), balanced=True) is None
