@@ -106,6 +106,8 @@ def run_sb3(cfg: TrainConfig, evaluate_returns: bool = True, rollout_norm: bool 
         vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.resolved("max_grad_norm"),
         gate_loss_coef=cfg.resolved("gate_loss_coef"),
+        unlabelled_sharpness=cfg.resolved("unlabelled_sharpness"),
+        unlabelled_gate_grad=cfg.unlabelled_gate_grad,
         policy_kwargs={"hidden": cfg.hidden, "gate_input": cfg.gate_input,
                        "ortho_init": getattr(cfg, "init", "torch") == "orthogonal"},
         normalize_advantage=not rollout_norm,
@@ -289,8 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=args.oversight,
                           total_env_steps=args.steps, hidden=args.hidden,
                           num_envs=args.num_envs, rollout_steps=args.rollout_steps,
-                          threads=args.threads,
-                          unlabelled_sharpness=1.0)  # RoutedPPO implements the paper's rule
+                          threads=args.threads)
         results: dict[str, list] = {name: [] for name in args.trainers}
         for seed in range(args.speed) if args.speed else args.seeds:
             for name in args.trainers:

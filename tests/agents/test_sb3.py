@@ -268,17 +268,22 @@ def test_gate_gets_exactly_the_bce_gradient_on_overseen_samples(label, target):
     assert _norm(g, other) == 0.0
 
 
-def test_sb3_train_step_gives_the_native_routed_gradient():
+@pytest.mark.parametrize("routing_kw", [
+    {},  # both defaults: the native PPO default (sharpness 3, full gate gradient)
+    {"unlabelled_sharpness": 1.0, "unlabelled_gate_grad": 0.25},  # the paper's mixture, damped
+    {"unlabelled_sharpness": 2.0, "unlabelled_gate_grad": 0.0},
+])
+def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
     """Same weights, same rollout (every route present, ratios away from 1 so clipping acts):
-    the gradient PPO.train hands to the optimizer equals the native Trainer.loss gradient."""
+    the gradient PPO.train hands to the optimizer equals the native Trainer.loss gradient, for
+    the defaults and for other unlabelled-step rules."""
     from stable_baselines3.common.logger import Logger
 
     from oversight_gr.agents.trainer import TrainConfig, Trainer
 
     T, B = 8, 16
-    # RoutedPPO implements the paper's unlabelled rule (sharpness 1; PPO's native default is 3)
     trainer = Trainer(TrainConfig(num_envs=B, rollout_steps=T, hidden=16, oversight_prob=0.5,
-                                  total_env_steps=T * B, unlabelled_sharpness=1.0))
+                                  total_env_steps=T * B, **routing_kw))
     ro = trainer.collect()
     while not {ROUTE_DIAMOND, ROUTE_GHOST} <= set(route_labels(ro.labels).ravel().tolist()):
         ro = trainer.collect()
@@ -287,7 +292,9 @@ def test_sb3_train_step_gives_the_native_routed_gradient():
     old_logp = ro.logp + 0.3 * torch.randn(T, B, generator=gen)
 
     model = _tiny(learning_rate=0.0, max_grad_norm=1e9, normalize_advantage=False,
-                  gate_loss_coef=0.3, ent_coef=0.01, vf_coef=0.5, clip_range=0.2)
+                  gate_loss_coef=0.3, ent_coef=0.01, vf_coef=0.5, clip_range=0.2, **routing_kw)
+    if not routing_kw:
+        assert model.unlabelled_sharpness == trainer.cfg.resolved("unlabelled_sharpness") == 3.0
     model.policy.actor.load_state_dict(trainer.policy.state_dict())
     model.policy.critic.load_state_dict(trainer.value.state_dict())
     model.set_logger(Logger(folder=None, output_formats=[]))
