@@ -77,7 +77,7 @@ def test_flags_and_validation():
     args = build_parser().parse_args(
         ["sweep", "--methods", "routing", "oracle", "--oversight", "0.01", "0.5", "--seeds", "2",
          "--algos", "reinforce", "--train", "lr=1e-4", "bootstrap=false", "--device", "cuda"])
-    from oversight_gr.sweep import sweep_from_arguments
+    from oversight_gr.sweep_commands import sweep_from_arguments
 
     sweep = sweep_from_arguments(args)
     specs = build_specs(sweep)
@@ -144,10 +144,6 @@ def test_report_tables_and_figures(finished, tmp_path):
     assert "not measured" in table  # e.g. no runs at 1%
 
 
-def test_bootstrap_ci():
-    mean, lo, hi = plots.bootstrap_ci([0.1, 0.2, 0.3, 0.4])
-    assert mean == pytest.approx(0.25) and 0.1 <= lo < mean < hi <= 0.4
-    assert plots.bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -271,7 +267,7 @@ def test_batched_groups_split_by_config_and_size():
     with pytest.raises(ValueError, match="batch_runs and checkpoint_every"):
         SweepConfig(batch_runs=2, checkpoint_every=1)
     args = build_parser().parse_args(["sweep", "--batch-runs", "40"])
-    from oversight_gr.sweep import sweep_from_arguments
+    from oversight_gr.sweep_commands import sweep_from_arguments
 
     assert sweep_from_arguments(args).batch_runs == 40
 
