@@ -23,7 +23,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-
 from oversight_gr.vision.split import SplitSetting
 
 __all__ = ["Table2Preset", "TABLE2", "CERTIFICATE", "summarize", "mean_ci", "format_table"]
