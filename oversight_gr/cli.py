@@ -48,12 +48,10 @@ def build_parser(broken: list[SubcommandImportError] | None = None) -> argparse.
     parser.add_argument("--version", action="version", version=f"%(prog)s {oversight_gr.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
+        try:  # register() may import more of its module's dependencies
+            importlib.import_module(name).register(sub)
         except Exception as exc:  # a broken install must not hide or take down the others
             broken.append(SubcommandImportError(name, exc))
-            continue
-        module.register(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from oversight_gr import plots
 from oversight_gr.config import add_arguments, from_arguments
 from oversight_gr.sweep import (
     PRESETS,
@@ -83,8 +84,6 @@ def command(args: argparse.Namespace) -> int:
           f"({len(failed)} failed, {len(elsewhere)} in progress in another process); records "
           f"in {sweep.out}/records", flush=True)
     if args.report:
-        from oversight_gr import plots
-
         found = list(finished_records(sweep.out, specs).values())
         written = plots.write_report(found, Path(sweep.out) / "report",
                                      curve_oversight=args.curve_oversight)

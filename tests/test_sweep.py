@@ -292,3 +292,69 @@ def test_sigkill_of_a_batched_sweep_loses_only_the_group_in_flight(tmp_path):
     assert len(list(records.glob("*.json"))) == len(specs)
     for name, data in kept.items():
         assert (records / name).read_bytes() == data
+
+
+# -- two sweeps into one folder (claims) ------------------------------------------------------------
+def test_live_claims_are_left_alone_and_dead_ones_taken_over(tmp_path):
+    from oversight_gr import sweep as sweep_mod
+
+    sweep = tiny_sweep(tmp_path, methods=("naive",), seeds=3, eval_every=0)
+    specs = build_specs(sweep)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        claims = {specs[0].key: live.pid, specs[1].key: dead.pid}
+        for key, pid in claims.items():
+            path = sweep_mod.claim_path(tmp_path, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pid": pid, "host": sweep_mod._HOST}))
+        # a truncated claim (its writer died while writing) counts as dead too
+        sweep_mod.claim_path(tmp_path, specs[2].key).write_text('{"pid": ')
+        outcomes = {o.spec.key: o for o in run_sweep(sweep)}
+        assert outcomes[specs[0].key].status == "claimed"
+        assert f"pid {live.pid}" in outcomes[specs[0].key].error
+        assert outcomes[specs[1].key].status == outcomes[specs[2].key].status == "done"
+        assert not record_path(tmp_path, specs[0].key).exists()
+        # finished runs release their claims; the live process's claim is untouched
+        assert sorted(p.name for p in (tmp_path / "claims").glob("*.json")) == [
+            specs[0].key + ".json"]
+        assert sweep_mod.claim_run(tmp_path, specs[0].key)["pid"] == live.pid
+    finally:
+        live.kill()
+        live.wait()
+    # its process gone, the next sweep takes the run over
+    assert {o.spec.key: o.status for o in run_sweep(sweep)}[specs[0].key] == "done"
+    assert not list((tmp_path / "claims").glob("*.json"))
+
+
+TWO_SWEEPS = """
+import json, sys
+from oversight_gr.sweep import SweepConfig, run_sweep
+sweep = SweepConfig(**json.loads(sys.argv[1]))
+print(json.dumps({o.spec.key: o.status for o in run_sweep(sweep)}))
+"""
+
+
+def test_two_processes_share_one_sweep_folder_without_redoing_runs(tmp_path):
+    fields = dict(preset="quick", methods=["naive"], oversight=[0.1, 0.3], seeds=2,
+                  out=str(tmp_path), **{**TINY_FIELDS, "algos": ["reinforce"]})
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_SWEEPS, json.dumps(fields)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    specs = build_specs(SweepConfig(**{**fields, "methods": tuple(fields["methods"]),
+                                       "oversight": tuple(fields["oversight"]),
+                                       "algos": ("reinforce",)}))
+    keys = {s.key for s in specs}
+    done = [{k for k, v in r.items() if v == "done"} for r in results]
+    assert not done[0] & done[1]  # no run trained twice
+    assert done[0] | done[1] == keys  # every run trained once
+    for r, mine in zip(results, done):
+        assert set(r) == keys and all(r[k] in ("skipped", "claimed") for k in keys - mine)
+    assert all(load_record(record_path(tmp_path, s.key), s) for s in specs)
+    assert not list((tmp_path / "claims").glob("*.json"))
