@@ -476,9 +476,21 @@ def test_sb3_features_work(tmp_path):
     assert len(calls) >= 64
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
     eval_env = make_sb3_vec_env("OversightGrid-v0", 4, reward_mode="true")
+    steers = []
+    forward = model.policy.actor.forward
+
+    def recording_forward(obs, route=None, steer="none"):
+        steers.append(steer)
+        return forward(obs, route=route, steer=steer)
+
+    model.policy.actor.forward = recording_forward
     with model.steered("diamond"):
-        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=8)
-    assert -1.0 <= mean <= 1.0
+        returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=8,
+                                           return_episode_rewards=True)
+    # evaluate_policy acted through the steered gate, on the true reward, whole episodes
+    assert steers and set(steers) == {"diamond"}
+    assert len(returns) == len(lengths) == 8
+    assert set(returns) <= {-1.0, 0.0, 1.0} and all(1 <= n <= 32 for n in lengths)
 
 
 # -- learning ------------------------------------------------------------------------------------
