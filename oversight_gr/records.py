@@ -16,7 +16,8 @@ Kinds (``record["kind"]``) and the fields every record of the kind must hold:
   :func:`load_or_none` with this kind are the way for it to become strict.
 
 Every record also holds ``kind`` and ``format`` (the kind's :data:`FORMATS` version, bumped
-whenever a kind's layout or meaning changes).
+whenever a kind's layout or meaning changes). Sweep records of ``rl_run`` format 1 written
+before records named their kind are read as ``rl_run`` (their layout is unchanged).
 
 The compatibility rule is strict: a record of another format version, or missing a required
 field, is refused (:class:`RecordError`, one line naming the file and what to do). Nothing is
@@ -62,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: format version of each kind of record (bump when the layout or the meaning changes)
-FORMATS: dict[str, int] = {"rl_run": 2, "vision_table2": 1, "lm_era": 1}
+FORMATS: dict[str, int] = {"rl_run": 1, "vision_table2": 1, "lm_era": 1}
 #: fields every record of a kind must hold (besides ``kind`` and ``format``)
 REQUIRED: dict[str, tuple[str, ...]] = {
     "rl_run": ("config", "metrics", "curve", "env_steps", "reported_env_steps", "wall_seconds",
@@ -186,7 +187,9 @@ def problem(record: Any, kind: str) -> str | None:
     _kind(kind)
     if not isinstance(record, dict):
         return f"not a JSON object but {type(record).__name__}"
-    if record.get("kind") != kind:
+    # sweep records of format 1 were written before records carried their kind; the format
+    # and the required fields decide for them
+    if record.get("kind", kind) != kind:
         return f"kind {record.get('kind')!r}, expected {kind!r}"
     if record.get("format") != FORMATS[kind]:
         return (f"format {record.get('format')!r}, this version of oversight-gr reads format "

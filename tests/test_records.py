@@ -67,7 +67,7 @@ def test_save_stamps_and_load_refuses_other_formats_and_missing_fields(tmp_path)
     cases = {
         "format": lambda r: r.update(format=r["format"] + 1),
         "missing required fields ['latent']": lambda r: r.pop("latent"),
-        "kind": lambda r: r.update(kind="rl_run"),
+        "kind": lambda r: r.update(kind="rl_run"),  # a record of another kind
         "format None": lambda r: r.pop("format"),  # a record from before formats existed
     }
     for words, edit in cases.items():

@@ -130,6 +130,27 @@ def test_record_missing_a_config_field_is_redone_not_credited(finished):
         path.write_text(original)  # the fixture's records are shared with later tests
 
 
+def test_records_of_another_format_are_redone_and_kindless_format_1_ones_kept(finished):
+    """The records rule (oversight_gr.records): strict on the format version; sweep records
+    written before records carried their kind (format 1) still count."""
+    specs = build_specs(finished)
+    path = record_path(finished.out, specs[0].key)
+    original = path.read_text()
+    rec = json.loads(original)
+    assert (rec["kind"], rec["format"]) == ("rl_run", 1)
+    try:
+        del rec["kind"]
+        path.write_text(json.dumps(rec))
+        assert load_record(path, specs[0]) is not None
+        for edit in ({"format": 2}, {"kind": "vision_table2"}, {"complete": False}):
+            path.write_text(json.dumps({**rec, **edit}))
+            assert load_record(path, specs[0]) is None, edit
+        path.write_text(json.dumps({k: v for k, v in rec.items() if k != "versions"}))
+        assert [s.key for s in pending_specs(finished.out, specs)] == [specs[0].key]
+    finally:
+        path.write_text(original)  # the fixture's records are shared with later tests
+
+
 def test_report_tables_and_figures(finished, tmp_path):
     records = load_records(finished.out)
     assert len(records) == 4
