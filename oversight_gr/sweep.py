@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oversight_gr import records
 from oversight_gr.agents.batched import group_key
 from oversight_gr.agents.methods import METHODS
 from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig
-from oversight_gr import records
 from oversight_gr.config import option, validate
 
 __all__ = [

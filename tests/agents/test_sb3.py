@@ -375,7 +375,8 @@ def test_evaluate_actions_refuses_a_batch_without_labels():
 
 # -- save / load, steering, SB3 features ---------------------------------------------------------
 def test_save_load_round_trip_keeps_routing_state_and_steering(tmp_path):
-    model = _tiny(route_map={1: "diamond", 2: "ghost", 4: "both"}, gate_loss_coef=0.05)
+    model = _tiny(route_map={1: "diamond", 2: "ghost", 4: "both"}, gate_loss_coef=0.05,
+                  unlabelled_sharpness=2.0, unlabelled_gate_grad=0.5)
     model.learn(128)
     model.policy.steer = "diamond"
     model.save(tmp_path / "m.zip")
@@ -385,6 +386,7 @@ def test_save_load_round_trip_keeps_routing_state_and_steering(tmp_path):
     assert loaded.route_map == {1: "diamond", 2: "ghost", 4: "both"}
     assert all(type(k) is int for k in loaded.route_map)  # not turned into JSON strings
     assert loaded.route_info_key == "outcome" and loaded.gate_loss_coef == 0.05
+    assert (loaded.unlabelled_sharpness, loaded.unlabelled_gate_grad) == (2.0, 0.5)
     for k, v in model.policy.state_dict().items():
         assert torch.equal(v, loaded.policy.state_dict()[k]), k
     obs = np.stack([model.observation_space.sample() for _ in range(32)])
@@ -458,6 +460,11 @@ def test_ortho_init_is_the_native_orthogonal_init():
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="route_map values"):
         _tiny(route_map={1: "left"})
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="unlabelled_sharpness"):
+            _tiny(unlabelled_sharpness=bad)
+    with pytest.raises(ValueError, match="unlabelled_gate_grad"):
+        _tiny(unlabelled_gate_grad=-1.0)
     with pytest.raises(ValueError, match="RoutedMoEPolicy"):
         RoutedPPO("MlpPolicy", make_sb3_vec_env(n_envs=2), device="cpu")
 
