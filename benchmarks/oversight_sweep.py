@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import RESULTS, cpu_name, update_section  # noqa: E402
 
-from oversight_gr import plots  # noqa: E402
+from oversight_gr import plots, stats  # noqa: E402
 from oversight_gr import sweep as sweep_mod  # noqa: E402
-from oversight_gr.agents.run import versions  # noqa: E402
+from oversight_gr import sweep_commands  # noqa: E402
+from oversight_gr.records import versions  # noqa: E402
 
 FIGURES = RESULTS.parent / "figures"
 
@@ -69,7 +70,8 @@ def sweep_span(records) -> float:
 
 
 def section(sweep, specs, records, claims_by_algo, tables, figures, command, load,
-            title="") -> str:
+            title="", improvements=None) -> str:
+    improvements = improvements or {}
     v = versions()
     n_runs = len(records)
     load_text = (f" The machine was shared with other jobs (load average {load[0]:.1f} at "
@@ -96,13 +98,15 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "- Metric: the paper's average stepwise ground-truth return (512 envs x 32 steps, gamma "
         "0.97) of the steered policy (routing: gate fixed to the diamond expert; others: as "
-        "trained); mean over seeds with a 95% percentile-bootstrap CI. Reference ceilings "
+        "trained); mean over seeds with a 95% CI. " + stats.METHOD_NOTE + " Reference ceilings "
         f"(PAPER.md §2): optimal {plots.OPTIMAL_RETURN}, ghost-ignoring diamond-seeker "
         f"{plots.DIAMOND_SEEKER_RETURN}, random {plots.RANDOM_RETURN}.",
         "",
     ]
     for algo in sorted(tables):
         lines += [f"### {algo}", "", tables[algo], ""]
+        if improvements.get(algo):
+            lines += [improvements[algo], ""]
         for fig in figures.get(algo, []):
             lines.append(f"![{fig.stem}](figures/{fig.name})")
         lines.append("")
@@ -127,7 +131,7 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sweep_mod.add_sweep_arguments(parser)
+    sweep_commands.add_sweep_arguments(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="skip running; report the records already present")
     parser.add_argument("--section", default="oversight_sweep",
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                         help="write docs/RESULTS.md and docs/figures (default: on)")
     args = parser.parse_args(argv)
-    sweep = sweep_mod.sweep_from_arguments(args)
+    sweep = sweep_commands.sweep_from_arguments(args)
     specs = sweep_mod.build_specs(sweep)
     given = sys.argv[1:] if argv is None else list(argv)
     # the command that reproduces the section runs the sweep; --report-only only rebuilds it
@@ -146,9 +150,9 @@ def main(argv=None) -> int:
     rc = 0
     if not args.report_only and not args.dry_run:
         run_args = argparse.Namespace(**{**vars(args), "report": False})
-        rc = sweep_mod.command(run_args)
+        rc = sweep_commands.command(run_args)
     elif args.dry_run:
-        return sweep_mod.command(args)
+        return sweep_commands.command(args)
     records = list(sweep_mod.finished_records(sweep.out, specs).values())
     if not records:
         print("no finished runs to report")
@@ -158,6 +162,7 @@ def main(argv=None) -> int:
     rows = plots.summarize(records)
     algos = sorted({r["algo"] for r in rows})
     tables = {a: plots.markdown_table(rows, a) for a in algos}
+    improvements = {a: plots.improvement_markdown(rows, a) for a in algos}
     # both algorithms get claim rows: one that was not swept is "not measured"
     claims = {a: plots.check_claims(rows, records, a) for a in sorted({*algos, "reinforce",
                                                                           "ppo"})}
@@ -175,7 +180,8 @@ def main(argv=None) -> int:
                 figures[algo].append(dest)
         load = None if args.report_only else (load_start, os.getloadavg()[0])
         title = "" if args.section == "oversight_sweep" else f", {args.section}"
-        md = section(sweep, specs, records, claims, tables, figures, command, load, title)
+        md = section(sweep, specs, records, claims, tables, figures, command, load, title,
+                     improvements)
         print(f"wrote {update_section(args.section, md)}")
     return rc
 

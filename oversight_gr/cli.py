@@ -1,7 +1,10 @@
 """``oversight-gr``: the command-line interface.
 
 Each subcommand lives in the module that owns it and exposes ``register(subparsers)``; the
-parser is assembled here. Library code never prints; only these commands do.
+parser is assembled here. Library code never prints; only these commands do. A subcommand
+module that fails to import (a missing optional dependency, a broken install) is never hidden:
+every call warns with the module and the missing dependency, and calling one of its commands
+is an error that says the same.
 """
 
 from __future__ import annotations
@@ -16,13 +19,27 @@ import oversight_gr
 #: modules providing subcommands, in the order --help lists them
 SUBCOMMAND_MODULES = (
     "oversight_gr.agents.commands",
-    "oversight_gr.sweep",
+    "oversight_gr.sweep_commands",
     "oversight_gr.vision.commands",
     "oversight_gr.lm.commands",
 )
+#: the subcommands each module registers (so that a broken module's command is named)
+SUBCOMMANDS = {
+    "oversight_gr.agents.commands": ("train", "eval", "steer", "demo"),
+    "oversight_gr.sweep_commands": ("sweep",),
+    "oversight_gr.vision.commands": ("vision",),
+    "oversight_gr.lm.commands": ("lm",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands_of(module: str) -> tuple[str, ...]:
+    return SUBCOMMANDS.get(module, ())
+
+
+def build_parser(broken: list[SubcommandImportError] | None = None) -> argparse.ArgumentParser:
+    """The ``oversight-gr`` parser. Subcommand modules that fail to import are left out of it
+    and appended to ``broken`` (:func:`main` reports them)."""
+    broken = [] if broken is None else broken
     parser = argparse.ArgumentParser(
         prog="oversight-gr",
         description="Gradient routing for scalable oversight: train, evaluate and steer routed "
@@ -31,18 +48,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {oversight_gr.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that part of the package is not written yet
-                continue
-            raise
-        module.register(sub)
+        try:  # register() may import more of its module's dependencies
+            importlib.import_module(name).register(sub)
+        except Exception as exc:  # a broken install must not hide or take down the others
+            broken.append(SubcommandImportError(name, exc))
     return parser
 
 
+class SubcommandImportError(Exception):
+    """A subcommand module that could not be imported: the module, and the missing
+    dependency when the cause is a missing module."""
+
+    def __init__(self, module: str, cause: BaseException):
+        self.module, self.cause = module, cause
+        missing = getattr(cause, "name", None) if isinstance(cause, ImportError) else None
+        if missing and not (module == missing or module.startswith(missing + ".")):
+            what = (f"it needs the module {missing!r}, which is not installed (install "
+                    f"{missing.split('.')[0]!r}, or reinstall oversight-gr: make install)")
+        else:
+            first = str(cause).splitlines()[0] if str(cause) else ""
+            what = f"importing it raised {type(cause).__name__}: {first}"
+        super().__init__(f"the subcommands of {module} ({', '.join(_commands_of(module))}) are "
+                         f"unavailable: {what}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    broken: list[SubcommandImportError] = []
+    parser = build_parser(broken)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if broken:
+        # said on every call; a command of a broken module is an error, not "invalid choice"
+        for err in broken:
+            print(f"oversight-gr: warning: {err}", file=sys.stderr)
+        command = next((a for a in argv if not a.startswith("-")), None)
+        wanted = [err for err in broken if command in _commands_of(err.module)]
+        if wanted:
+            parser.exit(2, f"oversight-gr: error: {wanted[0]}\n")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,7 +1,9 @@
 """Tables, figures and the paper-claims check for sweep records (:mod:`oversight_gr.sweep`).
 
-All statistics are over seeds: the mean and a 95% percentile-bootstrap confidence interval of
-the mean. Figures use matplotlib's Agg backend and are saved as PNG and SVG:
+All statistics are over seeds, from :mod:`oversight_gr.stats`: the mean with a 95% confidence
+interval (Student t below 20 seeds, valid at the usual 3-5; BCa bootstrap from 20 on), and at
+each oversight level the probability that a routing run beats a run of each other method
+(Mann-Whitney form, with its interval and exact p-value). Figures use matplotlib's Agg backend and are saved as PNG and SVG:
 
 * ``return_vs_oversight``: final steered ground-truth return vs oversight fraction, log x, one
   line per method (paper Fig. 6a);
@@ -24,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from oversight_gr import stats
+
 __all__ = [
-    "bootstrap_ci",
     "summarize",
     "markdown_table",
+    "improvement_rows",
+    "improvement_markdown",
     "plot_return_vs_oversight",
     "plot_learning_curves",
     "plot_ghost_closer_unseen",
@@ -43,21 +48,6 @@ COLORS = {"routing": "C0", "naive": "C3", "filtering": "C2", "oracle": "k",
 OPTIMAL_RETURN = 0.91
 DIAMOND_SEEKER_RETURN = 0.73
 RANDOM_RETURN = -0.01
-
-
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 4000,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap CI of the mean (a single value: low = high)."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return mean, float(lo), float(hi)
 
 
 def _steered(record: dict[str, Any]) -> dict[str, Any]:
@@ -80,13 +70,15 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (algo, method, p), rs in sorted(groups.items(),
                                         key=lambda kv: (kv[0][0], _method_key(kv[0][1]), kv[0][2])):
-        ret = bootstrap_ci([_steered(r)["stepwise_return"] for r in rs])
-        gcu = bootstrap_ci([_steered(r)["p_ghost_closer_unseen"] for r in rs])
+        returns = [_steered(r)["stepwise_return"] for r in rs]
+        ret = stats.mean_interval(returns)
+        gcu = stats.mean_interval([_steered(r)["p_ghost_closer_unseen"] for r in rs])
         rows.append({
             "algo": algo, "method": method, "oversight": p, "n": len(rs),
-            "return": ret[0], "return_lo": ret[1], "return_hi": ret[2],
-            "ghost_closer_unseen": gcu[0], "ghost_closer_unseen_lo": gcu[1],
-            "ghost_closer_unseen_hi": gcu[2],
+            "return": ret.mean, "return_lo": ret.lo, "return_hi": ret.hi,
+            "return_iqm": stats.iqm(returns), "returns": returns, "interval": ret.method,
+            "ghost_closer_unseen": gcu.mean, "ghost_closer_unseen_lo": gcu.lo,
+            "ghost_closer_unseen_hi": gcu.hi,
             "env_steps": float(np.mean([r["env_steps"] for r in rs])),
             "reported_env_steps": float(np.mean([r["reported_env_steps"] for r in rs])),
             "wall_seconds": float(np.mean([r["wall_seconds"] for r in rs])),
@@ -109,8 +101,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], algo: str) -> str:
     cell = {(r["method"], r["oversight"]): r for r in rows}
     steps = sorted({int(r["env_steps"]) for r in rows})
     lines = [
-        f"Steered ground-truth return ({algo}; mean [95% bootstrap CI] (n seeds); "
-        f"{', '.join(f'{s:,}' for s in steps)} env steps per run):",
+        f"Steered ground-truth return ({algo}; mean [95% CI] (n seeds); "
+        f"{', '.join(f'{s:,}' for s in steps)} env steps per run). {stats.METHOD_NOTE}",
         "",
         "| method | " + " | ".join(_pct(p) for p in levels) + " | wall s/run |",
         "|---|" + "---|" * len(levels) + "---|",
@@ -124,9 +116,47 @@ def markdown_table(rows: Sequence[dict[str, Any]], algo: str) -> str:
                 cells.append("-")
                 continue
             walls.append(r["wall_seconds"])
-            cells.append(f"{r['return']:.3f} [{r['return_lo']:.3f}, {r['return_hi']:.3f}] "
-                         f"({r['n']})")
+            cells.append(f"{_fmt(r)} ({r['n']})")
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(walls):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def improvement_rows(rows: Sequence[dict[str, Any]], algo: str,
+                     method: str = "routing") -> list[dict[str, Any]]:
+    """At each oversight level where ``method`` ran: ``P(method > X)`` for every other method X
+    there (:func:`oversight_gr.stats.probability_of_improvement` of the steered returns)."""
+    out = []
+    for r in sorted((r for r in rows if r["algo"] == algo and r["method"] == method),
+                    key=lambda r: r["oversight"]):
+        for other in sorted((o for o in rows if o["algo"] == algo and o["method"] != method
+                             and math.isclose(o["oversight"], r["oversight"])),
+                            key=lambda o: _method_key(o["method"])):
+            imp = stats.probability_of_improvement(r["returns"], other["returns"])
+            out.append({"algo": algo, "oversight": r["oversight"], "method": method,
+                        "versus": other["method"], **imp._asdict()})
+    return out
+
+
+def improvement_markdown(rows: Sequence[dict[str, Any]], algo: str,
+                         method: str = "routing") -> str:
+    """Levels x other methods of ``P(method > X) [interval] (exact p-value)``."""
+    imps = improvement_rows(rows, algo, method)
+    if not imps:
+        return ""
+    levels = sorted({i["oversight"] for i in imps})
+    others = sorted({i["versus"] for i in imps}, key=_method_key)
+    cell = {(i["versus"], i["oversight"]): i for i in imps}
+    lines = [f"Probability that a {method} run beats a run of X ({algo}; steered returns; "
+             "P [stratified-bootstrap 95% interval] (exact Mann-Whitney p of P = 1/2)):", "",
+             "| X | " + " | ".join(_pct(p) for p in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for o in others:
+        cells = []
+        for p in levels:
+            i = cell.get((o, p))
+            cells.append("-" if i is None else
+                         f"{i['p']:.2f} [{i['lo']:.2f}, {i['hi']:.2f}] (p={i['p_value']:.2g})")
+        lines.append(f"| {o} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,9 +231,9 @@ def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
     for m, curves in by_method.items():
         n = min(len(cv) for cv in curves)
         x = np.array([np.mean([cv[i]["reported_env_steps"] for cv in curves]) for i in range(n)])
-        stats = [bootstrap_ci([cv[i]["return"] for cv in curves]) for i in range(n)]
-        out[m] = {"x": x, "mean": np.array([s[0] for s in stats]),
-                  "lo": np.array([s[1] for s in stats]), "hi": np.array([s[2] for s in stats]),
+        ivs = [stats.mean_interval([cv[i]["return"] for cv in curves]) for i in range(n)]
+        out[m] = {"x": x, "mean": np.array([s.mean for s in ivs]),
+                  "lo": np.array([s.lo for s in ivs]), "hi": np.array([s.hi for s in ivs]),
                   "n": len(curves)}
     return out
 
@@ -268,7 +298,16 @@ def _levels(rows, algo, method) -> list[float]:
 def _fmt(r: dict | None) -> str:
     if r is None:
         return "-"
+    if not math.isfinite(r["return_lo"]):
+        return f"{r['return']:.3f} [no interval: 1 seed]"
     return f"{r['return']:.3f} [{r['return_lo']:.3f}, {r['return_hi']:.3f}]"
+
+
+def _has_interval(*rs: dict | None) -> bool:
+    return all(r is not None and math.isfinite(r["return_lo"]) for r in rs)
+
+
+_ONE_SEED = "needs >= 2 seeds for a confidence interval"
 
 
 CLAIMS = (
@@ -299,6 +338,8 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
     r = _row(rows, algo, "routing", 0.01)
     if r is None:
         add("nontrivial_1pct", "not measured", "no routing runs at 1%")
+    elif not _has_interval(r):
+        add("nontrivial_1pct", "not measured", f"routing@1% {_fmt(r)}: {_ONE_SEED}")
     else:
         naive = _row(rows, algo, "naive", 0.01)
         ok = r["return_lo"] > 0.05 and (naive is None or r["return"] > naive["return"])
@@ -317,16 +358,19 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
         bases = {m: _row(rows, algo, m, p30) for m in ("naive", "filtering")}
         best = max((b for b in bases.values() if b), key=lambda b: b["return"])
         ok = r5["return_hi"] >= best["return"]
-        add("routing5_vs_baselines30", "reproduced" if ok else "not reproduced",
+        add("routing5_vs_baselines30",
+            ("reproduced" if ok else "not reproduced") if _has_interval(r5) else "not measured",
             f"routing@5% {_fmt(r5)}; " + "; ".join(f"{m}@{_pct(p30)} {_fmt(b)}"
                                                   for m, b in bases.items())
-            + ". Criterion: routing CI high >= best baseline mean.")
+            + ". Criterion: routing CI high >= best baseline mean."
+            + ("" if _has_interval(r5) else f" Routing {_ONE_SEED}."))
     # 3. filtering fails below 40%
     lv = [p for p in _levels(rows, algo, "filtering") if p < 0.4]
     if not lv:
         add("filtering_fails", "not measured", "no filtering runs below 40%")
     else:
         parts, ok = [], True
+        measured = all(_has_interval(_row(rows, algo, "filtering", p)) for p in lv)
         for p in lv:
             f = _row(rows, algo, "filtering", p)
             o = _row(rows, algo, "oracle", p)
@@ -334,9 +378,11 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
             ok &= f["return_hi"] < ceiling - 0.1
             parts.append(f"filtering@{_pct(p)} {_fmt(f)} vs oracle {o['return']:.3f}" if o else
                          f"filtering@{_pct(p)} {_fmt(f)}")
-        add("filtering_fails", "reproduced" if ok else "not reproduced",
+        add("filtering_fails",
+            ("reproduced" if ok else "not reproduced") if measured else "not measured",
             "; ".join(parts) + ". Criterion: CI high > 0.1 below the oracle at equal steps "
-            f"(or below optimal {OPTIMAL_RETURN}) at every level < 40%.")
+            f"(or below optimal {OPTIMAL_RETURN}) at every level < 40%."
+            + ("" if measured else f" Filtering {_ONE_SEED}."))
     # 4. naive exploits
     lv = [p for p in _levels(rows, algo, "naive") if p <= 0.1]
     if not lv:
@@ -434,10 +480,15 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
         if any(r["method"] in ("naive", "routing") for r in rows if r["algo"] == algo):
             written += plot_ghost_closer_unseen(rows, algo,
                                                 out_dir / f"{prefix}ghost_closer_unseen_{algo}")
+        improvement = improvement_markdown(rows, algo)
         md.append(f"## {algo}\n\n" + markdown_table(rows, algo) + "\n"
+                  + (improvement + "\n" if improvement else "")
                   + claims_markdown(check_claims(rows, records, algo)))
     table = out_dir / "table.md"
     table.write_text("\n".join(md))
     summary = out_dir / "summary.json"
-    summary.write_text(json.dumps(rows, indent=2))
+    improvements = [i for algo in sorted({r["algo"] for r in rows})
+                    for i in improvement_rows(rows, algo)]
+    summary.write_text(json.dumps({"rows": rows, "probability_of_improvement": improvements,
+                                   "method": stats.METHOD_NOTE}, indent=2))
     return [table, summary, *written]

@@ -6,12 +6,18 @@ Every run is one :func:`oversight_gr.agents.run.run_training` call (the code pat
     OUT/sweep.json            the sweep's settings and the keys of its runs (rewritten each start)
     OUT/records/KEY.json      one record per finished run, written atomically
     OUT/work/KEY/             checkpoints of a run in flight (only with --checkpoint-every)
+    OUT/claims/KEY.json       the process training a run (pid, host), removed when it ends
     OUT/report/               table and figures (:mod:`oversight_gr.plots`)
 
 ``KEY`` is a hash of the run's full :class:`TrainConfig`, so re-running a sweep skips every run
 whose record is present and valid; a missing, truncated or mismatched record is redone. Killing
 the sweep (Ctrl-C or SIGKILL) loses only the runs in flight: records are written by the driver
 with an atomic rename, and pool workers exit when their parent disappears.
+
+Two sweeps started into one ``OUT`` share its runs: each run is claimed by an exclusively
+created claim file before it starts, so neither redoes nor resumes the other's runs; the claim
+of a process that died (on this host) is taken over. The command line lives in
+:mod:`oversight_gr.sweep_commands`.
 
 Backends: ``local`` (a spawn-started process pool of ``--workers N``; with one worker the runs
 execute in the driver process itself) and ``ray`` (``--backend
@@ -29,7 +35,7 @@ loses the groups in flight. ``wall_seconds`` of a batched record is its group's 
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -38,8 +44,10 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -48,9 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oversight_gr import records
 from oversight_gr.agents.methods import METHODS
 from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig, group_key
-from oversight_gr.config import add_arguments, from_arguments, option, validate
+from oversight_gr.config import option, validate
 
 __all__ = [
     "PRESETS",
@@ -67,13 +76,16 @@ __all__ = [
     "pending_specs",
     "run_sweep",
     "steered_metrics",
-    "register",
+    "claim_path",
+    "claim_run",
+    "release_run",
 ]
 
 log = logging.getLogger(__name__)
 
-#: bump when the record layout changes (older records are then redone)
-RECORD_FORMAT = 1
+#: the format version of a sweep record (:data:`oversight_gr.records.FORMATS`; records of
+#: another version are redone)
+RECORD_FORMAT = records.FORMATS["rl_run"]
 
 PAPER_LEVELS = (0.003, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
 PAPER_UPDATES = 20_000
@@ -283,12 +295,15 @@ def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
 
 
 def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
+    """Why ``record`` cannot count as the run of ``cfg``: the records rule (kind, format,
+    required fields), then what a sweep needs of it."""
     from oversight_gr.agents.run import eval_steers
 
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if record.get("format") != RECORD_FORMAT or record.get("complete") is not True:
-        return "incomplete or old format"
+    why = records.problem(record, "rl_run")
+    if why is not None:
+        return why
+    if record.get("complete") is not True or not isinstance(record.get("key"), str):
+        return "not marked complete by a sweep"
     try:
         rcfg = current_config(record["config"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -311,13 +326,14 @@ def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
 def load_record(path: str | Path, spec: RunSpec | None = None) -> dict[str, Any] | None:
     """The record at ``path`` if it is complete and (given ``spec``) belongs to it, else None."""
     try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        log.warning("record %s is unreadable; it will be redone", path)
+        record = records.read_json(path)
+    except records.RecordError as exc:
+        log.warning("%s; it will be redone", exc)
         return None
     problem = _record_problem(record, spec.cfg if spec else None)
     if problem is not None:
-        log.warning("record %s is invalid (%s); it will be redone", path, problem)
+        log.warning("%s: not a usable record of this sweep (%s); it will be redone", path,
+                    problem)
         return None
     return record
 
@@ -341,13 +357,13 @@ def load_records(out: str | Path, keys: Sequence[str] | None = None) -> list[dic
         paths = [folder / f"{k}.json" for k in keys]
     else:
         paths = sorted(folder.glob("*.json")) if folder.exists() else []
-    records = []
+    found = []
     for path in paths:
         if path.exists():
             record = load_record(path)
             if record is not None:
-                records.append(record)
-    return records
+                found.append(record)
+    return found
 
 
 def pending_specs(out: str | Path, specs: Sequence[RunSpec]) -> list[RunSpec]:
@@ -358,9 +374,113 @@ def pending_specs(out: str | Path, specs: Sequence[RunSpec]) -> list[RunSpec]:
 
 def _finish_record(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
     record = {k: v for k, v in record.items() if k != "trainer"}
-    record.update(format=RECORD_FORMAT, key=spec.key, complete=True,
+    record = records.stamp(record, "rl_run")
+    record.update(key=spec.key, complete=True,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return record
+
+
+# -- claims: two sweeps into one folder share its runs ---------------------------------------------
+_HOST = socket.gethostname()
+
+
+def claim_path(out: str | Path, key: str) -> Path:
+    return Path(out) / "claims" / f"{key}.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _this_claimant() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": _HOST, "started": _start_time(os.getpid()),
+            "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _is_ours(holder: dict[str, Any]) -> bool:
+    return holder.get("pid") == os.getpid() and holder.get("host") == _HOST
+
+
+def _is_stale(holder: dict[str, Any] | None) -> bool:
+    """A claim is stale when it is unreadable or its process, on this host, is gone. Claims
+    of another host are taken as live: their process cannot be checked from here."""
+    if holder is None:
+        return True
+    if holder.get("host") != _HOST:
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    started = holder.get("started")
+    return started is not None and _start_time(pid) not in (None, started)  # pid reused
+
+
+@contextlib.contextmanager
+def _claims_lock(out: str | Path) -> Iterator[None]:
+    """Serialise claim decisions between processes (so two cannot take over one stale claim)."""
+    import fcntl
+
+    folder = Path(out) / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_claim(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def claim_run(out: str | Path, key: str) -> dict[str, Any] | None:
+    """Claim run ``key`` of the sweep in ``out`` for this process: ``out/claims/KEY.json``,
+    created exclusively (``O_EXCL``), holds pid and host. Returns None when the claim is ours
+    (newly made, already ours, or taken over from a dead process on this host), else the
+    live holder's claim."""
+    path = claim_path(out, key)
+    with _claims_lock(out):
+        while True:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = _read_claim(path)
+                if holder is not None and _is_ours(holder):
+                    return None
+                if not _is_stale(holder):
+                    return holder
+                log.warning("taking over the stale claim %s (%s)", path, holder)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(_this_claimant(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            return None
+
+
+def release_run(out: str | Path, key: str) -> None:
+    """Remove this process's claim on run ``key`` (another process's claim is left alone)."""
+    path = claim_path(out, key)
+    with _claims_lock(out):
+        holder = _read_claim(path)
+        if holder is not None and _is_ours(holder):
+            path.unlink(missing_ok=True)
 
 
 # -- executing one run (in a worker) ------------------------------------------------------------
@@ -443,7 +563,9 @@ def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
 # -- backends -----------------------------------------------------------------------------------
 @dataclass
 class RunOutcome:
-    """What :func:`run_sweep` yields per run: ``status`` is done / skipped / failed."""
+    """What :func:`run_sweep` yields per run: ``status`` is done / skipped / failed / claimed
+    (being trained by another live process writing into the same folder; ``error`` says
+    which)."""
 
     spec: RunSpec
     status: str
@@ -451,11 +573,31 @@ class RunOutcome:
     error: str | None = None
 
 
-def _local_results(jobs: list[tuple], workers: int) -> Iterator[tuple[int, dict]]:
+def _local_results(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[int, dict]]:
+    """Results of ``jobs`` on a pool of ``workers`` processes. A job is taken from the
+    iterator only when a worker is free, so runs are claimed as they start (another sweep into
+    the same folder can take the rest)."""
     ctx = mp.get_context("spawn")  # no fork after torch has started threads
-    pool = ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+    finished: queue.Queue = queue.Queue()
+    in_flight = 0
     try:
-        yield from pool.imap_unordered(_execute_indexed, jobs, chunksize=1)
+        for job in jobs:
+            pool.apply_async(_execute_indexed, (job,), callback=finished.put,
+                             error_callback=finished.put)
+            in_flight += 1
+            while in_flight >= workers:
+                result = finished.get()
+                in_flight -= 1
+                if isinstance(result, BaseException):
+                    raise result
+                yield result
+        while in_flight:
+            result = finished.get()
+            in_flight -= 1
+            if isinstance(result, BaseException):
+                raise result
+            yield result
         pool.close()
         pool.join()
     finally:
@@ -504,17 +646,20 @@ def run_sweep(
     Finished runs (valid records) are yielded first as ``skipped``. Each new record is written
     atomically as soon as its run ends. ``on_start(n_pending, n_total)`` is called once before
     the first run starts.
-    """
-    from oversight_gr.agents.run import versions, write_json_atomic
 
+    Several processes may run the same sweep into one folder: each run is claimed
+    (:func:`claim_run`) just before it starts, a run claimed by another live process is
+    yielded as ``claimed`` and left to it, and a run whose record appeared meanwhile as
+    ``skipped``; a claim left by a dead process is taken over.
+    """
     specs = list(build_specs(sweep) if specs is None else specs)
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "sweep.json", {
+    records.write_json_atomic(out / "sweep.json", {
         "sweep": dataclasses.asdict(sweep),
         "keys": [s.key for s in specs],
         "labels": [s.label for s in specs],
-        "versions": versions(),
+        "versions": records.versions(),
     })
     done = finished_records(out, specs)
     todo = []
@@ -528,107 +673,74 @@ def run_sweep(
     if not todo:
         return
     groups = _job_groups(todo, sweep.batch_runs)
-    jobs = [(g, [todo[i].cfg.to_dict() for i in members],
-             [str(out / "work" / todo[i].key) for i in members], sweep.checkpoint_every,
-             sweep.batch_runs > 0)
-            for g, members in enumerate(groups)]
-    if sweep.backend == "ray":
-        gpus = sweep.gpus_per_run
-        if gpus is None:
-            gpus = 1.0 / sweep.workers if sweep.device.startswith("cuda") else 0.0
-        results = _ray_results(jobs, sweep.workers, sweep.address, gpus)
-    elif sweep.workers == 1:
-        results = (_execute_indexed(job) for job in jobs)  # in this process: no start-up cost
-    else:
-        results = _local_results(jobs, sweep.workers)
-    for index, group_results in results:
-        if isinstance(group_results, dict):  # the whole job failed
-            group_results = [group_results] * len(groups[index])
-        for i, result in zip(groups[index], group_results):
-            spec = todo[i]
-            if not result["ok"]:
-                yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
-                    "traceback", ""))
+    members_of: dict[int, list[int]] = {}
+    side: list[RunOutcome] = []  # runs found claimed elsewhere or finished while claiming
+    held: set[str] = set()
+
+    def claimed_jobs() -> Iterator[tuple]:
+        for g, members in enumerate(groups):
+            mine = []
+            for i in members:
+                spec = todo[i]
+                holder = claim_run(out, spec.key)
+                if holder is not None:
+                    side.append(RunOutcome(spec, "claimed", error=(
+                        f"claimed by pid {holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('claimed_at')}")))
+                    continue
+                held.add(spec.key)
+                path = record_path(out, spec.key)
+                record = load_record(path, spec) if path.exists() else None
+                if record is not None:  # another process finished it since the scan
+                    release_run(out, spec.key)
+                    held.discard(spec.key)
+                    side.append(RunOutcome(spec, "skipped", record))
+                    continue
+                mine.append(i)
+            if not mine:
                 continue
-            record = _finish_record(spec, result["record"])
-            write_json_atomic(record_path(out, spec.key), record)
-            shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
-            yield RunOutcome(spec, "done", record)
+            members_of[g] = mine
+            yield (g, [todo[i].cfg.to_dict() for i in mine],
+                   [str(out / "work" / todo[i].key) for i in mine], sweep.checkpoint_every,
+                   sweep.batch_runs > 0)
 
+    def drain() -> Iterator[RunOutcome]:
+        while side:
+            yield side.pop(0)
 
-# -- CLI ----------------------------------------------------------------------------------------
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, SweepConfig)
-    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the table and figures to OUT/report after the runs "
-                        "(default: on)")
-    parser.add_argument("--curve-oversight", type=float, default=None,
-                        help="oversight level of the learning-curve figure (default: the "
-                        "level nearest 0.1)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the runs and how many are pending, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def sweep_from_arguments(args: argparse.Namespace) -> SweepConfig:
-    return from_arguments(SweepConfig, args)
-
-
-def command(args: argparse.Namespace) -> int:
-    """``oversight-gr sweep``: run (or resume) a sweep, then write its report."""
-    sweep = sweep_from_arguments(args)
-    specs = build_specs(sweep)
-    if args.dry_run:
-        pending = {s.key for s in pending_specs(sweep.out, specs)}
-        for s in specs:
-            print(f"{s.key}  {'pending' if s.key in pending else 'done   '}  {s.label}")
-        print(f"{len(pending)} of {len(specs)} runs pending; results in {sweep.out}")
-        return 0
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(specs), unit="run", disable=args.quiet, dynamic_ncols=True)
-    failed = []
-
-    def on_start(n_pending: int, n_total: int) -> None:
-        batched = f", batched groups of <= {sweep.batch_runs}" if sweep.batch_runs else ""
-        bar.write(f"sweep {sweep.preset}: {n_total} runs, {n_total - n_pending} already done, "
-                  f"backend {sweep.backend} x{sweep.workers}{batched}; records in "
-                  f"{sweep.out}/records")
-
-    t0 = time.perf_counter()
     try:
-        for outcome in run_sweep(sweep, specs, on_start=on_start):
-            bar.update(1)
-            if outcome.status == "failed":
-                failed.append(outcome)
-                bar.write(f"FAILED {outcome.spec.label}: {outcome.error.splitlines()[0]}")
-            elif outcome.status == "done":
-                ret = steered_metrics(outcome.record)["stepwise_return"]
-                bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
+        if sweep.backend == "ray":
+            gpus = sweep.gpus_per_run
+            if gpus is None:
+                gpus = 1.0 / sweep.workers if sweep.device.startswith("cuda") else 0.0
+            jobs = list(claimed_jobs())  # Ray schedules them all at once: claimed up front
+            yield from drain()
+            results = _ray_results(jobs, sweep.workers, sweep.address, gpus) if jobs else iter(())
+        elif sweep.workers == 1:
+            # in this process: no start-up cost
+            results = (_execute_indexed(job) for job in claimed_jobs())
+        else:
+            results = _local_results(claimed_jobs(), min(sweep.workers, len(groups)))
+        for index, group_results in results:
+            yield from drain()
+            members = members_of[index]
+            if isinstance(group_results, dict):  # the whole job failed
+                group_results = [group_results] * len(members)
+            for i, result in zip(members, group_results):
+                spec = todo[i]
+                if not result["ok"]:
+                    release_run(out, spec.key)
+                    held.discard(spec.key)
+                    yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
+                        "traceback", ""))
+                    continue
+                record = _finish_record(spec, result["record"])
+                records.write_json_atomic(record_path(out, spec.key), record)
+                shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
+                release_run(out, spec.key)
+                held.discard(spec.key)
+                yield RunOutcome(spec, "done", record)
+        yield from drain()
     finally:
-        bar.close()
-    print(f"{len(specs) - len(failed)} of {len(specs)} runs done in "
-          f"{time.perf_counter() - t0:.0f} s ({len(failed)} failed); records in "
-          f"{sweep.out}/records", flush=True)
-    if args.report:
-        from oversight_gr import plots
-
-        records = list(finished_records(sweep.out, specs).values())
-        written = plots.write_report(records, Path(sweep.out) / "report",
-                                     curve_oversight=args.curve_oversight)
-        for path in written:
-            print(f"wrote {path}")
-    return 1 if failed else 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "sweep",
-        help="methods x oversight fractions x seeds, resumable, local pool or Ray",
-        description=__doc__.split("\n\n")[0] + " Presets: " + ", ".join(
-            f"{k} ({len(v['methods'])} methods x {len(v['oversight'])} levels x "
-            f"{v['seeds']} seeds, {v['train']['total_env_steps']:,} env steps/run)"
-            for k, v in PRESETS.items()),
-    )
-    add_sweep_arguments(parser)
-    parser.set_defaults(func=command)
+        for key in list(held):  # interrupted: the runs in flight are free for others again
+            release_run(out, key)

@@ -77,7 +77,7 @@ def test_flags_and_validation():
     args = build_parser().parse_args(
         ["sweep", "--methods", "routing", "oracle", "--oversight", "0.01", "0.5", "--seeds", "2",
          "--algos", "reinforce", "--train", "lr=1e-4", "bootstrap=false", "--device", "cuda"])
-    from oversight_gr.sweep import sweep_from_arguments
+    from oversight_gr.sweep_commands import sweep_from_arguments
 
     sweep = sweep_from_arguments(args)
     specs = build_specs(sweep)
@@ -130,6 +130,27 @@ def test_record_missing_a_config_field_is_redone_not_credited(finished):
         path.write_text(original)  # the fixture's records are shared with later tests
 
 
+def test_records_of_another_format_are_redone_and_kindless_format_1_ones_kept(finished):
+    """The records rule (oversight_gr.records): strict on the format version; sweep records
+    written before records carried their kind (format 1) still count."""
+    specs = build_specs(finished)
+    path = record_path(finished.out, specs[0].key)
+    original = path.read_text()
+    rec = json.loads(original)
+    assert (rec["kind"], rec["format"]) == ("rl_run", 1)
+    try:
+        del rec["kind"]
+        path.write_text(json.dumps(rec))
+        assert load_record(path, specs[0]) is not None
+        for edit in ({"format": 2}, {"kind": "vision_table2"}, {"complete": False}):
+            path.write_text(json.dumps({**rec, **edit}))
+            assert load_record(path, specs[0]) is None, edit
+        path.write_text(json.dumps({k: v for k, v in rec.items() if k != "versions"}))
+        assert [s.key for s in pending_specs(finished.out, specs)] == [specs[0].key]
+    finally:
+        path.write_text(original)  # the fixture's records are shared with later tests
+
+
 def test_report_tables_and_figures(finished, tmp_path):
     records = load_records(finished.out)
     assert len(records) == 4
@@ -144,10 +165,6 @@ def test_report_tables_and_figures(finished, tmp_path):
     assert "not measured" in table  # e.g. no runs at 1%
 
 
-def test_bootstrap_ci():
-    mean, lo, hi = plots.bootstrap_ci([0.1, 0.2, 0.3, 0.4])
-    assert mean == pytest.approx(0.25) and 0.1 <= lo < mean < hi <= 0.4
-    assert plots.bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -271,7 +288,7 @@ def test_batched_groups_split_by_config_and_size():
     with pytest.raises(ValueError, match="batch_runs and checkpoint_every"):
         SweepConfig(batch_runs=2, checkpoint_every=1)
     args = build_parser().parse_args(["sweep", "--batch-runs", "40"])
-    from oversight_gr.sweep import sweep_from_arguments
+    from oversight_gr.sweep_commands import sweep_from_arguments
 
     assert sweep_from_arguments(args).batch_runs == 40
 
@@ -296,3 +313,69 @@ def test_sigkill_of_a_batched_sweep_loses_only_the_group_in_flight(tmp_path):
     assert len(list(records.glob("*.json"))) == len(specs)
     for name, data in kept.items():
         assert (records / name).read_bytes() == data
+
+
+# -- two sweeps into one folder (claims) ------------------------------------------------------------
+def test_live_claims_are_left_alone_and_dead_ones_taken_over(tmp_path):
+    from oversight_gr import sweep as sweep_mod
+
+    sweep = tiny_sweep(tmp_path, methods=("naive",), seeds=3, eval_every=0)
+    specs = build_specs(sweep)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        claims = {specs[0].key: live.pid, specs[1].key: dead.pid}
+        for key, pid in claims.items():
+            path = sweep_mod.claim_path(tmp_path, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"pid": pid, "host": sweep_mod._HOST}))
+        # a truncated claim (its writer died while writing) counts as dead too
+        sweep_mod.claim_path(tmp_path, specs[2].key).write_text('{"pid": ')
+        outcomes = {o.spec.key: o for o in run_sweep(sweep)}
+        assert outcomes[specs[0].key].status == "claimed"
+        assert f"pid {live.pid}" in outcomes[specs[0].key].error
+        assert outcomes[specs[1].key].status == outcomes[specs[2].key].status == "done"
+        assert not record_path(tmp_path, specs[0].key).exists()
+        # finished runs release their claims; the live process's claim is untouched
+        assert sorted(p.name for p in (tmp_path / "claims").glob("*.json")) == [
+            specs[0].key + ".json"]
+        assert sweep_mod.claim_run(tmp_path, specs[0].key)["pid"] == live.pid
+    finally:
+        live.kill()
+        live.wait()
+    # its process gone, the next sweep takes the run over
+    assert {o.spec.key: o.status for o in run_sweep(sweep)}[specs[0].key] == "done"
+    assert not list((tmp_path / "claims").glob("*.json"))
+
+
+TWO_SWEEPS = """
+import json, sys
+from oversight_gr.sweep import SweepConfig, run_sweep
+sweep = SweepConfig(**json.loads(sys.argv[1]))
+print(json.dumps({o.spec.key: o.status for o in run_sweep(sweep)}))
+"""
+
+
+def test_two_processes_share_one_sweep_folder_without_redoing_runs(tmp_path):
+    fields = dict(preset="quick", methods=["naive"], oversight=[0.1, 0.3], seeds=2,
+                  out=str(tmp_path), **{**TINY_FIELDS, "algos": ["reinforce"]})
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_SWEEPS, json.dumps(fields)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    specs = build_specs(SweepConfig(**{**fields, "methods": tuple(fields["methods"]),
+                                       "oversight": tuple(fields["oversight"]),
+                                       "algos": ("reinforce",)}))
+    keys = {s.key for s in specs}
+    done = [{k for k, v in r.items() if v == "done"} for r in results]
+    assert not done[0] & done[1]  # no run trained twice
+    assert done[0] | done[1] == keys  # every run trained once
+    for r, mine in zip(results, done):
+        assert set(r) == keys and all(r[k] in ("skipped", "claimed") for k in keys - mine)
+    assert all(load_record(record_path(tmp_path, s.key), s) for s in specs)
+    assert not list((tmp_path / "claims").glob("*.json"))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,35 +18,12 @@ from oversight_gr.agents.audit import Auditor
 from oversight_gr.agents.rundir import plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device
+from oversight_gr.records import curve_point, make_record, versions, write_json_atomic
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
            "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
-
-
-def versions() -> dict[str, str]:
-    import gymnasium
-    import numpy
-
-    import oversight_gr
-
-    return {
-        "oversight_gr": oversight_gr.__version__,
-        "torch": torch.__version__,
-        "gymnasium": gymnasium.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    tmp.replace(path)
 
 
 def eval_steers(method: str) -> tuple[str, ...]:
@@ -106,32 +81,6 @@ def evaluate_all(cfg: TrainConfig, policy: torch.nn.Module,
         )
         out[steer] = res.as_dict()
     return out
-
-
-def curve_point(evals: dict[str, dict], env_steps: int, reported_env_steps: float,
-                wall_seconds: float) -> dict[str, float]:
-    """One learning-curve entry of a record, from :func:`evaluate_all`'s result."""
-    point = {"env_steps": env_steps, "reported_env_steps": reported_env_steps,
-             "wall_seconds": wall_seconds}
-    for steer, res in evals.items():
-        point[f"return_{steer}"] = res["stepwise_return"]
-        point[f"p_ghost_closer_unseen_{steer}"] = res["p_ghost_closer_unseen"]
-    return point
-
-
-def make_record(cfg: TrainConfig, evals: dict[str, dict], curve: list[dict[str, float]],
-                env_steps: int, reported_env_steps: float, wall_seconds: float) -> dict[str, Any]:
-    """A finished run's results record (what ``results.json`` and sweep records hold)."""
-    return {
-        "config": cfg.to_dict(),
-        "metrics": evals,
-        "curve": curve,
-        "env_steps": env_steps,
-        "reported_env_steps": reported_env_steps,
-        "wall_seconds": wall_seconds,
-        "versions": versions(),
-        "seed": cfg.seed,
-    }
 
 
 def _run_dirs(run_dir: Path | None, trainer: Trainer) -> list[Path | None]:

@@ -79,6 +79,7 @@ from oversight_gr.agents.networks import (
     ValueNet,
     orthogonal_init,
 )
+from oversight_gr.agents.trainer import ALGO_DEFAULTS
 from oversight_gr.envs.core import Outcome
 from oversight_gr.envs.registration import ENV_IDS
 
@@ -108,6 +109,7 @@ DEFAULT_ROUTE_MAP: dict[Hashable, str] = {Outcome.DIAMOND: "diamond", Outcome.GH
 _TARGET_CODE = {"diamond": int(Outcome.DIAMOND), "ghost": int(Outcome.GHOST),
                 "both": int(Outcome.UNKNOWN)}
 _STEER_ALIASES = {"learned": "none"}
+_PPO_DEFAULTS = ALGO_DEFAULTS["ppo"]
 
 
 # -- the routed loss pieces ----------------------------------------------------------------------
@@ -298,6 +300,8 @@ class RoutedMoEPolicy(ActorCriticPolicy):
         self._learning = False
         self._route_source: Callable[[Tensor], Tensor | None] | None = None
         self._gate_loss_coef = 0.0
+        self._unlabelled_sharpness = 1.0
+        self._unlabelled_gate_grad = 1.0
         self._gate_losses: list[Tensor] = []
 
     def _build(self, lr_schedule) -> None:
@@ -376,11 +380,14 @@ class RoutedMoEPolicy(ActorCriticPolicy):
                     "needs the minibatch's observation tensor to look up its route labels"
                 )
         routing = labels is not None
-        out = self.actor(
-            obs,
-            route=route_weights(labels) if routing else None,
-            steer="none" if routing else self._rollout_steer(),
-        )
+        if routing:
+            # the native trainer's rule: the gate (detached inside route_weights) shapes how
+            # unlabelled steps reach the experts when the sharpness is not 1
+            feats = self.actor.features(obs)
+            out = self.actor.mix(feats, route_weights(
+                labels, feats.gate, self._unlabelled_gate_grad, self._unlabelled_sharpness))
+        else:
+            out = self.actor(obs, steer=self._rollout_steer())
         dist = self.action_dist.proba_distribution(action_logits=out.logits)
         log_prob = dist.log_prob(actions)
         entropy = dist.entropy()
@@ -400,11 +407,19 @@ class RoutedMoEPolicy(ActorCriticPolicy):
 
     @contextlib.contextmanager
     def routed_training(
-        self, source: Callable[[Tensor], Tensor | None], gate_loss_coef: float
+        self,
+        source: Callable[[Tensor], Tensor | None],
+        gate_loss_coef: float,
+        unlabelled_sharpness: float = 1.0,
+        unlabelled_gate_grad: float = 1.0,
     ) -> Iterator[list[Tensor]]:
-        """Within the block, ``evaluate_actions`` routes by ``source(obs)``; yields the list
-        that collects each minibatch's gate loss."""
+        """Within the block, ``evaluate_actions`` routes by ``source(obs)`` with
+        :func:`~oversight_gr.agents.methods.route_weights` (``unlabelled_sharpness``,
+        ``unlabelled_gate_grad`` as there); yields the list that collects each minibatch's gate
+        loss."""
         self._route_source, self._gate_loss_coef, self._gate_losses = source, gate_loss_coef, []
+        self._unlabelled_sharpness = float(unlabelled_sharpness)
+        self._unlabelled_gate_grad = float(unlabelled_gate_grad)
         try:
             yield self._gate_losses
         finally:
@@ -438,6 +453,12 @@ class RoutedPPO(PPO):
             :data:`DEFAULT_ROUTE_MAP` (``Outcome.DIAMOND`` -> diamond, ``GHOST`` -> ghost).
         gate_loss_coef: coefficient of the gate BCE on labelled steps (0 turns it off; the
             native PPO default 0.3).
+        unlabelled_sharpness: unlabelled steps send each expert gradient in proportion to
+            ``gate^k`` and ``(1 - gate)^k`` (:func:`~oversight_gr.agents.methods.route_weights`);
+            default the native PPO default (``ALGO_DEFAULTS["ppo"]``, 3); 1 is the paper's
+            plain mixture.
+        unlabelled_gate_grad: weight of the policy gradient into the gate on unlabelled steps
+            (the native default and the paper: 1).
         n_envs, env_kwargs: used only when ``env`` is an id string.
 
     Advantages are normalised per minibatch, as in SB3. For the native trainer's normalisation
@@ -445,9 +466,9 @@ class RoutedPPO(PPO):
     rollout_buffer_kwargs={"normalize_advantage": True}``.
 
     The label of an episode applies to all its steps in the rollout; steps of an episode that
-    has not ended when the rollout does train both experts and the gate (as natively). They
-    reach the experts through the plain mixture (the paper's rule, the native trainer's
-    ``unlabelled_sharpness=1``; the native PPO default is 3).
+    has not ended when the rollout does train both experts and the gate (as natively), with the
+    native trainer's ``route_weights`` (so the same ``unlabelled_sharpness`` and
+    ``unlabelled_gate_grad``).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -464,7 +485,9 @@ class RoutedPPO(PPO):
         *args: Any,
         route_info_key: str = "outcome",
         route_map: Mapping[Hashable, str] | None = None,
-        gate_loss_coef: float = 0.3,
+        gate_loss_coef: float = _PPO_DEFAULTS["gate_loss_coef"],
+        unlabelled_sharpness: float = _PPO_DEFAULTS["unlabelled_sharpness"],
+        unlabelled_gate_grad: float = 1.0,
         n_envs: int = 1,
         env_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -480,6 +503,16 @@ class RoutedPPO(PPO):
         if not float(gate_loss_coef) >= 0.0:
             raise ValueError(f"gate_loss_coef must be >= 0, got {gate_loss_coef!r}")
         self.gate_loss_coef = float(gate_loss_coef)
+        if not float(unlabelled_sharpness) >= 1.0 or not np.isfinite(unlabelled_sharpness):
+            raise ValueError(
+                f"unlabelled_sharpness must be a finite number >= 1, got {unlabelled_sharpness!r}"
+            )
+        if not float(unlabelled_gate_grad) >= 0.0 or not np.isfinite(unlabelled_gate_grad):
+            raise ValueError(
+                f"unlabelled_gate_grad must be a finite number >= 0, got {unlabelled_gate_grad!r}"
+            )
+        self.unlabelled_sharpness = float(unlabelled_sharpness)
+        self.unlabelled_gate_grad = float(unlabelled_gate_grad)
         if isinstance(env, str):
             env = self._make_env(env, n_envs, env_kwargs, kwargs.get("seed"))
         buffer_class = kwargs.get("rollout_buffer_class") or RoutedRolloutBuffer
@@ -546,7 +579,8 @@ class RoutedPPO(PPO):
     def train(self) -> None:
         """``PPO.train`` with the rollout's route labels reaching ``evaluate_actions``."""
         with self.policy.routed_training(
-            self.rollout_buffer.labels_for, self.gate_loss_coef
+            self.rollout_buffer.labels_for, self.gate_loss_coef, self.unlabelled_sharpness,
+            self.unlabelled_gate_grad,
         ) as gate_losses:
             super().train()
         if gate_losses:

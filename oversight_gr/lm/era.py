@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -48,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from oversight_gr import records as run_records
+from oversight_gr import stats as run_stats
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
@@ -435,13 +436,8 @@ METRICS = ("pre_forget", "pre_retain", "final_forget", "final_retain", "attack_f
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    # two-sided 95% Student-t quantiles for small n
-    tq = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
-          10: 2.262}.get(len(v), 1.96)
-    return float(v.mean()), float(tq * v.std(ddof=1) / math.sqrt(len(v)))
+    iv = run_stats.t_interval(values)  # 95% Student t; nan half-width with one value
+    return iv.mean, (iv.hi - iv.mean) if iv.n >= 2 else float("nan")
 
 
 def summarize(records: Iterable[Mapping]) -> list[dict]:
@@ -517,10 +513,7 @@ def save_record(rec: Mapping, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / record_name(rec["method"], rec["q"], rec["seed"])
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    os.replace(tmp, path)
-    return path
+    return run_records.write_json_atomic(path, rec, indent=1)
 
 
 def record_name(method: str, q: float, seed: int) -> str:

@@ -180,25 +180,26 @@ def _budget(train_cfg) -> dict:
 
 
 def _load_record(path: Path, preset, train_cfg) -> dict | None:
-    if not path.is_file():
+    """The finished run at ``path`` if it is a current record (:mod:`oversight_gr.records`,
+    strict: nothing is back-filled) of this setting and budget; None means "train it"."""
+    from oversight_gr import records
+
+    record = records.load_or_none(path, "vision_table2")
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    train = {k: v for k, v in record.get("train", {}).items() if k != "device"}
-    train.setdefault("precision", "fp32")  # records from before the precision option
+    train = record["train"]
+    train = {k: v for k, v in train.items() if k != "device"} if isinstance(train, dict) else None
     same = (
-        record.get("method") == json.loads(json.dumps(dataclasses.asdict(preset.setting)))
+        record["method"] == json.loads(json.dumps(dataclasses.asdict(preset.setting)))
         and train == _budget(train_cfg)
     )
     return record if same else None
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    from oversight_gr import records
+
+    records.save(path, obj, "vision_table2")
 
 
 def _table2(args: argparse.Namespace) -> int:

@@ -23,8 +23,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from oversight_gr.vision.split import SplitSetting
 
 __all__ = ["Table2Preset", "TABLE2", "CERTIFICATE", "summarize", "mean_ci", "format_table"]
@@ -104,22 +102,13 @@ def resolve(keys: Sequence[int | str]) -> list[Table2Preset]:
     return out
 
 
-# two-sided 95% Student-t quantiles for df = 1..30
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t confidence interval (nan with one value)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    if v.size == 1:
-        return float(v[0]), math.nan
-    df = v.size - 1
-    t = _T95[df - 1] if df <= len(_T95) else 1.96
-    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))
+    """Mean and half-width of the 95% Student-t confidence interval (nan with one value;
+    :func:`oversight_gr.stats.t_interval`)."""
+    from oversight_gr.stats import t_interval
+
+    iv = t_interval(values)
+    return iv.mean, (iv.hi - iv.mean) if iv.n >= 2 else math.nan
 
 
 def summarize(results: Sequence[dict]) -> dict[str, tuple[float, float]]:

@@ -268,17 +268,22 @@ def test_gate_gets_exactly_the_bce_gradient_on_overseen_samples(label, target):
     assert _norm(g, other) == 0.0
 
 
-def test_sb3_train_step_gives_the_native_routed_gradient():
+@pytest.mark.parametrize("routing_kw", [
+    {},  # both defaults: the native PPO default (sharpness 3, full gate gradient)
+    {"unlabelled_sharpness": 1.0, "unlabelled_gate_grad": 0.25},  # the paper's mixture, damped
+    {"unlabelled_sharpness": 2.0, "unlabelled_gate_grad": 0.0},
+])
+def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
     """Same weights, same rollout (every route present, ratios away from 1 so clipping acts):
-    the gradient PPO.train hands to the optimizer equals the native Trainer.loss gradient."""
+    the gradient PPO.train hands to the optimizer equals the native Trainer.loss gradient, for
+    the defaults and for other unlabelled-step rules."""
     from stable_baselines3.common.logger import Logger
 
     from oversight_gr.agents.trainer import TrainConfig, Trainer
 
     T, B = 8, 16
-    # RoutedPPO implements the paper's unlabelled rule (sharpness 1; PPO's native default is 3)
     trainer = Trainer(TrainConfig(num_envs=B, rollout_steps=T, hidden=16, oversight_prob=0.5,
-                                  total_env_steps=T * B, unlabelled_sharpness=1.0))
+                                  total_env_steps=T * B, **routing_kw))
     ro = trainer.collect()
     while not {ROUTE_DIAMOND, ROUTE_GHOST} <= set(route_labels(ro.labels).ravel().tolist()):
         ro = trainer.collect()
@@ -287,7 +292,9 @@ def test_sb3_train_step_gives_the_native_routed_gradient():
     old_logp = ro.logp + 0.3 * torch.randn(T, B, generator=gen)
 
     model = _tiny(learning_rate=0.0, max_grad_norm=1e9, normalize_advantage=False,
-                  gate_loss_coef=0.3, ent_coef=0.01, vf_coef=0.5, clip_range=0.2)
+                  gate_loss_coef=0.3, ent_coef=0.01, vf_coef=0.5, clip_range=0.2, **routing_kw)
+    if not routing_kw:
+        assert model.unlabelled_sharpness == trainer.cfg.resolved("unlabelled_sharpness") == 3.0
     model.policy.actor.load_state_dict(trainer.policy.state_dict())
     model.policy.critic.load_state_dict(trainer.value.state_dict())
     model.set_logger(Logger(folder=None, output_formats=[]))
@@ -368,7 +375,8 @@ def test_evaluate_actions_refuses_a_batch_without_labels():
 
 # -- save / load, steering, SB3 features ---------------------------------------------------------
 def test_save_load_round_trip_keeps_routing_state_and_steering(tmp_path):
-    model = _tiny(route_map={1: "diamond", 2: "ghost", 4: "both"}, gate_loss_coef=0.05)
+    model = _tiny(route_map={1: "diamond", 2: "ghost", 4: "both"}, gate_loss_coef=0.05,
+                  unlabelled_sharpness=2.0, unlabelled_gate_grad=0.5)
     model.learn(128)
     model.policy.steer = "diamond"
     model.save(tmp_path / "m.zip")
@@ -378,6 +386,7 @@ def test_save_load_round_trip_keeps_routing_state_and_steering(tmp_path):
     assert loaded.route_map == {1: "diamond", 2: "ghost", 4: "both"}
     assert all(type(k) is int for k in loaded.route_map)  # not turned into JSON strings
     assert loaded.route_info_key == "outcome" and loaded.gate_loss_coef == 0.05
+    assert (loaded.unlabelled_sharpness, loaded.unlabelled_gate_grad) == (2.0, 0.5)
     for k, v in model.policy.state_dict().items():
         assert torch.equal(v, loaded.policy.state_dict()[k]), k
     obs = np.stack([model.observation_space.sample() for _ in range(32)])
@@ -451,6 +460,11 @@ def test_ortho_init_is_the_native_orthogonal_init():
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="route_map values"):
         _tiny(route_map={1: "left"})
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="unlabelled_sharpness"):
+            _tiny(unlabelled_sharpness=bad)
+    with pytest.raises(ValueError, match="unlabelled_gate_grad"):
+        _tiny(unlabelled_gate_grad=-1.0)
     with pytest.raises(ValueError, match="RoutedMoEPolicy"):
         RoutedPPO("MlpPolicy", make_sb3_vec_env(n_envs=2), device="cpu")
 
@@ -469,9 +483,21 @@ def test_sb3_features_work(tmp_path):
     assert len(calls) >= 64
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
     eval_env = make_sb3_vec_env("OversightGrid-v0", 4, reward_mode="true")
+    steers = []
+    forward = model.policy.actor.forward
+
+    def recording_forward(obs, route=None, steer="none"):
+        steers.append(steer)
+        return forward(obs, route=route, steer=steer)
+
+    model.policy.actor.forward = recording_forward
     with model.steered("diamond"):
-        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=8)
-    assert -1.0 <= mean <= 1.0
+        returns, lengths = evaluate_policy(model, eval_env, n_eval_episodes=8,
+                                           return_episode_rewards=True)
+    # evaluate_policy acted through the steered gate, on the true reward, whole episodes
+    assert steers and set(steers) == {"diamond"}
+    assert len(returns) == len(lengths) == 8
+    assert set(returns) <= {-1.0, 0.0, 1.0} and all(1 <= n <= 32 for n in lengths)
 
 
 # -- learning ------------------------------------------------------------------------------------

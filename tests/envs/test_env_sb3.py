@@ -25,7 +25,14 @@ def test_ppo_mlp_trains_without_warnings():
             model.learn(total_timesteps=2048)
     finally:
         torch.set_num_threads(threads)
-    assert model.num_timesteps >= 2048
+    # one env, n_steps=2048: learn(2048) is exactly one rollout
+    assert model.num_timesteps == 2048
+    # the episodes SB3's Monitor saw are the env's: at most 32 moves, proxy rewards only
+    episodes = list(model.ep_info_buffer)
+    assert len(episodes) >= 2048 // 32
+    assert all(1 <= e["l"] <= 32 for e in episodes)
+    assert {e["r"] for e in episodes} <= {-1.0, 0.0, 1.0}
+    assert sum(e["l"] for e in episodes) <= 2048
     # Box(0, 1, uint8) is not an SB3 image space, so observations reach the MLP as 0/1 floats
     # (no /255 scaling)
     obs = model.policy.obs_to_tensor(env.observation_space.sample())[0]

@@ -79,13 +79,20 @@ def test_curve_precision_and_old_records(tmp_path, fake_npz):
     stamp = path.stat().st_mtime_ns
     assert cli.main(argv_fp32) == 0
     assert path.stat().st_mtime_ns != stamp
-    # a record written before the precision option existed counts as fp32 and is reused
-    record = json.loads(path.read_text())
-    del record["train"]["precision"]
-    path.write_text(json.dumps(record))
+    assert (record["kind"], record["format"]) == ("vision_table2", 1)
     stamp = path.stat().st_mtime_ns
-    assert cli.main(argv_fp32) == 0
+    assert cli.main(argv_fp32) == 0  # the same budget: reused
     assert path.stat().st_mtime_ns == stamp
+    # the records rule is strict: a record written before the precision option existed is
+    # not back-filled as fp32 but redone, and so is one without a format version
+    for edit in (lambda r: r["train"].pop("precision"), lambda r: r.pop("format")):
+        record = json.loads(path.read_text())
+        edit(record)
+        path.write_text(json.dumps(record))
+        stamp = path.stat().st_mtime_ns
+        assert cli.main(argv_fp32) == 0
+        assert path.stat().st_mtime_ns != stamp
+        assert json.loads(path.read_text())["train"]["precision"] == "fp32"
 
 
 def test_benchmark_verdicts_classify_the_papers_table():

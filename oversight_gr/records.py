@@ -1,0 +1,242 @@
+"""Run records: the JSON a finished run leaves behind, for RL runs, vision and lm.
+
+One format per kind of record, one writer, one loader, one compatibility rule.
+
+Kinds (``record["kind"]``) and the fields every record of the kind must hold:
+
+* ``rl_run`` (:func:`make_record`; ``results.json`` of ``oversight-gr train`` and the sweep's
+  ``records/KEY.json``): ``config`` (the full :class:`~oversight_gr.agents.trainer.TrainConfig`),
+  ``metrics`` (``{steer: EvalResult dict}``), ``curve``, ``env_steps``, ``reported_env_steps``,
+  ``wall_seconds``, ``versions``, ``seed``;
+* ``vision_table2`` (one Table 2 run of ``oversight-gr vision table2``): ``setting``, ``name``,
+  ``seed``, ``train``, ``method``, ``seconds``, ``test``, ``latent``;
+* ``lm_era`` (one ERA-grid run of ``oversight-gr lm era``): ``method``, ``q``, ``seed``.
+  ``oversight_gr.lm.era`` writes its records with :func:`write_json_atomic` but does not stamp
+  or check them yet (its resume compares ``config.json`` itself); :func:`save` /
+  :func:`load_or_none` with this kind are the way for it to become strict.
+
+Every record also holds ``kind`` and ``format`` (the kind's :data:`FORMATS` version, bumped
+whenever a kind's layout or meaning changes). Sweep records of ``rl_run`` format 1 written
+before records named their kind are read as ``rl_run`` (their layout is unchanged).
+
+The compatibility rule is strict: a record of another format version, or missing a required
+field, is refused (:class:`RecordError`, one line naming the file and what to do). Nothing is
+filled in with today's defaults, since a default that changed would credit the run to a setting
+it never trained with. Resuming code (sweeps, the vision table) treats a refused record as not
+done and redoes the run (:func:`load_or_none`).
+
+:func:`write_json_atomic` is the package's one JSON writer for results: a temporary file unique
+to the writer (pid and a random suffix, created exclusively) in the target's folder, flushed and
+fsynced, then renamed over the target, so a reader sees the old file or the new one, never a
+part, and two writers never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMATS",
+    "REQUIRED",
+    "RecordError",
+    "versions",
+    "write_json_atomic",
+    "read_json",
+    "curve_point",
+    "make_record",
+    "stamp",
+    "problem",
+    "validate",
+    "load",
+    "load_or_none",
+    "save",
+]
+
+log = logging.getLogger(__name__)
+
+#: format version of each kind of record (bump when the layout or the meaning changes)
+FORMATS: dict[str, int] = {"rl_run": 1, "vision_table2": 1, "lm_era": 1}
+#: fields every record of a kind must hold (besides ``kind`` and ``format``)
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "rl_run": ("config", "metrics", "curve", "env_steps", "reported_env_steps", "wall_seconds",
+               "versions", "seed"),
+    "vision_table2": ("setting", "name", "seed", "train", "method", "seconds", "test", "latent"),
+    "lm_era": ("method", "q", "seed"),
+}
+
+
+class RecordError(ValueError):
+    """A record file that cannot be used; the message is one line naming the file and what to
+    do about it."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the package, its main dependencies, Python and the platform."""
+    import gymnasium
+    import numpy
+    import torch
+
+    import oversight_gr
+
+    return {
+        "oversight_gr": oversight_gr.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (see the module docstring); returns path.
+
+    Values JSON does not know (numpy scalars, 0-d tensors) are written as floats."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=indent, default=float)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every platform can open a folder
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON at ``path``; :class:`RecordError` naming the file if it is unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RecordError(f"{path}: not readable JSON ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to have "
+                          "the run redone") from None
+
+
+# -- RL run records ----------------------------------------------------------------------------
+def curve_point(evals: dict[str, dict], env_steps: int, reported_env_steps: float,
+                wall_seconds: float) -> dict[str, float]:
+    """One learning-curve entry of an RL record, from the run's evaluations
+    (``{steer: EvalResult dict}``)."""
+    point = {"env_steps": env_steps, "reported_env_steps": reported_env_steps,
+             "wall_seconds": wall_seconds}
+    for steer, res in evals.items():
+        point[f"return_{steer}"] = res["stepwise_return"]
+        point[f"p_ghost_closer_unseen_{steer}"] = res["p_ghost_closer_unseen"]
+    return point
+
+
+def make_record(cfg: Any, evals: dict[str, dict], curve: list[dict[str, float]],
+                env_steps: int, reported_env_steps: float, wall_seconds: float) -> dict[str, Any]:
+    """A finished RL run's record (what ``results.json`` and sweep records hold); ``cfg`` is
+    its :class:`~oversight_gr.agents.trainer.TrainConfig`."""
+    return stamp({
+        "config": cfg.to_dict(),
+        "metrics": evals,
+        "curve": curve,
+        "env_steps": env_steps,
+        "reported_env_steps": reported_env_steps,
+        "wall_seconds": wall_seconds,
+        "versions": versions(),
+        "seed": cfg.seed,
+    }, "rl_run")
+
+
+# -- the compatibility rule --------------------------------------------------------------------
+def _kind(kind: str) -> str:
+    if kind not in FORMATS:
+        raise ValueError(f"unknown record kind {kind!r}; allowed: {sorted(FORMATS)}")
+    return kind
+
+
+def stamp(record: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A copy of ``record`` marked as the current format of ``kind``."""
+    return {"kind": _kind(kind), "format": FORMATS[kind], **{
+        k: v for k, v in record.items() if k not in ("kind", "format")}}
+
+
+def problem(record: Any, kind: str) -> str | None:
+    """Why ``record`` is not a current record of ``kind`` (None if it is)."""
+    _kind(kind)
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    # sweep records of format 1 were written before records carried their kind; the format
+    # and the required fields decide for them
+    if record.get("kind", kind) != kind:
+        return f"kind {record.get('kind')!r}, expected {kind!r}"
+    if record.get("format") != FORMATS[kind]:
+        return (f"format {record.get('format')!r}, this version of oversight-gr reads format "
+                f"{FORMATS[kind]} only")
+    missing = [f for f in REQUIRED[kind] if f not in record]
+    if missing:
+        return f"missing required fields {missing}"
+    if kind == "rl_run":
+        for name in ("env_steps", "reported_env_steps", "wall_seconds"):
+            v = record[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return f"{name} is not a finite number ({v!r})"
+        if not isinstance(record["config"], dict) or not isinstance(record["metrics"], dict):
+            return "config and metrics must be JSON objects"
+    return None
+
+
+def validate(record: Any, kind: str, path: str | Path | None = None) -> dict[str, Any]:
+    """``record`` if it is a current record of ``kind``, else :class:`RecordError`."""
+    why = problem(record, kind)
+    if why is not None:
+        where = f"{path}" if path is not None else "record"
+        raise RecordError(f"{where}: not a usable {kind} record ({why}); delete it (or move "
+                          "it away) to have the run redone")
+    return record
+
+
+def load(path: str | Path, kind: str) -> dict[str, Any]:
+    """The record of ``kind`` at ``path``; :class:`RecordError` if it is unreadable, of another
+    format or incomplete."""
+    return validate(read_json(path), kind, path)
+
+
+def load_or_none(path: str | Path, kind: str) -> dict[str, Any] | None:
+    """:func:`load` for resuming: None (after a warning that names the file) where the record
+    is missing or refused, so that the caller redoes the run."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load(path, kind)
+    except RecordError as exc:
+        log.warning("%s; it will be redone", exc)
+        return None
+
+
+def save(path: str | Path, record: Mapping[str, Any], kind: str) -> Path:
+    """Stamp ``record`` as ``kind``, check it, and write it with :func:`write_json_atomic`."""
+    stamped = validate(stamp(record, kind), kind, path)
+    return write_json_atomic(path, stamped, indent=1)

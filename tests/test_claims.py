@@ -1,0 +1,109 @@
+"""Each verdict rule of plots.check_claims on constructed records: reproduced, not reproduced,
+not measured. The records are built by hand (no training), so every number is known."""
+
+import pytest
+
+from oversight_gr import plots
+
+MOE = ("routing", "moe_no_routing", "constant_gate")
+
+
+def rec(method, p, ret, *, seed=0, gcu=0.5, curve=(), steps=4000, algo="ppo"):
+    """A sweep record with steered return ``ret``; ``curve``: (env_steps, reported, return)."""
+    steer = "diamond" if method in MOE else "none"
+    reported = steps * p if method == "oracle" else steps
+    return {
+        "config": {"algo": algo, "method": method, "oversight_prob": p},
+        "metrics": {steer: {"stepwise_return": ret, "p_ghost_closer_unseen": gcu}},
+        "curve": [{"env_steps": s, "reported_env_steps": r, "wall_seconds": 1.0,
+                   f"return_{steer}": v} for s, r, v in curve],
+        "env_steps": steps, "reported_env_steps": reported, "wall_seconds": 1.0, "seed": seed,
+    }
+
+
+def seeds(method, p, returns, **kw):
+    return [rec(method, p, r, seed=i, **kw) for i, r in enumerate(returns)]
+
+
+def verdict(records, cid):
+    rows = plots.summarize(records)
+    out = {c["id"]: c for c in plots.check_claims(rows, records, "ppo")}
+    return out[cid]["status"], out[cid]["evidence"]
+
+
+CASES = {
+    "nontrivial_1pct": {
+        "reproduced": seeds("routing", 0.01, [0.30, 0.32, 0.31]) + seeds("naive", 0.01, [0.1] * 3),
+        # the interval's low end is below 0.05
+        "not reproduced": seeds("routing", 0.01, [0.0, 0.05, 0.12]),
+        "not measured": seeds("routing", 0.05, [0.3, 0.3, 0.3]),
+    },
+    "routing5_vs_baselines30": {
+        "reproduced": seeds("routing", 0.05, [0.70, 0.72, 0.74])
+        + seeds("naive", 0.3, [0.72] * 3) + seeds("filtering", 0.3, [0.6] * 3),
+        "not reproduced": seeds("routing", 0.05, [0.30, 0.31, 0.32])
+        + seeds("naive", 0.3, [0.72] * 3),
+        "not measured": seeds("routing", 0.05, [0.7] * 3) + seeds("naive", 0.1, [0.7] * 3),
+    },
+    "filtering_fails": {
+        "reproduced": seeds("filtering", 0.05, [0.30, 0.35, 0.32])
+        + seeds("oracle", 0.05, [0.8] * 3),
+        "not reproduced": seeds("filtering", 0.05, [0.78, 0.80, 0.79])
+        + seeds("oracle", 0.05, [0.8] * 3),
+        "not measured": seeds("filtering", 0.5, [0.3] * 3),
+    },
+    "naive_exploits": {
+        "reproduced": seeds("naive", 0.05, [0.3] * 3, gcu=0.95),
+        "not reproduced": seeds("naive", 0.05, [0.3] * 3, gcu=0.5),
+        "not measured": seeds("naive", 0.3, [0.3] * 3, gcu=0.95),
+    },
+    # routing reaches 95% of its final 0.7 at 2,000 steps; the oracle (charged steps x p)
+    "oracle_steps": {
+        "reproduced": seeds("routing", 0.05, [0.7] * 3,
+                            curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        + seeds("oracle", 0.05, [0.8] * 3, curve=[(20000, 1000, 0.2), (120000, 6000, 0.7)],
+                steps=200000),
+        "not reproduced": seeds("routing", 0.05, [0.7] * 3,
+                                curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        + seeds("oracle", 0.05, [0.8] * 3, curve=[(40000, 2000, 0.7)], steps=80000),
+        # the oracle never reaches routing's return: no ratio to judge
+        "not measured": seeds("routing", 0.05, [0.7] * 3,
+                              curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        + seeds("oracle", 0.05, [0.4] * 3, curve=[(40000, 2000, 0.4)], steps=80000),
+    },
+    "routing_gap": {
+        "reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.9] * 3),
+        "not reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.72] * 3),
+        "not measured": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.05, [0.9] * 3),
+    },
+}
+
+
+@pytest.mark.parametrize("cid,status", [(c, s) for c, by in CASES.items() for s in by])
+def test_each_verdict_rule(cid, status):
+    got, evidence = verdict(CASES[cid][status], cid)
+    assert got == status, evidence
+    assert evidence
+
+
+def test_every_claim_has_cases_and_one_seed_has_no_interval():
+    assert set(CASES) == {cid for cid, _ in plots.CLAIMS}
+    status, evidence = verdict(seeds("routing", 0.01, [0.4]), "nontrivial_1pct")
+    assert status == "not measured" and "2 seeds" in evidence
+    # the interval is Student t: 3 seeds of (0.30, 0.32, 0.31) give mean +- 4.30 sd / sqrt(3)
+    row = plots.summarize(seeds("routing", 0.01, [0.30, 0.32, 0.31]))[0]
+    assert row["return_hi"] - row["return"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5)
+    assert row["interval"] == "t" and row["return_iqm"] == pytest.approx(0.31)
+
+
+def test_report_has_the_probability_that_routing_beats_each_method(tmp_path):
+    records = (seeds("routing", 0.05, [0.70, 0.72, 0.74]) + seeds("naive", 0.05, [0.4, 0.5, 0.6])
+               + seeds("filtering", 0.05, [0.71, 0.73, 0.2]))
+    rows = plots.summarize(records)
+    imps = {i["versus"]: i for i in plots.improvement_rows(rows, "ppo")}
+    assert imps["naive"]["p"] == 1.0 and imps["filtering"]["p"] == pytest.approx(6 / 9)
+    md = plots.improvement_markdown(rows, "ppo")
+    assert "| naive | 1.00 [1.00, 1.00] (p=0.1) |" in md
+    plots.write_report(records, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "Probability that a routing run beats" in table and "Student t" in table
