@@ -41,9 +41,10 @@ __all__ = [
     "write_report",
 ]
 
-METHOD_ORDER = ("routing", "naive", "filtering", "oracle", "moe_no_routing", "constant_gate")
+METHOD_ORDER = ("routing", "naive", "filtering", "oracle", "naive_early_stop", "moe_no_routing",
+                "constant_gate")
 COLORS = {"routing": "C0", "naive": "C3", "filtering": "C2", "oracle": "k",
-          "moe_no_routing": "C4", "constant_gate": "C1"}
+          "naive_early_stop": "C5", "moe_no_routing": "C4", "constant_gate": "C1"}
 #: reference ceilings from PAPER.md §2 (our simulation, gamma 0.97, truncated-window protocol)
 OPTIMAL_RETURN = 0.91
 DIAMOND_SEEKER_RETURN = 0.73
@@ -317,6 +318,8 @@ CLAIMS = (
     ("naive_exploits", "Naive training goes to the ghost ~100% when it is closer and unseen"),
     ("oracle_steps", "The oracle needs ~3-4x more (charged) steps than routing at <= 10%"),
     ("routing_gap", "Routing's asymptote sits ~0.2 below the oracle"),
+    ("routing_vs_early_stop", "Beyond the paper: routing beats naive reward with early stopping "
+     "whose audits are paid from the same oversight budget, at <= 5%"),
 )
 
 
@@ -446,6 +449,23 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
                 f"{_pct(p)} {g:+.3f}" for p, g in gaps.items())
             + ". Criterion: gap in [0.1, 0.3] at every level (not an asymptote unless the runs "
             "have converged).")
+    # 7. beyond the paper: the fair early-stopping baseline
+    lv = [p for p in _levels(rows, algo, "routing") if p <= 0.05
+          and _row(rows, algo, "naive_early_stop", p) is not None]
+    if not lv:
+        add("routing_vs_early_stop", "not measured",
+            "needs routing and naive_early_stop at <= 5%")
+    else:
+        pairs = {p: (_row(rows, algo, "routing", p), _row(rows, algo, "naive_early_stop", p))
+                 for p in lv}
+        measured = all(_has_interval(r) for r, _ in pairs.values())
+        ok = all(r["return_lo"] > e["return"] for r, e in pairs.values())
+        add("routing_vs_early_stop",
+            ("reproduced" if ok else "not reproduced") if measured else "not measured",
+            "; ".join(f"{_pct(p)}: routing {_fmt(r)} vs naive_early_stop {_fmt(e)}"
+                      for p, (r, e) in pairs.items())
+            + ". Criterion: routing's CI low above naive_early_stop's mean at every level "
+            "<= 5%." + ("" if measured else f" Routing {_ONE_SEED}."))
     return out
 
 

@@ -98,7 +98,13 @@ PAPER_UPDATES = 20_000
 #: On this project's 2-core CPU one such run takes about 3 h, so the preset is for a GPU/cluster;
 #: on one GPU, ``--batch-runs 40`` trains each method's 8 levels x 5 seeds as one batched group.
 #:
-#: ``quick``: 3 levels x 3 seeds x 4 methods of PPO at hidden 64, 256 envs, 0.25M env steps per
+#: ``standard``: the paper's questions at a CPU budget: 5 levels x 3 seeds x 5 methods (the
+#: early-stopping baseline too) of PPO at hidden 64, 512 envs, 5M env steps per run (by then
+#: naive's exploit has formed at p <= 5%: docs/RESULTS.md, and issue tables), curves every 0.5M;
+#: each method's 15 runs form one group with ``--batch-runs 15 --workers 2``.
+#:
+#: ``quick``: a smoke test (its budget is too short for naive's exploit to form): 3 levels
+#: x 3 seeds x 4 methods of PPO at hidden 64, 256 envs, 0.25M env steps per
 #: run, learning curves every 50k steps: 36 runs, about 15 min with ``--workers 2`` on the shared
 #: 2-core CPU (a routing run ~40 s, a single-expert run ~20 s when it has a core to itself).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -115,6 +121,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rollout_steps": 32,
             "total_env_steps": 512 * 32 * PAPER_UPDATES,
             "eval_every": 512 * 32 * 500,
+        },
+    },
+    "standard": {
+        "methods": ("routing", "naive", "filtering", "oracle", "naive_early_stop"),
+        "oversight": (0.01, 0.025, 0.05, 0.1, 0.3),
+        "seeds": 3,
+        "algos": ("ppo",),
+        "train": {
+            "hidden": 64,
+            "num_envs": 512,
+            "rollout_steps": 32,
+            "total_env_steps": 5_000_000,
+            "eval_every": 500_000,
         },
     },
     "quick": {

@@ -76,6 +76,15 @@ CASES = {
         "not reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.72] * 3),
         "not measured": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.05, [0.9] * 3),
     },
+    "routing_vs_early_stop": {
+        "reproduced": seeds("routing", 0.05, [0.70, 0.72, 0.74])
+        + seeds("naive_early_stop", 0.05, [0.6] * 3),
+        # routing's interval reaches below the early-stopping mean
+        "not reproduced": seeds("routing", 0.05, [0.5, 0.7, 0.75])
+        + seeds("naive_early_stop", 0.05, [0.62] * 3),
+        "not measured": seeds("routing", 0.1, [0.7] * 3)
+        + seeds("naive_early_stop", 0.1, [0.6] * 3),
+    },
 }
 
 
