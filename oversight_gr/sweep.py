@@ -58,8 +58,8 @@ from typing import Any
 
 from oversight_gr import records
 from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig, group_key
-from oversight_gr.config import option, validate
+from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, SEED_LIMIT, TrainConfig, group_key
+from oversight_gr.config import check_device, check_output_dir, option, validate
 
 __all__ = [
     "PRESETS",
@@ -164,7 +164,8 @@ class SweepConfig:
     oversight: tuple[float, ...] | None = option(None, "oversight fractions; None: the "
                                                  "preset's", low=0.0, high=1.0)
     seeds: int | None = option(None, "number of seeds; None: the preset's", low=1)
-    first_seed: int = option(0, "seeds are first_seed, first_seed+1, ...", low=0)
+    first_seed: int = option(0, "seeds are first_seed, first_seed+1, ...", low=0,
+                             high=SEED_LIMIT)
     algos: tuple[str, ...] | None = option(None, "algorithms; None: the preset's",
                                            choices=ALGOS)
     total_env_steps: int | None = option(None, "env steps per run; None: the preset's",
@@ -672,8 +673,8 @@ def run_sweep(
     ``skipped``; a claim left by a dead process is taken over.
     """
     specs = list(build_specs(sweep) if specs is None else specs)
-    out = Path(sweep.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_device(sweep.device, "SweepConfig.device")  # before any run starts
+    out = check_output_dir(sweep.out, "SweepConfig.out")
     records.write_json_atomic(out / "sweep.json", {
         "sweep": dataclasses.asdict(sweep),
         "keys": [s.key for s in specs],

@@ -379,3 +379,17 @@ def test_two_processes_share_one_sweep_folder_without_redoing_runs(tmp_path):
         assert set(r) == keys and all(r[k] in ("skipped", "claimed") for k in keys - mine)
     assert all(load_record(record_path(tmp_path, s.key), s) for s in specs)
     assert not list((tmp_path / "claims").glob("*.json"))
+
+
+def test_sweep_checks_device_and_output_before_any_run(tmp_path, monkeypatch):
+    import torch
+
+    from oversight_gr.sweep import SweepConfig, run_sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="SweepConfig.device is 'cuda' but no CUDA GPU"):
+        next(run_sweep(SweepConfig(device="cuda", out=str(tmp_path / "s"))))
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="SweepConfig.out .* is an existing file"):
+        next(run_sweep(SweepConfig(out=str(tmp_path / "f"))))
