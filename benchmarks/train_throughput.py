@@ -244,6 +244,7 @@ def main() -> int:
     header = [f"Command: `{cmd.strip()}` on {device_name} ({cpu_name()}), torch "
               f"{torch.__version__}.", ""]
     dev = "gpu" if args.device.startswith("cuda") else "cpu"
+    load0 = os.getloadavg()[0]
     if not args.skip_throughput:
         print("| algorithm | method | s / update | env steps / s |")
         rows, out = throughput(args)
@@ -254,6 +255,11 @@ def main() -> int:
             return f"{s:.3f} s/update ({lo / s:.2f}-{hi / s:.2f}x)"
 
         md = header + [
+            f"1-min load average {load0:.1f} before and {os.getloadavg()[0]:.1f} after, on "
+            f"{os.cpu_count()} cores (a shared machine: other jobs inflate the absolute times). "
+            f"The paper code's {lo}-{hi} s per update is quoted from PAPER.md, measured once "
+            f"when this machine reported an Intel Xeon CPU (this run: {cpu_name()}), not "
+            f"re-run: the ratios to it below hold only on the same CPU and load.", "",
             "### Throughput at paper size (H=256, 512 envs x 32 steps, full update)", "",
             "| algorithm | method | s / update (median) | env steps / s |", "|---|---|---|---|",
             *rows, "",

@@ -612,11 +612,10 @@ class Trainer:
 
     def _clip(self, max_norm: float) -> None:
         """Gradient-norm clipping, each run by its own norm."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
         if self.R == 1:
-            nn.utils.clip_grad_norm_(grads and list(self.params.values()), max_norm,
-                                     foreach=True)
+            nn.utils.clip_grad_norm_(list(self.params.values()), max_norm, foreach=True)
             return
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
         sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # [R]
         coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, [coef.view(-1, *[1] * (g.ndim - 1)) for g in grads])
