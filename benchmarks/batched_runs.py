@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["routing", "naive"])
     ap.add_argument("--precision", nargs="+", default=["fp32"])
     ap.add_argument("--section", default="batched_runs", help="docs/RESULTS.md section")
+    ap.add_argument("--tiny", action="store_true", help="tiny networks, 2 runs, one timed "
+                    "update, no whole-sweep timing: a dry run (benchmarks/gpu_suite.py --tiny)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--sweep-methods", nargs="*", default=["naive", "routing"],
                     help="also time the whole sweep command (8 runs, --batch-runs 8 vs 0) for "
@@ -130,6 +132,10 @@ def main() -> None:
                     help="env steps per run of the whole-sweep timing")
     ap.add_argument("--sweep-repeats", type=int, default=2, choices=(1, 2))
     args = ap.parse_args()
+    if args.tiny:
+        for setting in SETTINGS.values():
+            setting.update(num_envs=16, rollout_steps=4, hidden=16)
+        args.runs, args.updates, args.sweep_methods = 2, 1, []
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     R = args.runs

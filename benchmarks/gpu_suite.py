@@ -103,7 +103,7 @@ def commands(step: str, device: str, tiny: bool, out: Path) -> list[list[str]]:
                  "--device", device, "--out", str(sweep_dir), *grid]
         return [sweep]
     if step == "vision_table2_gpu":
-        size = (["--epochs", "1", "--runs", "1", "--batch-size", "256", "--limit", "2048"]
+        size = (["--epochs", "1", "--runs", "1", "--batch-size", "256", "--train-subset", "2048"]
                 if tiny else ["--epochs", "200", "--runs", "1"])
         return [_py("vision_table2.py", "--device", device, "--settings", "8",
                     "--section", step, *size)]

@@ -26,14 +26,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_doc import RESULTS, cpu_name, update_section  # noqa: E402
+from _results_doc import cpu_name, figures_dir, update_section  # noqa: E402
 
 from oversight_gr import plots, stats  # noqa: E402
 from oversight_gr import sweep as sweep_mod  # noqa: E402
 from oversight_gr import sweep_commands  # noqa: E402
 from oversight_gr.records import versions  # noqa: E402
 
-FIGURES = RESULTS.parent / "figures"
 
 
 def hardware(device: str) -> str:
@@ -168,12 +167,12 @@ def main(argv=None) -> int:
                                                                           "ppo"})}
     print((report_dir / "table.md").read_text())
     if args.docs:
-        FIGURES.mkdir(parents=True, exist_ok=True)
+        figures_dir().mkdir(parents=True, exist_ok=True)
         figures: dict[str, list[Path]] = {a: [] for a in algos}
         for path in written:
             if path.suffix not in (".png", ".svg"):
                 continue
-            dest = FIGURES / f"{args.section}_{path.name}"
+            dest = figures_dir() / f"{args.section}_{path.name}"
             shutil.copyfile(path, dest)
             algo = next((a for a in algos if f"_{a}" in path.stem), None)
             if path.suffix == ".png" and algo is not None:

@@ -48,6 +48,9 @@ from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
 PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
 PAPER_REINFORCE = dict(algo="reinforce", hidden=256, bootstrap=False, gate_input="full")
+#: the timed cells' rollout size (``--tiny`` shrinks it, and the networks, for a dry run)
+SIZE: dict = dict(num_envs=512, rollout_steps=32)
+TINY = dict(num_envs=16, rollout_steps=4, hidden=16)
 
 
 def time_updates(cfg: TrainConfig, updates: int, single_pass: bool | None = None) -> float:
@@ -89,10 +92,10 @@ def throughput(args) -> tuple[list[str], dict]:
     for label, extra, single_pass in CONFIGS:
         methods = ("routing",) if single_pass is not None else ("routing", "naive", "filtering")
         for method in methods:
-            cfg = TrainConfig(method=method, num_envs=512, rollout_steps=32, device=args.device,
-                              threads=args.threads, **extra)
+            cfg = TrainConfig(method=method, device=args.device, threads=args.threads,
+                              **{**SIZE, **extra, **(TINY if args.tiny else {})})
             s = time_updates(cfg, args.updates, single_pass)
-            sps = 512 * 32 / s
+            sps = cfg.num_envs * cfg.rollout_steps / s
             out[(label, method)] = s
             rows.append(f"| {label} | {method} | {s:.3f} | {sps:,.0f} |")
             print(rows[-1], flush=True)
@@ -102,8 +105,8 @@ def throughput(args) -> tuple[list[str], dict]:
 def gradient_agreement(args) -> list[str]:
     """Cosine and relative error of the bf16 modes' gradients against fp32's, on one fp32
     rollout from the same parameters (paper size, routing, REINFORCE as the paper)."""
-    base = TrainConfig(method="routing", num_envs=512, rollout_steps=32, device=args.device,
-                       threads=args.threads, **PAPER_REINFORCE)
+    base = TrainConfig(method="routing", device=args.device, threads=args.threads,
+                       **{**SIZE, **PAPER_REINFORCE, **(TINY if args.tiny else {})})
     ref = Trainer(base)
     ref.single_pass = False
     ro = ref.collect()
@@ -236,7 +239,13 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md")
     p.add_argument("--vs-ref", metavar="REV", help="also time against the trainer of this git "
                    "revision (part 3)")
+    p.add_argument("--section", default=None, help="docs/RESULTS.md section of part 1 "
+                   "(default: train_throughput_cpu or _gpu by --device)")
+    p.add_argument("--tiny", action="store_true", help="tiny networks and rollouts, one timed "
+                   "update: a dry run of the script (benchmarks/gpu_suite.py --tiny)")
     args = p.parse_args()
+    if args.tiny:
+        args.updates = 1
     torch.set_num_threads(args.threads)
     device_name = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
                    else f"{platform.processor() or platform.machine()} CPU, {args.threads} thread(s)")
@@ -279,7 +288,7 @@ def main() -> int:
             "| precision | cosine with fp32 | relative error |", "|---|---|---|",
             *gradient_agreement(args), ""]
         if not args.no_write:
-            section = f"train_throughput_{dev}"
+            section = args.section or f"train_throughput_{dev}"
             update_section(section, f"## Trainer speed ({section})\n\n" + "\n".join(md))
     if args.vs_ref:
         load = os.getloadavg()[0]

@@ -33,9 +33,8 @@ from oversight_gr.vision.commands import Table2Config, run_table2
 from oversight_gr.vision.table2 import CERTIFICATE, TABLE2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results_doc import RESULTS, cpu_name, update_section  # noqa: E402
+from _results_doc import cpu_name, figures_dir, update_section  # noqa: E402
 
-FIGURES = RESULTS.parent / "figures"
 
 
 def _device_name(device: str) -> str:
@@ -123,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.no_doc:
         return 0
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    figures_dir().mkdir(parents=True, exist_ok=True)
     figures = []
     for k in cfg.settings:
         src = Path(cfg.out) / f"table2_setting{k}.png"
         if src.is_file():
-            dst = FIGURES / f"{args.section}_setting{k}.png"
+            dst = figures_dir() / f"{args.section}_setting{k}.png"
             shutil.copyfile(src, dst)
             figures.append(f"[setting {k}](figures/{dst.name})")
     seconds = [r["seconds"] for r in records]

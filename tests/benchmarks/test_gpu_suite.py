@@ -79,3 +79,27 @@ def test_unknown_step_and_bad_budget_are_refused(tmp_path):
         gs.commands("nope", "cpu", True, tmp_path)
     with pytest.raises(SystemExit):
         gs.main(["run", "--out", str(tmp_path), "--device", "cpu", "--budget-minutes", "0"])
+
+
+def test_cpu_dry_run_of_every_step(tmp_path):
+    """The same script end to end at tiny sizes on the CPU: every step runs and writes its
+    section, the sweep its records, and the merge puts them into a RESULTS.md."""
+    import subprocess
+
+    out = tmp_path / "dry"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "run",
+                           "--out", str(out), "--device", "cpu", "--tiny",
+                           "--budget-minutes", "6"], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    suite = json.loads((out / "suite.json").read_text())
+    assert [s["status"] for s in suite["steps"]] == ["ok"] * 4, suite["steps"]
+    gs = _suite()
+    names = set(gs.read_sections(out / "sections.md"))
+    assert names == {"train_throughput_gpu", "batched_runs_gpu", "oversight_sweep_paper_gpu",
+                     "vision_table2_gpu"}
+    assert len(list((out / "sweep_paper" / "records").glob("*.json"))) == 16  # 4 methods x 2 x 2
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.parent.mkdir()
+    assert set(gs.merge(tmp_path / "dry.tar.gz", results)) == names
+    assert (tmp_path / "docs" / "figures" / "vision_table2_gpu_setting8.png").exists()
