@@ -15,9 +15,9 @@ import torch
 
 from oversight_gr.agents.evaluation import evaluate, evaluate_runs
 from oversight_gr.agents.audit import Auditor
-from oversight_gr.agents.rundir import plan_run_dir
+from oversight_gr.agents.rundir import hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
-from oversight_gr.config import check_device
+from oversight_gr.config import check_device, check_output_dir
 from oversight_gr.records import curve_point, make_record, versions, write_json_atomic
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
@@ -159,6 +159,26 @@ def run_training(
         "reported_env_steps", "wall_seconds", "versions", "seed"}`` (and ``"trainer"``), or a
         list of such records (without ``"trainer"``) for a group.
     """
+    if run_dir is None:
+        return _run_training(cfg, None, tensorboard=tensorboard,
+                             checkpoint_every=checkpoint_every, on_change=on_change,
+                             progress=progress)
+    run_dir = check_output_dir(run_dir, "run_dir")
+    with hold_run_dir(run_dir):  # one training process per run directory
+        return _run_training(cfg, run_dir, tensorboard=tensorboard,
+                             checkpoint_every=checkpoint_every, on_change=on_change,
+                             progress=progress)
+
+
+def _run_training(
+    cfg: TrainConfig | list[TrainConfig],
+    run_dir: str | Path | None = None,
+    *,
+    tensorboard: bool = True,
+    checkpoint_every: int = 0,
+    on_change: str = "refuse",
+    progress: Callable[[Trainer, Any], None] | None = None,
+) -> dict[str, Any] | list[dict[str, Any]]:
     single = isinstance(cfg, TrainConfig)
     cfgs = [cfg] if single else list(cfg)
     run_dir = Path(run_dir) if run_dir is not None else None

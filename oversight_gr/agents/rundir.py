@@ -16,15 +16,20 @@ not count as differences.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from oversight_gr.config import check_output_dir
 
-__all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_differences"]
+__all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_differences",
+           "hold_run_dir"]
 
 #: what to do when run_dir holds a run with another config
 ON_CHANGE = ("refuse", "extend", "overwrite")
@@ -132,3 +137,33 @@ def _remove_run(d: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+#: the lock file a training process holds in its run directory
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Hold ``run_dir`` for one training process: a second process training into the same
+    directory is refused (ValueError naming the holder) instead of both writing checkpoints over
+    each other. The lock is the operating system's (``flock``), so it goes with a killed
+    process."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    fh = open(d / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ValueError(f"run_dir {str(d)!r} is in use by {holder}; wait for it to end or "
+                             "pass another --run-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield d
+    finally:
+        fh.close()

@@ -133,3 +133,29 @@ def test_cli_train_refuses_a_changed_config_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base[:-1] + [str(tmp_path / "file"), "--total-env-steps", "64"])
     assert "is an existing file" in capsys.readouterr().err
+
+
+def test_a_second_process_training_into_the_same_run_dir_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from oversight_gr.agents.run import run_training
+    from oversight_gr.agents.trainer import TrainConfig
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from oversight_gr.agents.rundir import "
+         "hold_run_dir\nwith hold_run_dir(sys.argv[1]):\n    print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
+        with pytest.raises(ValueError, match=rf"is in use by pid {holder.pid}"):
+            run_training(cfg, tmp_path, tensorboard=False)
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)  # the lock went with the killed process
+    cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
+    assert run_training(cfg, tmp_path, tensorboard=False)["env_steps"] == 32
