@@ -51,7 +51,7 @@ from torch import Tensor
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
-from oversight_gr.routing import RouteTable
+from oversight_gr.lm.own_model import era_route_table, era_weights
 
 log = logging.getLogger(__name__)
 
@@ -314,21 +314,14 @@ def era_route_fn(model_widths: Mapping[int, int], new_units: Mapping[int, slice]
                  forget_weight: float, specificity: Tensor | None,
                  floor: float = 0.0) -> RouteFn:
     """The ERA routing rule as a function of the targets and their document flags."""
-    tables = {}
-    for layer, units in new_units.items():
-        width = model_widths[layer]
-        forget_row = torch.full((width,), float(forget_weight))
-        forget_row[units] = 1.0
-        # label 0: retain (all ones); label 1: forget
-        tables[layer] = RouteTable.from_mapping(width, {0: torch.ones(width), 1: forget_row})
+    tables = {layer: era_route_table(model_widths[layer], units, forget_weight)
+              for layer, units in new_units.items()}
 
     def route(y: Tensor, _forget: Tensor, labelled: Tensor) -> dict[int, Tensor]:
         t = labelled.float()
         if specificity is not None:
             t = t * (floor + (1.0 - floor) * specificity.to(y.device)[y])
-        ones, zeros = torch.ones_like(y), torch.zeros_like(y)
-        return {"mlp_grad": {layer: tab.interpolate(ones, zeros, t)
-                             for layer, tab in tables.items()}}
+        return {"mlp_grad": {layer: era_weights(tab, t) for layer, tab in tables.items()}}
 
     return route
 
