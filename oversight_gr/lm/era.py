@@ -56,7 +56,8 @@ from oversight_gr.lm.own_model import era_route_table, era_weights
 log = logging.getLogger(__name__)
 
 __all__ = ["ERAConfig", "LMData", "prepare_data", "train", "evaluate", "retrain_attack",
-           "run_method", "summarize", "markdown_table", "plot_forget_retain", "METHODS"]
+           "run_method", "summarize", "summary_json", "write_json", "markdown_table",
+           "plot_forget_retain", "METHODS"]
 
 METHODS = ("era", "filter", "plain", "expand_control", "rmu")
 
@@ -72,6 +73,10 @@ class ERAConfig:
     keywords: tuple[str, ...] | None = option(
         None, "forget-topic words (default: war words for Shakespeare, forest words for "
         "TinyStories; for JSONL, label by these instead of the 'forget' field)")
+    topic: str = option(
+        "histories", "Shakespeare forget topic: 'histories' = the documents of the ten English "
+        "history plays (oversight_gr.lm.data.HISTORY_PLAYS, 28% of the text), 'war' = the "
+        "documents containing a war word (or one of --keywords)", choices=("histories", "war"))
     doc_chars: int = option(1000, "minimum characters per Shakespeare document", low=50)
     max_docs: int = option(20000, "at most this many TinyStories documents", low=10)
     tokenizer: str = option("bpe", "bpe: byte-level BPE trained on the corpus; gpt2: GPT-2's",
@@ -89,6 +94,9 @@ class ERAConfig:
     expand_layers: tuple[int, ...] = option((0, 1), "layers whose MLP ERA expands", low=0)
     expand_k: int = option(32, "MLP units added per expanded layer", low=1)
     forget_weight: float = option(-0.75, "route weight of the original units on forget tokens")
+    retain_new_weight: float = option(
+        1.0, "route weight of the new units on retain tokens (the paper: 1, retain data trains "
+        "everything; 0 keeps the new units for the forget tokens)")
     l1: float = option(1e-4, "L1 coefficient on the new units' activations (summed over "
                        "units, averaged over tokens)", low=0.0)
     soften: bool = option(True, "soften each forget token's route by its topic specificity")
@@ -118,6 +126,9 @@ class ERAConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.corpus == "shakespeare" and self.topic == "histories" and self.keywords:
+            raise ValueError(f"ERAConfig.keywords {list(self.keywords)} label documents by word: "
+                             "they need topic 'war', not 'histories'")
         if self.corpus == "jsonl" and not self.corpus_path:
             raise ValueError("ERAConfig.corpus_path is required when corpus is 'jsonl'")
         if self.val_frac + self.attack_frac >= 0.9:
@@ -165,6 +176,8 @@ class LMData:
 
 def load_corpus(cfg: ERAConfig) -> lm_data.Corpus:
     if cfg.corpus == "shakespeare":
+        if cfg.topic == "histories":
+            return lm_data.load_shakespeare(doc_chars=cfg.doc_chars, plays=lm_data.HISTORY_PLAYS)
         return lm_data.load_shakespeare(cfg.keywords or lm_data.WAR_WORDS, cfg.doc_chars)
     if cfg.corpus == "jsonl":
         return lm_data.load_jsonl(cfg.corpus_path, cfg.keywords)
@@ -312,9 +325,9 @@ def retrain_attack(model: GPT, data: LMData, cfg: ERAConfig, seed: int) -> dict[
 
 def era_route_fn(model_widths: Mapping[int, int], new_units: Mapping[int, slice],
                  forget_weight: float, specificity: Tensor | None,
-                 floor: float = 0.0) -> RouteFn:
+                 floor: float = 0.0, retain_new_weight: float = 1.0) -> RouteFn:
     """The ERA routing rule as a function of the targets and their document flags."""
-    tables = {layer: era_route_table(model_widths[layer], units, forget_weight)
+    tables = {layer: era_route_table(model_widths[layer], units, forget_weight, retain_new_weight)
               for layer, units in new_units.items()}
 
     def route(y: Tensor, _forget: Tensor, labelled: Tensor) -> dict[int, Tensor]:
@@ -405,7 +418,8 @@ def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig,
         if method == "era":
             spec = (lm_data.token_specificity(stream, data.vocab_size) if cfg.soften else None)
             route = era_route_fn({i: model.blocks[i].mlp.width for i in new}, new,
-                                 cfg.forget_weight, spec, cfg.route_floor)
+                                 cfg.forget_weight, spec, cfg.route_floor,
+                                 cfg.retain_new_weight)
         train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, route=route,
               l1_units=new, l1=cfg.l1, callback=cb("train"), **common)
         rec["pre_forget"], rec["pre_retain"] = ev(model)
@@ -424,7 +438,8 @@ def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig,
 # --------------------------------------------------------------------------------------------
 # results
 
-METRICS = ("pre_forget", "pre_retain", "final_forget", "final_retain", "attack_forget")
+METRICS = ("pre_forget", "pre_retain", "ablated_forget", "ablated_retain", "final_forget",
+           "final_retain", "attack_forget")
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -463,8 +478,9 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
         m, c = mc
         return f"{m:.3f}" if math.isnan(c) else f"{m:.3f} ± {c:.3f}"
     head = ("| method | q | seeds | forget before ablation | retain before ablation | "
-            "forget after | retain after | forget after attack |")
-    lines = [head, "|" + "---|" * 8]
+            "forget ablated | retain ablated | forget after | retain after | "
+            "forget after attack |")
+    lines = [head, "|" + "---|" * (3 + len(METRICS))]
     for r in rows:
         q = "-" if r["q"] is None else f"{r['q']:g}"
         lines.append(f"| {r['method']} | {q} | {r['n']} | "
@@ -505,15 +521,43 @@ def plot_forget_retain(rows: Sequence[Mapping], path: str | Path) -> Path:
     return path
 
 
-def save_record(rec: Mapping, out_dir: str | Path) -> Path:
-    """Write one run's record atomically as ``{method}_q{q}_s{seed}.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / record_name(rec["method"], rec["q"], rec["seed"])
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as JSON atomically (a temporary file, then a rename): the one writer of
+    this module's records and summaries."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
     return path
+
+
+def save_record(rec: Mapping, out_dir: str | Path) -> Path:
+    """Write one run's record atomically as ``{method}_q{q}_s{seed}.json``."""
+    return write_json(Path(out_dir) / record_name(rec["method"], rec["q"], rec["seed"]), rec)
+
+
+#: summary JSON key of each record metric (``after`` = after ablation and the retain fine-tune
+#: for ERA and the control, the trained model for the baselines)
+SUMMARY_KEYS = {"pre_forget": "forget_before", "pre_retain": "retain_before",
+                "ablated_forget": "forget_ablated", "ablated_retain": "retain_ablated",
+                "final_forget": "forget_after", "final_retain": "retain_after",
+                "attack_forget": "forget_after_attack"}
+
+
+def summary_json(rows: Sequence[Mapping], **extra) -> dict:
+    """Rows of :func:`summarize` in the schema of ``docs/lm_era_summary.json``:
+    ``{"rows": [{"method", "q", "seeds", "forget_after", ..., "forget_after_ci95", ...}]}``
+    (means over seeds, 95% CI half-widths; NaN, for one seed, becomes null), plus ``extra``."""
+    out_rows = []
+    for r in rows:
+        row = {"method": r["method"], "q": r["q"], "seeds": r["n"]}
+        for metric, key in SUMMARY_KEYS.items():
+            mean, ci = r[metric]
+            row[key] = mean
+            row[key + "_ci95"] = None if math.isnan(ci) else ci
+        out_rows.append(row)
+    return {**extra, "rows": out_rows}
 
 
 def record_name(method: str, q: float, seed: int) -> str:
@@ -572,7 +616,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
         if old != json.loads(json.dumps(conf)):
             raise ValueError(f"{out} holds results of another configuration; choose another --out")
     else:
-        conf_path.write_text(json.dumps(conf, indent=1))
+        write_json(conf_path, conf)
     records = []
     for method, q, seed in plan_runs(qs, seeds, methods):
         path = out / record_name(method, q, seed)

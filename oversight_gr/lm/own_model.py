@@ -160,12 +160,16 @@ def expand(model: nn.Module, mlps: Sequence[MLPPair], k: int,
     return exp
 
 
-def era_route_table(width: int, new_units: slice, forget_weight: float) -> RouteTable:
-    """Label 0 (retain): ones; label 1 (forget): ``forget_weight`` on the original units, 1 on
-    ``new_units``."""
+def era_route_table(width: int, new_units: slice, forget_weight: float,
+                    retain_new_weight: float = 1.0) -> RouteTable:
+    """Label 0 (retain): 1 on the original units, ``retain_new_weight`` on ``new_units`` (the
+    paper: 1, retain data trains everything); label 1 (forget): ``forget_weight`` on the
+    original units, 1 on ``new_units``."""
     forget_row = torch.full((width,), float(forget_weight))
     forget_row[new_units] = 1.0
-    return RouteTable.from_mapping(width, {0: torch.ones(width), 1: forget_row})
+    retain_row = torch.ones(width)
+    retain_row[new_units] = float(retain_new_weight)
+    return RouteTable.from_mapping(width, {0: retain_row, 1: forget_row})
 
 
 def era_weights(table: RouteTable, strength: Tensor) -> Tensor:
@@ -176,7 +180,8 @@ def era_weights(table: RouteTable, strength: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def routed(exp: Expansion, strength: Tensor, forget_weight: float = -0.75) -> Iterator[list[Tensor]]:
+def routed(exp: Expansion, strength: Tensor, forget_weight: float = -0.75,
+           retain_new_weight: float = 1.0) -> Iterator[list[Tensor]]:
     """Route the forward/backward passes run inside the block.
 
     Args:
@@ -184,6 +189,7 @@ def routed(exp: Expansion, strength: Tensor, forget_weight: float = -0.75) -> It
         strength: ``[B, T]`` forget strength of each position's *target* token (1 = labelled
             forget, 0 = retain; e.g. the label times a topic-specificity score).
         forget_weight: gradient weight of the original units on forget tokens (paper: -0.75).
+        retain_new_weight: gradient weight of the new units on retain tokens (paper: 1).
 
     Yields:
         a list that collects, per pair and forward pass, the new units' activations
@@ -192,7 +198,8 @@ def routed(exp: Expansion, strength: Tensor, forget_weight: float = -0.75) -> It
     acts: list[Tensor] = []
     handles = []
     for (_, down), units in zip(exp.layers(), exp.new_units):
-        weights = era_weights(era_route_table(down.in_features, units, forget_weight), strength)
+        weights = era_weights(era_route_table(down.in_features, units, forget_weight,
+                                              retain_new_weight), strength)
 
         def hook(_mod, inputs, w=weights, units=units):
             h = inputs[0]

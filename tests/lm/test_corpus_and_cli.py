@@ -26,6 +26,15 @@ def test_shakespeare_corpus_loader():
     corpus = D.load_shakespeare()
     assert 3000 < len(corpus.docs) < 6000
     assert 0.15 < corpus.forget_fraction < 0.3
+    plays = D.load_shakespeare(plays=D.HISTORY_PLAYS)
+    assert plays.docs == corpus.docs
+    assert 0.25 < plays.forget_fraction < 0.31
+    # the topic is learnable: its cast and places recur across the history plays only
+    share = {f: sum("KING" in d or "England" in d for d, g in zip(plays.docs, plays.forget)
+                    if g == f) / sum(g == f for g in plays.forget) for f in (True, False)}
+    assert share[True] > 0.4 and share[False] < 0.1
+    with pytest.raises(ValueError, match="unknown Shakespeare texts"):
+        D.load_shakespeare(plays=["hamlet", "henry_ix"])
 
 
 def test_cache_dir_env(tmp_path, monkeypatch):

@@ -110,6 +110,12 @@ def test_filter_stream_drops_only_labelled_docs(data):
     assert filt.forget.any()  # unlabelled forget docs stay
 
 
+def test_history_topic_requires_no_keywords():
+    with pytest.raises(ValueError, match="topic 'war'"):
+        E.ERAConfig(keywords=("war",))
+    assert E.ERAConfig(topic="war", keywords=("war",)).keywords == ("war",)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="forget_weight"):
         E.ERAConfig(forget_weight="x")
@@ -130,6 +136,13 @@ def test_tiny_end_to_end_era_and_resume(data, tmp_path):
     rows = E.summarize(recs)
     assert {(r["method"], r["q"]) for r in rows} >= {("era", 0.5), ("plain", None)}
     assert "| era | 0.5 |" in E.markdown_table(rows)
+    js = E.summary_json(rows, wall_s=1.0)
+    assert js["wall_s"] == 1.0
+    row = next(r for r in js["rows"] if r["method"] == "era")
+    assert row["q"] == 0.5 and row["seeds"] == 1 and row["forget_after_ci95"] is None
+    assert row["forget_after"] == era["final_forget"]
+    assert row["forget_after_attack"] == era["attack_forget"]
+    assert row["retain_after"] == era["final_retain"]
     assert E.plot_forget_retain(rows, tmp_path / "fig.png").stat().st_size > 0
     # resuming redoes nothing; another configuration is refused
     again = E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path, data=None)
