@@ -107,7 +107,57 @@ def targets(rows) -> list[str]:
     return lines
 
 
+def steer_main(argv: list[str]) -> int:
+    """``python benchmarks/lm_era.py steer [oversight-gr lm steer flags]``: run the steering
+    scalar and write the ``lm_steer`` section."""
+    parser = argparse.ArgumentParser(prog="oversight-gr")
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["lm", "steer", *argv])
+    import torch  # noqa: PLC0415
+
+    from oversight_gr.config import from_arguments  # noqa: PLC0415
+    from oversight_gr.lm.model import GPTConfig  # noqa: PLC0415
+    from oversight_gr.lm.steering import SteerConfig, run_steering  # noqa: PLC0415
+
+    torch.set_num_threads(args.threads)
+    cfg = from_arguments(SteerConfig, args)
+    start = time.time()
+    res = run_steering(cfg, from_arguments(GPTConfig, args), from_arguments(E.ERAConfig, args))
+    wall = time.time() - start
+    near = lambda side: ", ".join(f"`{t!r}` {c:+.2f}" for t, c in res["closest"][side])  # noqa: E731
+    cmd = "python benchmarks/lm_era.py steer " + " ".join(shlex.quote(a) for a in argv)
+    md = [
+        "## Language model: the steering scalar (paper §4)",
+        "",
+        f"Command: `{cmd}` (equivalently `oversight-gr lm steer "
+        f"{' '.join(map(shlex.quote, argv))}`); wall time {wall / 60:.1f} min on "
+        f"{platform.machine()}, torch threads {args.threads}, {cfg.steps} training steps, "
+        f"seed {cfg.seed}.",
+        "",
+        f"The target token {res['token']!r} (id {res['token_id']}) is routed to residual "
+        f"dimension 0 after blocks {res['layers']}.",
+        "",
+        f"- unembedding rows closest to +e0: {near('+e0')}",
+        f"- closest to -e0: {near('-e0')}",
+        f"- the routed token itself: cosine {res['token_cos_e0']:+.2f} with e0, rank "
+        f"{res['token_rank_e0']} of the vocabulary; std of residual dim 0 in those layers "
+        f"{res['dim0_std']:.2f}",
+        f"- {res['token'].strip()!r} in {cfg.n_new} sampled tokens (same seed): "
+        f"{res['token_count_unsteered']} unsteered, {res['token_count_steered']} with "
+        f"+{cfg.strength:g} on dim 0",
+        "",
+        "Unsteered sample: " + json.dumps(res["unsteered"]),
+        "",
+        "Steered sample: " + json.dumps(res["steered"]),
+    ]
+    update_section("lm_steer", "\n".join(md))
+    print("wrote the lm_steer section of docs/RESULTS.md")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["steer"]:
+        return steer_main(argv[1:])
     section, note = "lm_era", ""
     if "--section" in argv:  # benchmark-only flags, not passed to the CLI
         i = argv.index("--section")

@@ -71,11 +71,14 @@ class MLP(nn.Module):
         return self.fc.out_features
 
     def forward(self, x: Tensor, grad_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x [B, T, d]`` -> (output ``[B, T, d]``, hidden activations ``[B, T, H]``)."""
+        """``x [B, T, d]`` -> (output ``[B, T, d]``, hidden activations ``[B, T, H]``).
+
+        The routing (``grad_weight``) scales the gradient that reaches the activations through
+        the output; the returned activations are not routed, so a penalty on them (ERA's L1)
+        trains every unit on every token whatever the route."""
         h = F.gelu(self.fc(x))
-        if grad_weight is not None:
-            h = scale_gradient(h, grad_weight)
-        return self.proj(h), h
+        routed = h if grad_weight is None else scale_gradient(h, grad_weight)
+        return self.proj(routed), h
 
     def expand(self, k: int, generator: torch.Generator | None = None, in_std: float = 0.02,
                out_std: float = 0.0) -> None:

@@ -16,7 +16,8 @@ Three steps, the same as :mod:`oversight_gr.lm.era` runs on its own model:
    strength ``[B, T]`` in ``[0, 1]`` (1 = a labelled forget token), the gradient of the hidden
    activations is multiplied by ``forget_weight`` on the original units and by 1 on the new ones
    for forget tokens, by 1 everywhere for the others, interpolated linearly in between; it also
-   collects the new units' activations for an L1 penalty;
+   collects the new units' activations for an L1 penalty (not routed: the penalty trains the
+   new units on every token);
 3. :func:`ablate` deletes the new units (the pairs return to their original widths).
 
 Example (see ``examples/era_own_model.py``)::

@@ -198,3 +198,20 @@ def test_split_and_label_documents():
     assert docs == ["A war.\n\nB peace here.", "C more words"]
     assert D.label_documents(docs, ["war"]) == [True, False]
     assert D.label_documents(["Warwick warlike"], ["war"]) == [False]
+
+
+def test_retain_new_weight_blocks_data_gradient_but_not_the_l1_penalty():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, ctx=8, d_model=8, n_layer=1, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0], 3, out_std=0.1)
+    route = E.era_route_fn({0: 9}, new, -0.75, specificity=None, retain_new_weight=0.0)
+    x, y = torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 5))
+    retain = torch.zeros(2, 5, dtype=torch.bool)
+    logits, hidden = model(x, return_hidden=True, **route(y, retain, retain))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+    g = model.blocks[0].mlp.fc.weight.grad
+    assert g[6:].abs().max() == 0 and g[:6].abs().max() > 0  # retain data: old units only
+    model.zero_grad()
+    logits, hidden = model(x, return_hidden=True, **route(y, retain, retain))
+    hidden[0][..., new[0]].abs().sum(-1).mean().backward()  # the L1 term reaches the new units
+    assert model.blocks[0].mlp.fc.weight.grad[6:].abs().max() > 0
