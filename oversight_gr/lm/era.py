@@ -84,15 +84,15 @@ class ERAConfig:
     vocab_size: int = option(2048, "vocabulary of the trained BPE", low=257)
     val_frac: float = option(0.1, "documents held out for validation", low=0.01, high=0.5)
     attack_frac: float = option(0.05, "documents held out as the attack pool", low=0.01, high=0.5)
-    steps: int = option(400, "training steps (from scratch)", low=1)
+    steps: int = option(600, "training steps (from scratch)", low=1)
     finetune_steps: int = option(50, "retain fine-tune steps after ablation", low=0)
     batch_size: int = option(24, "sequences per step", low=1)
-    lr: float = option(2e-3, "peak AdamW learning rate (cosine decay to a tenth of it)", low=0.0)
+    lr: float = option(3e-3, "peak AdamW learning rate (cosine decay to a tenth of it)", low=0.0)
     finetune_lr: float = option(5e-4, "learning rate of the retain fine-tune", low=0.0)
     weight_decay: float = option(0.1, "AdamW weight decay", low=0.0)
     warmup: int = option(20, "linear warm-up steps", low=0)
-    expand_layers: tuple[int, ...] = option((0, 1), "layers whose MLP ERA expands", low=0)
-    expand_k: int = option(32, "MLP units added per expanded layer", low=1)
+    expand_layers: tuple[int, ...] = option((0, 1, 2, 3), "layers whose MLP ERA expands", low=0)
+    expand_k: int = option(64, "MLP units added per expanded layer", low=1)
     forget_weight: float = option(-0.75, "route weight of the original units on forget tokens")
     retain_new_weight: float = option(
         1.0, "route weight of the new units on retain tokens (the paper: 1, retain data trains "
@@ -114,7 +114,7 @@ class ERAConfig:
     attack_eval_every: int = option(5, "evaluate the attacked model every this many steps", low=1)
     attack_lr: float = option(1e-4, "attack learning rate (AdamW)", low=0.0)
     attack_batch: int = option(8, "attack sequences per step", low=1)
-    eval_windows: int = option(48, "validation windows per split (ctx tokens each)", low=1)
+    eval_windows: int = option(256, "validation windows per split (ctx tokens each)", low=1)
     device: str = option("cpu", "torch device (auto: cuda if available)",
                          choices=("cpu", "cuda", "auto"))
 

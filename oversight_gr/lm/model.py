@@ -40,10 +40,10 @@ class GPTConfig:
 
     vocab_size: int = option(2048, "vocabulary size (set from the tokenizer)", low=2, flag=False)
     ctx: int = option(64, "context length in tokens", low=2)
-    d_model: int = option(96, "residual stream width", low=4)
+    d_model: int = option(64, "residual stream width", low=4)
     n_layer: int = option(4, "number of transformer blocks", low=1)
     n_head: int = option(4, "attention heads per block", low=1)
-    d_mlp: int = option(384, "MLP hidden width (before expansion)", low=1)
+    d_mlp: int = option(256, "MLP hidden width (before expansion)", low=1)
     dropout: float = option(0.0, "dropout probability", low=0.0, high=0.9)
 
     def __post_init__(self):
