@@ -9,7 +9,9 @@ steps, ``steps + finetune_steps``):
   route row ``[forget_weight] * H + [1] * k`` (original units reversed and shrunk, new units
   trained), softened toward the all-ones retain row by how specific its target token is to the
   labelled forget documents (:func:`oversight_gr.lm.data.token_specificity`,
-  :meth:`RouteTable.interpolate`); every other token trains everything. An L1 penalty
+  :meth:`RouteTable.interpolate`); every other token trains everything (``retain_new_weight``
+  can keep retain tokens off the new units). The same rule on any model whose MLPs are
+  ``nn.Linear`` pairs: :mod:`oversight_gr.lm.own_model`. An L1 penalty
   ``l1 * mean |h_new|`` keeps the new units quiet. Then ablate (delete the new units) and
   fine-tune on the data believed to be retain (everything not labelled forget).
 * ``expand_control``: the same expansion, L1, ablation and fine-tune without routing.
