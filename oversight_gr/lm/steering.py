@@ -31,12 +31,12 @@ __all__ = ["SteerConfig", "steering_route_fn", "train_steered", "closest_tokens"
 class SteerConfig:
     """Steering-scalar experiment."""
 
-    token: str = option(" king", "text of the routed token (must encode to one token)")
+    token: str = option(" France", "text of the routed token (must encode to one token)")
     layers: tuple[int, ...] | None = option(None, "blocks whose output residual is routed "
                                             "(default: all but the first and last)")
-    steps: int = option(400, "training steps", low=1)
+    steps: int = option(600, "training steps", low=1)
     batch_size: int = option(24, "sequences per step", low=1)
-    lr: float = option(2e-3, "peak learning rate", low=0.0)
+    lr: float = option(3e-3, "peak learning rate", low=0.0)
     strength: float = option(8.0, "value added to residual dimension 0 when steering")
     prompt: str = option("\n\n", "generation prompt")
     n_new: int = option(60, "tokens to sample", low=1)
