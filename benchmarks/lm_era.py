@@ -102,8 +102,9 @@ def targets(rows) -> list[str]:
         d, ci = _diff_ci(era["attack_forget"], filt["attack_forget"])
         lines.append(f"- q={q:g}, robust unlearning (ERA minus filtering, forget loss after the "
                      f"attack; target > 0): {d:+.3f} ± {ci:.3f}: "
-                     f"{'holds' if d > 0 else 'does not hold'}"
-                     + (" (significant)" if d - ci > 0 else ""))
+                     + ("does not hold" if d <= 0 else
+                        "holds (significant)" if d - ci > 0 else
+                        "holds only nominally (not significant)"))
     return lines
 
 

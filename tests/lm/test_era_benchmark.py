@@ -35,5 +35,7 @@ def test_targets_pass_and_fail():
     rows[2] = _row("filter", 1.0, 4.7, 4.5, 4.65)
     lines = b.targets(rows)
     assert all(line.endswith("does not hold") for line in lines)
+    rows[1] = _row("filter", 0.25, 4.6, 4.5, 4.49)
+    assert b.targets(rows)[2].endswith("holds only nominally (not significant)")
     d, ci = b._diff_ci((1.0, float("nan")), (0.5, 0.3))
     assert d == 0.5 and math.isclose(ci, 0.3)
