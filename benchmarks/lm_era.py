@@ -143,6 +143,12 @@ def steer_main(argv: list[str]) -> int:
         f"- the routed token itself: cosine {res['token_cos_e0']:+.2f} with e0, rank "
         f"{res['token_rank_e0']} of the vocabulary; std of residual dim 0 in those layers "
         f"{res['dim0_std']:.2f}",
+        f"- learned: loss {res['token_loss']:.2f} nats where it is the next token "
+        f"({res['token_targets']} validation positions) vs {res['token_unigram_loss']:.2f} for "
+        f"its unigram frequency; adding s to dim 0 changes its log-probability, on average over "
+        f"those windows' positions, by "
+        + ", ".join(f"{g:+.2f} (s={s}, rank {res['steer_gain_rank'][s]} of the vocabulary's "
+                    "gains)" for s, g in res["steer_logp_gain"].items()),
         f"- {res['token'].strip()!r} in {cfg.n_new} sampled tokens (same seed): "
         f"{res['token_count_unsteered']} unsteered, {res['token_count_steered']} with "
         f"+{cfg.strength:g} on dim 0",

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,7 @@ def test_steering_scalar_tiny(tmp_path, monkeypatch):
     assert res["layers"] == [1]
     assert len(res["closest"]["+e0"]) == 3 and len(res["closest"]["-e0"]) == 3
     assert isinstance(res["steered"], str) and isinstance(res["unsteered"], str)
+    assert res["token_unigram_loss"] > 0 and all(np.isfinite(list(res["steer_logp_gain"].values())))
     with pytest.raises(ValueError, match="single-token"):
         run_steering(SteerConfig(token=" swordfishermen", steps=1), GPTConfig(ctx=16, d_model=8,
                      n_layer=3, n_head=2, d_mlp=8), era_cfg)
