@@ -3,11 +3,14 @@ the ``lm_era`` section of docs/RESULTS.md.
 
 Usage (any ``oversight-gr lm era`` flag is accepted and passed through)::
 
-    python benchmarks/lm_era.py --q 0.1 0.5 1.0 --seeds 2
+    python benchmarks/lm_era.py --q 0.25 1.0 --seeds 3 --methods era filter plain expand_control \
+        --out runs/lm_era_hist
+    python benchmarks/lm_era.py steer          # the steering scalar: the lm_steer section
 
 The section records the exact command, the wall time and the machine, the table (mean ± 95%
 CI over seeds), the figure, and whether the paper's ordering holds: for each q < 1, is ERA's
-forget loss after the retraining attack higher than data filtering's?
+forget loss after the retraining attack higher than data filtering's? It also checks the targets
+of issue 16 and writes the means to ``docs/lm_era_summary.json``.
 """
 
 from __future__ import annotations
