@@ -54,6 +54,8 @@ def test_cli_registers_lm_subcommands():
                               "--expand-layers", "0", "1", "--d-model", "32"])
     assert args.q == [0.1, 0.5] and args.seeds == 2 and callable(args.func)
     assert args.expand_layers == [0, 1] and args.d_model == 32
+    args = parser.parse_args(["lm", "era", "--topic", "war", "--retain-new-weight", "0"])
+    assert args.topic == "war" and args.retain_new_weight == 0.0 and args.q == [0.25, 1.0]
     args = parser.parse_args(["lm", "steer", "--token", " love", "--steps", "3"])
     assert args.token == " love" and callable(args.func)
 
