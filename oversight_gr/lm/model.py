@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oversight_gr.config import option, validate
+from oversight_gr.lm.own_model import grow_pair, shrink_pair
 from oversight_gr.routing import scale_gradient
 
 __all__ = ["GPTConfig", "GPT", "MLP"]
@@ -39,10 +40,10 @@ class GPTConfig:
 
     vocab_size: int = option(2048, "vocabulary size (set from the tokenizer)", low=2, flag=False)
     ctx: int = option(64, "context length in tokens", low=2)
-    d_model: int = option(96, "residual stream width", low=4)
+    d_model: int = option(64, "residual stream width", low=4)
     n_layer: int = option(4, "number of transformer blocks", low=1)
     n_head: int = option(4, "attention heads per block", low=1)
-    d_mlp: int = option(384, "MLP hidden width (before expansion)", low=1)
+    d_mlp: int = option(256, "MLP hidden width (before expansion)", low=1)
     dropout: float = option(0.0, "dropout probability", low=0.0, high=0.9)
 
     def __post_init__(self):
@@ -70,49 +71,24 @@ class MLP(nn.Module):
         return self.fc.out_features
 
     def forward(self, x: Tensor, grad_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x [B, T, d]`` -> (output ``[B, T, d]``, hidden activations ``[B, T, H]``)."""
-        h = F.gelu(self.fc(x))
-        if grad_weight is not None:
-            h = scale_gradient(h, grad_weight)
-        return self.proj(h), h
+        """``x [B, T, d]`` -> (output ``[B, T, d]``, hidden activations ``[B, T, H]``).
 
-    @torch.no_grad()
+        The routing (``grad_weight``) scales the gradient that reaches the activations through
+        the output; the returned activations are not routed, so a penalty on them (ERA's L1)
+        trains every unit on every token whatever the route."""
+        h = F.gelu(self.fc(x))
+        routed = h if grad_weight is None else scale_gradient(h, grad_weight)
+        return self.proj(routed), h
+
     def expand(self, k: int, generator: torch.Generator | None = None, in_std: float = 0.02,
                out_std: float = 0.0) -> None:
         """Append ``k`` hidden units. With ``out_std=0`` (the default) their output weights are
         zero, so the function is unchanged."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        if k == 0:
-            return
-        d = self.fc.in_features
-        dev, dt = self.fc.weight.device, self.fc.weight.dtype
-        w_in = torch.randn(k, d, generator=generator).to(dev, dt) * in_std
-        w_out = torch.randn(d, k, generator=generator).to(dev, dt) * out_std
-        fc = nn.Linear(d, self.width + k).to(dev, dt)
-        fc.weight.copy_(torch.cat([self.fc.weight, w_in], 0))
-        fc.bias.copy_(torch.cat([self.fc.bias, torch.zeros(k, device=dev, dtype=dt)]))
-        proj = nn.Linear(self.width + k, d).to(dev, dt)
-        proj.weight.copy_(torch.cat([self.proj.weight, w_out], 1))
-        proj.bias.copy_(self.proj.bias)
-        self.fc, self.proj = fc, proj
+        self.fc, self.proj = grow_pair(self.fc, self.proj, k, generator, in_std, out_std)
 
-    @torch.no_grad()
     def contract(self, units: Sequence[int] | Tensor | slice) -> None:
         """Delete the hidden ``units`` (the 'ablate' of ERA, made permanent)."""
-        dev, dt = self.fc.weight.device, self.fc.weight.dtype
-        keep = torch.ones(self.width, dtype=torch.bool)
-        keep[units] = False
-        keep = keep.to(dev)
-        d = self.fc.in_features
-        n = int(keep.sum())
-        fc = nn.Linear(d, n).to(dev, dt)
-        fc.weight.copy_(self.fc.weight[keep])
-        fc.bias.copy_(self.fc.bias[keep])
-        proj = nn.Linear(n, d).to(dev, dt)
-        proj.weight.copy_(self.proj.weight[:, keep])
-        proj.bias.copy_(self.proj.bias)
-        self.fc, self.proj = fc, proj
+        self.fc, self.proj = shrink_pair(self.fc, self.proj, units)
 
 
 class Block(nn.Module):

@@ -31,12 +31,12 @@ __all__ = ["SteerConfig", "steering_route_fn", "train_steered", "closest_tokens"
 class SteerConfig:
     """Steering-scalar experiment."""
 
-    token: str = option(" king", "text of the routed token (must encode to one token)")
+    token: str = option(" France", "text of the routed token (must encode to one token)")
     layers: tuple[int, ...] | None = option(None, "blocks whose output residual is routed "
                                             "(default: all but the first and last)")
-    steps: int = option(400, "training steps", low=1)
+    steps: int = option(600, "training steps", low=1)
     batch_size: int = option(24, "sequences per step", low=1)
-    lr: float = option(2e-3, "peak learning rate", low=0.0)
+    lr: float = option(3e-3, "peak learning rate", low=0.0)
     strength: float = option(8.0, "value added to residual dimension 0 when steering")
     prompt: str = option("\n\n", "generation prompt")
     n_new: int = option(60, "tokens to sample", low=1)
@@ -153,10 +153,33 @@ def run_steering(cfg: SteerConfig, gpt: GPTConfig, era_cfg: ERAConfig | None = N
         model.eval()
         resid = _residuals(model, x.to(next(model.parameters()).device), layers)
         dim0_std = float(torch.stack([r[..., 0].std() for r in resid]).mean())
+        # did the model learn the token? its loss where it is the target, against the unigram
+        # loss -log(frequency); and does +strength on dim 0 raise its log-probability?
+        dev = next(model.parameters()).device
+        xs, ys = zip(*(st.windows(model.cfg.ctx, 64) for st in (data.val_forget, data.val_retain)))
+        xv, yv = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
+        logp_all = torch.log_softmax(model(xv), -1)
+        logp = logp_all[..., tid]
+        gains, gain_ranks = {}, {}
+        for mult in (1, 2, 4):
+            e0 = torch.zeros(model.cfg.d_model, device=dev)
+            e0[0] = mult * cfg.strength
+            steered_logp = torch.log_softmax(model(xv, resid_add={i: e0 for i in layers}), -1)
+            gain = (steered_logp - logp_all).mean((0, 1))  # [V]: every token's mean gain
+            gains[f"{mult * cfg.strength:g}"] = float(gain[tid])
+            gain_ranks[f"{mult * cfg.strength:g}"] = int((gain > gain[tid]).sum()) + 1
+        hit = yv == tid
+        train_tokens = data.train_stream(torch.zeros(len(data.train_docs), dtype=torch.bool)
+                                         .numpy()).tokens
+        freq = float((train_tokens == tid).double().mean())
+    learned = {"token_targets": int(hit.sum()),
+               "token_loss": float(-logp[hit].mean()) if hit.any() else float("nan"),
+               "token_unigram_loss": float(-torch.log(torch.tensor(max(freq, 1e-12)))),
+               "steer_logp_gain": gains, "steer_gain_rank": gain_ranks}
     count = lambda text: text.count(cfg.token.strip())  # noqa: E731
     plain = sample(model, tok, cfg.prompt, cfg.n_new, cfg.seed, layers, 0.0)
     steered = sample(model, tok, cfg.prompt, cfg.n_new, cfg.seed, layers, cfg.strength)
     return {"token": cfg.token, "token_id": tid, "layers": list(layers), "closest": near,
             "token_cos_e0": float(cos[tid]), "token_rank_e0": own_rank, "dim0_std": dim0_std,
-            "unsteered": plain, "steered": steered,
+            "unsteered": plain, "steered": steered, **learned,
             "token_count_unsteered": count(plain), "token_count_steered": count(steered)}

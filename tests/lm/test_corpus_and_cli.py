@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,15 @@ def test_shakespeare_corpus_loader():
     corpus = D.load_shakespeare()
     assert 3000 < len(corpus.docs) < 6000
     assert 0.15 < corpus.forget_fraction < 0.3
+    plays = D.load_shakespeare(plays=D.HISTORY_PLAYS)
+    assert plays.docs == corpus.docs
+    assert 0.25 < plays.forget_fraction < 0.31
+    # the topic is learnable: its cast and places recur across the history plays only
+    share = {f: sum("KING" in d or "England" in d for d, g in zip(plays.docs, plays.forget)
+                    if g == f) / sum(g == f for g in plays.forget) for f in (True, False)}
+    assert share[True] > 0.4 and share[False] < 0.1
+    with pytest.raises(ValueError, match="unknown Shakespeare texts"):
+        D.load_shakespeare(plays=["hamlet", "henry_ix"])
 
 
 def test_cache_dir_env(tmp_path, monkeypatch):
@@ -44,6 +54,8 @@ def test_cli_registers_lm_subcommands():
                               "--expand-layers", "0", "1", "--d-model", "32"])
     assert args.q == [0.1, 0.5] and args.seeds == 2 and callable(args.func)
     assert args.expand_layers == [0, 1] and args.d_model == 32
+    args = parser.parse_args(["lm", "era", "--topic", "war", "--retain-new-weight", "0"])
+    assert args.topic == "war" and args.retain_new_weight == 0.0 and args.q == [0.25, 1.0]
     args = parser.parse_args(["lm", "steer", "--token", " love", "--steps", "3"])
     assert args.token == " love" and callable(args.func)
 
@@ -65,6 +77,7 @@ def test_steering_scalar_tiny(tmp_path, monkeypatch):
     assert res["layers"] == [1]
     assert len(res["closest"]["+e0"]) == 3 and len(res["closest"]["-e0"]) == 3
     assert isinstance(res["steered"], str) and isinstance(res["unsteered"], str)
+    assert res["token_unigram_loss"] > 0 and all(np.isfinite(list(res["steer_logp_gain"].values())))
     with pytest.raises(ValueError, match="single-token"):
         run_steering(SteerConfig(token=" swordfishermen", steps=1), GPTConfig(ctx=16, d_model=8,
                      n_layer=3, n_head=2, d_mlp=8), era_cfg)

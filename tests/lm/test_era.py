@@ -110,6 +110,12 @@ def test_filter_stream_drops_only_labelled_docs(data):
     assert filt.forget.any()  # unlabelled forget docs stay
 
 
+def test_history_topic_requires_no_keywords():
+    with pytest.raises(ValueError, match="topic 'war'"):
+        E.ERAConfig(keywords=("war",))
+    assert E.ERAConfig(topic="war", keywords=("war",)).keywords == ("war",)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="forget_weight"):
         E.ERAConfig(forget_weight="x")
@@ -130,6 +136,13 @@ def test_tiny_end_to_end_era_and_resume(data, tmp_path):
     rows = E.summarize(recs)
     assert {(r["method"], r["q"]) for r in rows} >= {("era", 0.5), ("plain", None)}
     assert "| era | 0.5 |" in E.markdown_table(rows)
+    js = E.summary_json(rows, wall_s=1.0)
+    assert js["wall_s"] == 1.0
+    row = next(r for r in js["rows"] if r["method"] == "era")
+    assert row["q"] == 0.5 and row["seeds"] == 1 and row["forget_after_ci95"] is None
+    assert row["forget_after"] == era["final_forget"]
+    assert row["forget_after_attack"] == era["attack_forget"]
+    assert row["retain_after"] == era["final_retain"]
     assert E.plot_forget_retain(rows, tmp_path / "fig.png").stat().st_size > 0
     # resuming redoes nothing; another configuration is refused
     again = E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path, data=None)
@@ -185,3 +198,20 @@ def test_split_and_label_documents():
     assert docs == ["A war.\n\nB peace here.", "C more words"]
     assert D.label_documents(docs, ["war"]) == [True, False]
     assert D.label_documents(["Warwick warlike"], ["war"]) == [False]
+
+
+def test_retain_new_weight_blocks_data_gradient_but_not_the_l1_penalty():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, ctx=8, d_model=8, n_layer=1, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0], 3, out_std=0.1)
+    route = E.era_route_fn({0: 9}, new, -0.75, specificity=None, retain_new_weight=0.0)
+    x, y = torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 5))
+    retain = torch.zeros(2, 5, dtype=torch.bool)
+    logits, hidden = model(x, return_hidden=True, **route(y, retain, retain))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+    g = model.blocks[0].mlp.fc.weight.grad
+    assert g[6:].abs().max() == 0 and g[:6].abs().max() > 0  # retain data: old units only
+    model.zero_grad()
+    logits, hidden = model(x, return_hidden=True, **route(y, retain, retain))
+    hidden[0][..., new[0]].abs().sum(-1).mean().backward()  # the L1 term reaches the new units
+    assert model.blocks[0].mlp.fc.weight.grad[6:].abs().max() > 0
