@@ -28,11 +28,12 @@ from oversight_gr.stats import mean_interval  # noqa: E402
 TARGET_GAP, TARGET_AHEAD = 0.15, 4
 
 
-def section(summary: dict, command: str, load: tuple[float, float]) -> str:
+def section(summary: dict, command: str, load: tuple[float, float],
+            name: str = "demo_seeds") -> str:
     s, gap = summary["settings"], summary["gap"]
     seeds = summary["seeds"]
     lines = [
-        "## The demo's claim over five seeds (demo_seeds)",
+        f"## The demo's claim over five seeds ({name})",
         "",
         f"Command: `{command}` ({cpu_name()}, torch 1 thread per worker, 2 workers; load "
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end). Settings (the demo's "
@@ -71,19 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--section", default="demo_seeds", help="docs/RESULTS.md section (and "
+                    "docs/SECTION.json); another name keeps a second setting beside the default")
+    ap.add_argument("--oversight-prob", type=float, default=None, help="override the demo's")
+    ap.add_argument("--env-steps", type=int, default=None, help="override the demo's")
+    ap.add_argument("--num-envs", type=int, default=None, help="override the demo's")
+    ap.add_argument("--gate-balance", action=argparse.BooleanOptionalAction, default=None,
+                    help="override the demo's")
     args = ap.parse_args(argv)
+    overrides = {k: v for k, v in (("oversight_prob", args.oversight_prob),
+                                   ("total_env_steps", args.env_steps),
+                                   ("num_envs", args.num_envs),
+                                   ("gate_balance", args.gate_balance)) if v is not None}
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python benchmarks/demo_seeds.py " + shlex.join(given)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
-        summary = run_demo(args.seeds, 0, Path(tmp), args.workers)
+        summary = run_demo(args.seeds, 0, Path(tmp), args.workers, **overrides)
     summary.pop("records")
-    md = section(summary, command.strip(), (load0, os.getloadavg()[0]))
+    md = section(summary, command.strip(), (load0, os.getloadavg()[0]), args.section)
     print(md)
     if not args.no_write:
-        out = RESULTS.parent / "demo_seeds.json"
+        out = RESULTS.parent / f"{args.section}.json"
         out.write_text(json.dumps(summary, indent=2))
-        print(f"wrote {update_section('demo_seeds', md)} and {out}")
+        print(f"wrote {update_section(args.section, md)} and {out}")
     return 0
 
 

@@ -39,15 +39,16 @@ import math
 import os
 import platform
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "FORMATS",
     "REQUIRED",
     "RecordError",
     "versions",
+    "write_atomic",
     "write_json_atomic",
     "read_json",
     "curve_point",
@@ -96,18 +97,17 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (see the module docstring); returns path.
-
-    Values JSON does not know (numpy scalars, 0-d tensors) are written as floats."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically: ``write(fh)`` fills a temporary file in the target's folder
+    (named with the pid and a random suffix, so concurrent writers never share one), which is
+    fsynced and renamed over ``path``; the folder is fsynced too. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=indent, default=float)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -125,6 +125,14 @@ def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) ->
     finally:
         os.close(dir_fd)
     return path
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`write_atomic`); returns path.
+
+    Values JSON does not know (numpy scalars, 0-d tensors) are written as floats."""
+    text = json.dumps(data, indent=indent, default=float).encode()
+    return write_atomic(path, lambda f: f.write(text))
 
 
 def read_json(path: str | Path) -> Any:

