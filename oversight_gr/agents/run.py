@@ -18,7 +18,7 @@ from oversight_gr.agents.audit import Auditor
 from oversight_gr.agents.rundir import hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
-from oversight_gr.records import curve_point, make_record, versions, write_json_atomic
+from oversight_gr.records import curve_point, make_record, read_json, versions, write_json_atomic
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
            "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
@@ -201,7 +201,7 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     for r, d in enumerate(dirs):
         if d is not None and (d / "curve.json").exists() and trainer.env_steps > 0:
             # points evaluated after the checkpoint was written are re-evaluated, not repeated
-            curves[r] = [p for p in json.loads((d / "curve.json").read_text())
+            curves[r] = [p for p in read_json(d / "curve.json")
                          if p["env_steps"] <= trainer.env_steps]
     wall0, t0 = trainer.wall_seconds, time.perf_counter()
 

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from oversight_gr import records as run_records
 from oversight_gr import stats as run_stats
-from oversight_gr.config import option, to_dict, validate
+from oversight_gr.config import check_device, check_output_dir, option, to_dict, validate
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
 from oversight_gr.lm.own_model import era_route_table, era_weights
@@ -592,32 +592,36 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; allowed: {list(METHODS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_device(str(cfg.torch_device), "ERAConfig.device")
+    out = check_output_dir(out_dir, "--out")
     conf = config_record(cfg, gpt)
     conf["era"].pop("device", None)
     conf_path = out / "config.json"
     if conf_path.exists():
-        old = json.loads(conf_path.read_text())
-        # a field added since the folder was written stands at its default there
-        for part, cls in (("era", ERAConfig), ("gpt", GPTConfig)):
-            for f in dataclasses.fields(cls):
-                if f.name not in old.get(part, {}) and f.name != "device":
-                    default = (f.default if f.default is not dataclasses.MISSING
-                               else f.default_factory())
-                    old.setdefault(part, {})[f.name] = json.loads(json.dumps(default))
-        if old != json.loads(json.dumps(conf)):
-            raise ValueError(f"{out} holds results of another configuration; choose another --out")
+        # strict, like every record of the package: a folder written by another configuration
+        # (or by a version with other fields) is refused, never filled in with today's defaults
+        old = run_records.read_json(conf_path)
+        new = json.loads(json.dumps(conf))
+        diff = sorted(f"{part}.{k}" for part in set(old) | set(new)
+                      for k in set(old.get(part, {})) | set(new.get(part, {}))
+                      if old.get(part, {}).get(k, "<missing>") != new.get(part, {}).get(k))
+        if diff:
+            raise ValueError(f"{out} holds results of another configuration (differing: "
+                             f"{', '.join(diff)}); choose another --out")
     else:
         write_json(conf_path, conf)
     records = []
     for method, q, seed in plan_runs(qs, seeds, methods):
         path = out / record_name(method, q, seed)
         if path.exists():
-            records.append(json.loads(path.read_text()))
-            if on_done is not None:
-                on_done(records[-1])
-            continue
+            try:
+                records.append(run_records.read_json(path))
+            except run_records.RecordError as exc:
+                log.warning("%s; running it again", exc)
+            else:
+                if on_done is not None:
+                    on_done(records[-1])
+                continue
         if data is None:
             data = prepare_data(cfg)
         if on_start is not None:

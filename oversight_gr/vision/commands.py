@@ -80,6 +80,9 @@ def run_table2(
         train_split,
     )
     from oversight_gr.vision.table2 import format_table, resolve, summarize
+    from oversight_gr.config import check_device
+
+    check_device(cfg.device, "Table2Config.device")  # before data or compute
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

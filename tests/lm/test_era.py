@@ -150,13 +150,22 @@ def test_tiny_end_to_end_era_and_resume(data, tmp_path):
         [json.dumps(r, sort_keys=True) for r in recs]
     with pytest.raises(ValueError, match="another configuration"):
         E.run_grid(E.ERAConfig(**{**TINY_ERA, "steps": 7}), TINY_GPT, [0.5], [0], tmp_path)
-    # a folder written before a config field existed resumes if the field is at its default
+    with pytest.raises(ValueError, match=r"another configuration \(differing: era.rmu_alpha\)"):
+        E.run_grid(E.ERAConfig(**{**TINY_ERA, "rmu_alpha": 3.0}), TINY_GPT, [0.5], [0], tmp_path)
+    # strict, like every record: a folder written before a field existed is refused, not
+    # filled in with today's default
     conf = json.loads((tmp_path / "config.json").read_text())
     del conf["era"]["rmu_alpha"]
     (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=r"differing: era.rmu_alpha"):
+        E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path)
+    # a corrupt record is run again rather than crashing the grid
+    (tmp_path / "config.json").write_text(json.dumps({**conf, "era": {**conf["era"],
+                                                                     "rmu_alpha": cfg.rmu_alpha}}))
+    victim = next(tmp_path.glob("era_*.json"))
+    victim.write_text("{trunc")
     assert len(E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path)) == 5
-    with pytest.raises(ValueError, match="another configuration"):
-        E.run_grid(E.ERAConfig(**{**TINY_ERA, "rmu_alpha": 3.0}), TINY_GPT, [0.5], [0], tmp_path)
+    assert json.loads(victim.read_text())["method"] == "era"
 
 
 def test_rmu_moves_forget_residual_and_keeps_retain(data):
