@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oversight_gr.agents.demo import _schedule, gap_summary, run_demo
+from oversight_gr.agents.demo import DEMO_SETTINGS, _schedule, gap_summary, run_demo
 
 
 def test_gap_against_the_better_baseline_and_seeds_ahead():
@@ -47,7 +47,7 @@ def test_cli_demo_writes_summary_and_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "seed 0  seed 1" in out and "better baseline" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["methods"]["routing"]["env_steps"] == 128 * 32  # one update of the demo's envs
+    assert summary["methods"]["routing"]["env_steps"] == DEMO_SETTINGS["num_envs"] * 32  # one update
     assert len(summary["methods"]["naive"]["steered_return"]) == 2
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "routing_policy_arrows.png").exists()
