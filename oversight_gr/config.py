@@ -16,7 +16,12 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["option", "validate", "add_arguments", "from_arguments", "to_dict", "check_device",
+#: seeds are 0 .. SEED_LIMIT everywhere: a run draws from a few offsets of its seed (seed + 1,
+#: 10_000 + seed, ...), all far below the 2**63 at which torch's generators wrap around (seed
+#: 2**63 ran as seed 0)
+SEED_LIMIT = 2**31 - 1
+
+__all__ = ["SEED_LIMIT", "option", "validate", "add_arguments", "from_arguments", "to_dict", "check_device",
            "check_output_dir"]
 
 

@@ -58,8 +58,8 @@ from typing import Any
 
 from oversight_gr import records
 from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, SEED_LIMIT, TrainConfig, group_key
-from oversight_gr.config import check_device, check_output_dir, option, validate
+from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig, group_key
+from oversight_gr.config import SEED_LIMIT, check_device, check_output_dir, option, validate
 
 __all__ = [
     "PRESETS",

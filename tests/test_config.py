@@ -112,3 +112,29 @@ def test_check_output_dir(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(ValueError, match="cannot be used for output"):
             check_output_dir(ro / "x")
+
+
+def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
+    """torch's generators wrap at 2**63 (seed 2**63 ran as seed 0): every config's seed field
+    is bounded by SEED_LIMIT, far below."""
+    import dataclasses
+
+    import torch
+
+    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.config import SEED_LIMIT
+    from oversight_gr.lm.steering import SteerConfig
+    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.vision.commands import Table2Config
+    from oversight_gr.vision.split import TrainConfig as SplitConfig
+
+    torch.manual_seed(2**63)
+    wrapped = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(wrapped, torch.rand(1))  # why the bound exists
+    for cls, name in ((TrainConfig, "seed"), (SweepConfig, "first_seed"),
+                      (Table2Config, "seed"), (SplitConfig, "seed"), (SteerConfig, "seed")):
+        assert {f.name for f in dataclasses.fields(cls)} >= {name}
+        cls(**{name: SEED_LIMIT})
+        with pytest.raises(ValueError, match=rf"{cls.__name__}.{name} must be in \[0, "):
+            cls(**{name: 2**63})

@@ -85,7 +85,7 @@ from oversight_gr.agents.networks import (
     steer_gate,
     value_forward,
 )
-from oversight_gr.config import option, to_dict, validate
+from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
 from oversight_gr.envs.core import GridRules
 from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
@@ -95,9 +95,6 @@ __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "gr
 log = logging.getLogger(__name__)
 
 ALGOS = ("ppo", "reinforce")
-#: seeds are 0 .. SEED_LIMIT: a run draws from seed, seed + 1, seed + 2 and 10_000 + seed, all
-#: far below the 2**63 at which torch's generators wrap around (seed 2**63 ran as seed 0)
-SEED_LIMIT = 2**31 - 1
 #: per-algorithm defaults for fields left at None. REINFORCE is the paper's setting; PPO's
 #: gate-loss coefficient 0.3 was tuned here (0.01 left the gate unseparated under PPO), and its
 #: unlabelled sharpness 3 was measured better than the paper's 1 (docs/RESULTS.md, "sharpness").

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from oversight_gr.config import option, validate
+from oversight_gr.config import SEED_LIMIT, option, validate
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.era import ERAConfig, LMData, prepare_data, train
 from oversight_gr.lm.model import GPT, GPTConfig
@@ -41,7 +41,7 @@ class SteerConfig:
     prompt: str = option("\n\n", "generation prompt")
     n_new: int = option(60, "tokens to sample", low=1)
     top: int = option(10, "tokens listed on each side of e_0", low=1)
-    seed: int = option(0, "seed")
+    seed: int = option(0, "seed", low=0, high=SEED_LIMIT)
 
     def __post_init__(self):
         validate(self)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from oversight_gr.config import add_arguments, from_arguments, option, validate
+from oversight_gr.config import SEED_LIMIT, add_arguments, from_arguments, option, validate
 
 __all__ = ["Table2Config", "register", "run_table2"]
 
@@ -29,7 +29,7 @@ class Table2Config:
     train_subset: int | None = option(
         None, "train on the first N of the 60k training images (default: all)", low=1
     )
-    seed: int = option(0, "seed of the first run", low=0)
+    seed: int = option(0, "seed of the first run", low=0, high=SEED_LIMIT)
     threads: int | None = option(None, "torch CPU threads (default: torch's choice)", low=1)
     precision: str = option(
         "fp32", "fp32 (the paper) or bf16: bfloat16 autocast of the training forward pass, about "
@@ -80,9 +80,10 @@ def run_table2(
         train_split,
     )
     from oversight_gr.vision.table2 import format_table, resolve, summarize
-    from oversight_gr.config import check_device
+    from oversight_gr.config import check_device, check_output_dir
 
     check_device(cfg.device, "Table2Config.device")  # before data or compute
+    check_output_dir(cfg.out, "Table2Config.out")
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)

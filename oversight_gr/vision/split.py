@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from oversight_gr.config import option, validate
+from oversight_gr.config import SEED_LIMIT, option, validate
 from oversight_gr.routing import RouteTable, scale_gradient
 
 __all__ = [
@@ -101,7 +101,8 @@ class TrainConfig:
     train_subset: int | None = option(
         None, "train on the first N training images only (None: all 60k)", low=1
     )
-    seed: int = option(0, "seed of the initialization and the batch order", low=0)
+    seed: int = option(0, "seed of the initialization and the batch order", low=0,
+                       high=SEED_LIMIT)
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1")
     hidden: tuple[int, ...] = option(
         (2048, 512), "encoder hidden widths, mirrored by the decoders (the paper: 2048 512)",
