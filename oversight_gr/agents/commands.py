@@ -38,9 +38,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = from_arguments(TrainConfig, args)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(
         f"{cfg.method}-{cfg.algo}-p{cfg.oversight_prob:g}-s{cfg.seed}")
-    bar = tqdm(total=cfg.total_env_steps, unit="step", unit_scale=True, desc=cfg.method)
+    bars = []  # made at the first update, so that a refused run shows no progress bar
 
     def progress(trainer, scalars):
+        if not bars:
+            bars.append(tqdm(total=cfg.total_env_steps, unit="step", unit_scale=True,
+                             desc=cfg.method, initial=0))
+        bar = bars[0]
         bar.n = min(trainer.env_steps, cfg.total_env_steps)
         post = {"sps": f"{scalars['charts/sps']:.0f}",
                 "ep_reward": f"{scalars['charts/episode_reward']:.2f}"}
@@ -53,8 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
                           checkpoint_every=args.checkpoint_every, on_change=args.on_change,
                           progress=progress)
-    bar.close()
-    if bar.n == 0 and record["env_steps"] > 0:
+    if bars:
+        bars[0].close()
+    else:
         print(f"{run_dir} already holds this finished run; its results are unchanged")
     print(f"run directory: {run_dir}")
     _print_metrics(record["metrics"])
