@@ -185,7 +185,8 @@ def _budget(train_cfg) -> dict:
 
 def _load_record(path: Path, preset, train_cfg) -> dict | None:
     """The finished run at ``path`` if it is a current record (:mod:`oversight_gr.records`,
-    strict: nothing is back-filled) of this setting and budget; None means "train it"."""
+    strict: nothing is back-filled) of this setting and budget; None means "train it" (no
+    usable record there). A finished run of another budget is refused (ValueError)."""
     from oversight_gr import records
 
     record = records.load_or_none(path, "vision_table2")
@@ -193,11 +194,16 @@ def _load_record(path: Path, preset, train_cfg) -> dict | None:
         return None
     train = record["train"]
     train = {k: v for k, v in train.items() if k != "device"} if isinstance(train, dict) else None
-    same = (
-        record["method"] == json.loads(json.dumps(dataclasses.asdict(preset.setting)))
-        and train == _budget(train_cfg)
-    )
-    return record if same else None
+    wanted = {"method": json.loads(json.dumps(dataclasses.asdict(preset.setting))),
+              "train": _budget(train_cfg)}
+    have = {"method": record["method"], "train": train or {}}
+    diff = [f"{part}.{k}: {have[part].get(k)!r} -> {v!r}" for part in wanted
+            for k, v in wanted[part].items() if have[part].get(k) != v]
+    if diff:  # a finished run of another budget is never overwritten silently
+        raise ValueError(f"{path} holds a finished run of another configuration ("
+                         f"{'; '.join(diff)}); pass another --out, or delete the file to "
+                         "train it again")
+    return record
 
 
 def _write_json(path: Path, obj) -> None:

@@ -74,25 +74,28 @@ def test_curve_precision_and_old_records(tmp_path, fake_npz):
     assert [c["epoch"] for c in record["curve"]] == [1, 2]
     assert set(record["curve"][0]["test"]) >= {"certificate_1", "latent"}
     assert len(record["latent"]["rms"]) == 2
-    # an fp32 run is a different budget: not reused
+    # an fp32 run is a different budget: the finished bf16 run is not overwritten silently
     argv_fp32 = [a for a in argv if a not in ("--precision", "bf16")]
     stamp = path.stat().st_mtime_ns
-    assert cli.main(argv_fp32) == 0
-    assert path.stat().st_mtime_ns != stamp
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv_fp32)
+    assert exc.value.code == 2 and path.stat().st_mtime_ns == stamp
     assert (record["kind"], record["format"]) == ("vision_table2", 1)
-    stamp = path.stat().st_mtime_ns
-    assert cli.main(argv_fp32) == 0  # the same budget: reused
+    assert cli.main(argv) == 0  # the same budget: reused
     assert path.stat().st_mtime_ns == stamp
-    # the records rule is strict: a record written before the precision option existed is
-    # not back-filled as fp32 but redone, and so is one without a format version
-    for edit in (lambda r: r["train"].pop("precision"), lambda r: r.pop("format")):
-        record = json.loads(path.read_text())
-        edit(record)
-        path.write_text(json.dumps(record))
-        stamp = path.stat().st_mtime_ns
-        assert cli.main(argv_fp32) == 0
-        assert path.stat().st_mtime_ns != stamp
-        assert json.loads(path.read_text())["train"]["precision"] == "fp32"
+    # strict: a record written before the precision option existed is not back-filled (it is
+    # refused, naming the field), and one without a format version is no record: redone
+    record = json.loads(path.read_text())
+    record["train"].pop("precision")
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    record.pop("format")
+    path.write_text(json.dumps(record))
+    stamp = path.stat().st_mtime_ns
+    assert cli.main(argv) == 0
+    assert path.stat().st_mtime_ns != stamp
+    assert json.loads(path.read_text())["train"]["precision"] == "bf16"
 
 
 def test_benchmark_verdicts_classify_the_papers_table():
