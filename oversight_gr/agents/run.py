@@ -18,7 +18,9 @@ from oversight_gr.agents.audit import Auditor
 from oversight_gr.agents.rundir import hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
-from oversight_gr.records import curve_point, make_record, read_json, versions, write_json_atomic
+from oversight_gr.records import RecordError, curve_point, make_record, read_json, versions
+from oversight_gr.records import load as load_record
+from oversight_gr.records import write_json_atomic
 
 __all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
            "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
@@ -116,10 +118,9 @@ def _finished(run_dir: Path, single: bool, runs: int) -> dict[str, Any] | list[d
     records = []
     for path in paths:
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is unreadable ({exc}); pass --overwrite to train the run "
-                             "again") from None
+            records.append(load_record(path, "rl_run"))  # format and fields checked
+        except RecordError as exc:
+            raise ValueError(f"{exc}, or pass --overwrite to train the run again") from None
     log.info("%s is already finished; its records are returned unchanged", run_dir)
     if not single:
         return records

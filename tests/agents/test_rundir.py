@@ -159,3 +159,17 @@ def test_a_second_process_training_into_the_same_run_dir_is_refused(tmp_path):
     time.sleep(0.1)  # the lock went with the killed process
     cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
     assert run_training(cfg, tmp_path, tensorboard=False)["env_steps"] == 32
+
+
+def test_a_finished_run_with_an_unusable_record_names_the_file(tmp_path):
+    from oversight_gr.agents.run import run_training
+    from oversight_gr.agents.trainer import TrainConfig
+
+    cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
+    run_training(cfg, tmp_path, tensorboard=False)
+    record = json.loads((tmp_path / "results.json").read_text())
+    del record["metrics"]
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"results.json: not a usable rl_run record \(missing "
+                                         r"required fields \['metrics'\]\).*--overwrite"):
+        run_training(cfg, tmp_path, tensorboard=False)
