@@ -212,7 +212,7 @@ class Auditor:
                 continue
             policy, value = trainer.unstack(r)
             res = audit_policy(policy, n, size=cfg.size, max_episode_steps=cfg.max_episode_steps,
-                               seed=AUDIT_SEED + 1000 * cfg.seed + self.audits,
+                               seed=AUDIT_SEED + 2**20 * cfg.seed + self.audits,
                                device=trainer.device)
             self.ledgers[r].charge(res.labels)
             self.env_steps[r] += res.env_steps
@@ -267,14 +267,12 @@ class Auditor:
 
     def save(self, directory) -> None:
         """Write ``audit.pt`` beside the trainer's checkpoint (atomically)."""
-        import os
-        import secrets
         from pathlib import Path
 
-        d = Path(directory)
-        tmp = d / f".audit.pt.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(d / "audit.pt")
+        from oversight_gr.records import write_atomic
+
+        state = self.state_dict()
+        write_atomic(Path(directory) / "audit.pt", lambda f: torch.save(state, f))
 
     def load(self, directory) -> bool:
         """Restore ``audit.pt`` if present (a resumed run); True if it was."""

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from oversight_gr.config import add_arguments, from_arguments
 
 from oversight_gr.agents.demo import DEMO_SEEDS, DEMO_SETTINGS
@@ -81,7 +83,18 @@ def _load(run_dir: str):
     d = Path(run_dir)
     if not (d / "checkpoint.pt").exists():
         raise ValueError(f"--run-dir {run_dir!r} holds no checkpoint.pt (train a run first)")
-    return Trainer.load(d)
+    trainer = Trainer.load(d)
+    if trainer.R > 1:
+        raise ValueError(f"--run-dir {run_dir!r} holds a group of {trainer.R} runs; their "
+                         "records are in its run<r>/ folders (evaluate with "
+                         "oversight_gr.agents.run.evaluate_trainer)")
+    if trainer.method.audit:  # what the method reports: the parameters its audits selected
+        from oversight_gr.agents.audit import Auditor
+
+        auditor = Auditor(trainer)
+        if auditor.load(d) and auditor.best[0].state is not None:
+            auditor.best[0].restore(torch.nn.ModuleList([trainer.policy, trainer.value]))
+    return trainer
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -169,8 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_references(cfg.oversight_prob)
     figures = plots.plot_learning_curves(records, cfg.algo, cfg.oversight_prob,
                                          run_dir / "learning_curves")
-    policy, _ = Trainer.load(run_dir / "routing").unstack(0) if args.seeds > 1 else \
-        (Trainer.load(run_dir / "routing").policy, None)
+    policy, _ = Trainer.load(run_dir / "routing").unstack(0)
     arrows = policy_arrows_figure(policy, run_dir / "routing_policy_arrows.png",
                                   title=f"routing, p={cfg.oversight_prob:g}, seed {seeds[0]}")
     write_json_atomic(run_dir / "summary.json", summary)

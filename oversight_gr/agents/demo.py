@@ -93,8 +93,9 @@ def run_demo(seeds: int = DEMO_SEEDS, first_seed: int = 0, run_dir: str | Path |
     """Train ``methods`` x ``seeds`` at the demo settings (overridden by ``settings``); returns
     the summary (see the module docstring) and, with ``run_dir``, writes each method's group
     there. ``summary["records"]`` holds every run's record."""
-    if "routing" not in methods:
-        raise ValueError(f"the demo compares routing with baselines; methods {methods} lack it")
+    if "routing" not in methods or len(set(methods)) < 2:
+        raise ValueError(f"the demo compares routing with baselines; methods {methods} need "
+                         "routing and at least one other")
     seed_list = list(range(first_seed, first_seed + seeds))
     for m in methods:  # every config is checked before any compute
         demo_configs(m, seed_list, **settings)

@@ -4,7 +4,6 @@ checkpoint, and write results JSON. ``oversight-gr train``, the demo and sweeps 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import torch
 
 from oversight_gr.agents.evaluation import evaluate, evaluate_runs
 from oversight_gr.agents.audit import Auditor
-from oversight_gr.agents.rundir import hold_run_dir, plan_run_dir
+from oversight_gr.agents.rundir import config_differences, hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
 from oversight_gr.records import RecordError, curve_point, make_record, read_json, versions
@@ -111,16 +110,20 @@ def _save(trainer: Trainer, auditor: Auditor | None, run_dir: Path) -> None:
         auditor.save(run_dir)
 
 
-def _finished(run_dir: Path, single: bool, runs: int) -> dict[str, Any] | list[dict[str, Any]]:
+def _finished(run_dir: Path, single: bool, wanted: list[dict[str, Any]]
+              ) -> dict[str, Any] | list[dict[str, Any]]:
     """The records of a finished run (or group) in ``run_dir``, untouched."""
     paths = [run_dir / "results.json"] if single else \
-        [run_dir / f"run{r}" / "results.json" for r in range(runs)]
+        [run_dir / f"run{r}" / "results.json" for r in range(len(wanted))]
     records = []
     for path in paths:
         try:
             records.append(load_record(path, "rl_run"))  # format and fields checked
         except RecordError as exc:
             raise ValueError(f"{exc}, or pass --overwrite to train the run again") from None
+        if config_differences(records[-1]["config"], wanted[len(records) - 1]):
+            raise ValueError(f"{path} is the record of another config than {run_dir}'s "
+                             "config.json; pass --overwrite to train the run again")
     log.info("%s is already finished; its records are returned unchanged", run_dir)
     if not single:
         return records
@@ -181,7 +184,7 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
             f"run{r}/results.json" for r in range(len(cfgs)))
         plan = plan_run_dir(run_dir, wanted, on_change, results)
         if plan.action == "finished":
-            return _finished(run_dir, single, len(cfgs))
+            return _finished(run_dir, single, [c.to_dict() for c in cfgs])
         if plan.action in ("resume", "extend"):
             trainer = Trainer.load(run_dir, total_env_steps=cfgs[0].total_env_steps)
             log.info("%s %s at %d env steps", "extending" if plan.action == "extend" else

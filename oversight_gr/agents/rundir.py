@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from oversight_gr.config import check_output_dir
+from oversight_gr.records import read_json
 
 __all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_differences",
            "hold_run_dir"]
@@ -34,7 +35,7 @@ __all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_diffe
 #: what to do when run_dir holds a run with another config
 ON_CHANGE = ("refuse", "extend", "overwrite")
 #: the files and folders a run writes into its directory
-RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "curve.json", "tb")
+RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "curve.json", "audit.pt", "tb")
 #: config fields that do not change what a run computes
 PLACEMENT_FIELDS = ("device", "threads")
 
@@ -62,17 +63,14 @@ def config_differences(saved: Any, wanted: Any) -> dict[str, tuple]:
             for k, v in config_differences(a, b).items():
                 out.setdefault(k, v)
         return dict(sorted(out.items()))
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples
     keys = (set(saved) | set(wanted)) - set(PLACEMENT_FIELDS)
     return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys)
             if saved.get(k) != wanted.get(k)}
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is unreadable ({exc}); move the run directory aside or pass "
-                         "a new --run-dir") from None
+def _read_config(path: Path) -> Any:
+    data = read_json(path)  # RecordError (a ValueError) naming the file if unreadable
     if not isinstance(data, (dict, list)):
         raise ValueError(f"{path} does not hold a config object; move the run directory aside "
                          "or pass a new --run-dir")
@@ -116,6 +114,8 @@ def plan_run_dir(run_dir: str | Path, config: dict[str, Any] | list[dict[str, An
     grows = set(diff) == {"total_env_steps"} and diff["total_env_steps"][1] > \
         diff["total_env_steps"][0]
     if on_change == "extend" and grows and has_checkpoint:
+        for name in results:  # the shorter run's records: an interrupted extension must not
+            (d / name).unlink(missing_ok=True)  # later pass for the finished longer run
         return RunDirPlan("extend", d, saved)
     changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     ways = ["pass a new --run-dir"]
@@ -131,7 +131,7 @@ def plan_run_dir(run_dir: str | Path, config: dict[str, Any] | list[dict[str, An
 
 def _remove_run(d: Path) -> None:
     runs = [p.name for p in d.glob("run*") if p.is_dir() and p.name[3:].isdigit()]
-    for name in (*RUN_FILES, "audit.pt", *runs):  # run<r>/: a group's per-run files
+    for name in (*RUN_FILES, *runs):  # run<r>/: a group's per-run files
         p = d / name
         if p.is_dir():
             shutil.rmtree(p)

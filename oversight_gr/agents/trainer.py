@@ -248,6 +248,9 @@ class Rollout:
     #: (single-pass REINFORCE)
     graph: list | None = None
     gate: Tensor | None = None  # [T, R*B] gate value at acting (MoE methods; for logging)
+    #: (advantages, returns) once computed (:meth:`Trainer.advantages`), shared by the update
+    #: and the logged statistics
+    adv_returns: tuple[Tensor, Tensor] | None = None
 
 
 def build_policy(cfg: TrainConfig) -> nn.Module:
@@ -545,10 +548,12 @@ class Trainer:
     def advantages(self, ro: Rollout) -> tuple[Tensor, Tensor]:
         """(advantages, returns) ``[T, R * B]``: GAE for PPO, Monte-Carlo returns for
         REINFORCE."""
-        cfg = self.cfg
-        lam = cfg.gae_lambda if cfg.algo == "ppo" else 1.0
-        return advantages_and_returns(ro.rewards, ro.values, ro.next_values, ro.done, cfg.gamma,
-                                      lam)
+        if ro.adv_returns is None:
+            cfg = self.cfg
+            lam = cfg.gae_lambda if cfg.algo == "ppo" else 1.0
+            ro.adv_returns = advantages_and_returns(ro.rewards, ro.values, ro.next_values,
+                                                    ro.done, cfg.gamma, lam)
+        return ro.adv_returns
 
     def per_run(self, x: Tensor) -> Tensor:
         """``[T, R * B, ...]`` -> ``[R, T * B, ...]`` (each run's steps, time-major)."""

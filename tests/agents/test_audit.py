@@ -121,3 +121,15 @@ def test_auditor_state_survives_a_resume(tmp_path):
     resumed = run_training(cfg, tmp_path, tensorboard=False, checkpoint_every=4)
     assert resumed["audit"] == straight["audit"]
     assert resumed["metrics"] == straight["metrics"]
+
+
+def test_eval_of_an_early_stopped_run_shows_the_selected_parameters(tmp_path):
+    from oversight_gr.agents.commands import _load
+    from oversight_gr.agents.run import evaluate_trainer, run_training
+    from oversight_gr.agents.trainer import TrainConfig
+
+    cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
+                      num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,
+                      eval_envs=32, audit_every=64 * 8 * 2)
+    record = run_training(cfg, tmp_path, tensorboard=False)
+    assert evaluate_trainer(_load(str(tmp_path)))[0] == record["metrics"]

@@ -33,8 +33,10 @@ def test_run_demo_summary_has_one_value_per_seed():
     for v in s["methods"].values():
         assert v["env_steps"] == 1024 and len(v["steered_return"]) == 2
     assert len(s["records"]) == 6 and len(s["records"][0]["curve"]) == 2
-    with pytest.raises(ValueError, match="lack it"):
+    with pytest.raises(ValueError, match="need routing"):
         run_demo(methods=("naive",))
+    with pytest.raises(ValueError, match="at least one other"):
+        run_demo(methods=("routing",))
     with pytest.raises(ValueError, match="oversight_prob must be in"):
         run_demo(oversight_prob=2.0)
 

@@ -65,7 +65,7 @@ def test_bad_dirs_and_files_are_named(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "config.json").write_text("{truncated")
-    with pytest.raises(ValueError, match=r"bad/config.json is unreadable"):
+    with pytest.raises(ValueError, match=r"bad/config.json: not readable JSON"):
         plan_run_dir(d, CFG)
     orphan = tmp_path / "orphan"
     orphan.mkdir()
@@ -173,3 +173,24 @@ def test_a_finished_run_with_an_unusable_record_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"results.json: not a usable rl_run record \(missing "
                                          r"required fields \['metrics'\]\).*--overwrite"):
         run_training(cfg, tmp_path, tensorboard=False)
+
+
+def test_an_interrupted_extension_resumes_instead_of_passing_for_finished(tmp_path):
+    d = _saved(tmp_path / "r", results=True)
+    longer = {**CFG, "total_env_steps": 30000}
+    assert plan_run_dir(d, longer, on_change="extend").action == "extend"
+    assert not (d / "results.json").exists()  # the shorter run's record is gone
+    (d / "config.json").write_text(json.dumps(longer))  # the extension's first checkpoint
+    assert plan_run_dir(d, longer).action == "resume"  # killed, then the same command again
+
+
+def test_eval_refuses_a_group_directory(tmp_path):
+    from oversight_gr.agents.run import run_training
+    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.cli import main
+
+    cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
+    run_training([cfg, TrainConfig(**{**cfg.to_dict(), "seed": 1})], tmp_path, tensorboard=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--run-dir", str(tmp_path)])
+    assert exc.value.code == 2
