@@ -39,8 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +85,7 @@ from oversight_gr.agents.networks import (
 )
 from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
 from oversight_gr.envs.core import GridRules
+from oversight_gr.records import write_atomic, write_json_atomic
 from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
 __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "group_key",
@@ -825,14 +824,9 @@ class Trainer:
         """Write ``checkpoint.pt`` (plain state dicts) and ``config.json`` atomically (temporary
         names unique per writer)."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}.{secrets.token_hex(4)}"
-        tmp = d / f".checkpoint.pt.{tag}.tmp"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(d / "checkpoint.pt")
-        cfg_tmp = d / f".config.json.{tag}.tmp"
-        cfg_tmp.write_text(json.dumps(self.config_json(), indent=2))
-        cfg_tmp.replace(d / "config.json")
+        state = self.state_dict()
+        write_atomic(d / "checkpoint.pt", lambda f: torch.save(state, f))
+        write_json_atomic(d / "config.json", self.config_json())
         return d / "checkpoint.pt"
 
     @classmethod
