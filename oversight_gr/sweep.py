@@ -100,7 +100,9 @@ PAPER_UPDATES = 20_000
 #:
 #: ``standard``: the paper's questions at a CPU budget: 5 levels x 3 seeds x 5 methods (the
 #: early-stopping baseline too) of PPO at hidden 64, 512 envs, 5M env steps per run (by then
-#: naive's exploit has formed at p <= 5%: docs/RESULTS.md, and issue tables), curves every 0.5M;
+#: naive's exploit has formed at p <= 5%: docs/RESULTS.md, and issue tables), curves every 0.5M,
+#: the class-balanced gate loss (``gate_balance``, as in the demo: it is what keeps routing seeds
+#: from sticking; docs/RESULTS.md ``demo_seeds``);
 #: each method's 15 runs form one group with ``--batch-runs 15 --workers 2``.
 #:
 #: ``quick``: a smoke test (its budget is too short for naive's exploit to form): 3 levels
@@ -134,6 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rollout_steps": 32,
             "total_env_steps": 5_000_000,
             "eval_every": 500_000,
+            "gate_balance": True,
         },
     },
     "quick": {
