@@ -9,6 +9,7 @@ each oversight level the probability that a routing run beats a run of each othe
   line per method (paper Fig. 6a);
 * ``curves_p<level>``: learning curves at one oversight level vs env steps; the oracle is drawn
   at ``reported_env_steps`` (its steps multiplied by p, the paper's charging; Fig. 13);
+* ``curves_<algo>_all_levels``: the same at every oversight level of the sweep, one panel each;
 * ``ghost_closer_unseen``: P(ghost | ghost closer and its cell unseen) vs oversight for naive
   and steered routing.
 
@@ -35,6 +36,7 @@ __all__ = [
     "improvement_markdown",
     "plot_return_vs_oversight",
     "plot_learning_curves",
+    "plot_learning_curves_all_levels",
     "plot_ghost_closer_unseen",
     "check_claims",
     "claims_markdown",
@@ -243,8 +245,14 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
                          stem: Path) -> list[Path]:
     """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps x p)."""
     plt = _pyplot()
-    curves = mean_curves(records, algo, p)
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    _draw_curves(ax, mean_curves(records, algo, p), f"{algo}: learning curves at {_pct(p)} oversight")
+    ax.set_ylabel("steered ground-truth return")
+    ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
+def _draw_curves(ax: Any, curves: dict[str, dict[str, np.ndarray]], title: str) -> None:
     for m in sorted(curves, key=_method_key):
         cv = curves[m]
         label = f"{m} (steps x p)" if m == "oracle" else m
@@ -253,10 +261,29 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
     ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1)
     ax.set_xscale("log")  # the oracle's charged steps are p times shorter
     ax.set_xlabel("env steps (oracle: charged = steps x p)")
-    ax.set_ylabel("steered ground-truth return")
-    ax.set_title(f"{algo}: learning curves at {_pct(p)} oversight", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+
+
+def plot_learning_curves_all_levels(records: Sequence[dict[str, Any]], algo: str,
+                                    levels: Sequence[float], stem: Path) -> list[Path]:
+    """Learning curves at every oversight level, one panel per level, on a shared y axis."""
+    plt = _pyplot()
+    cols = min(3, len(levels))
+    nrows = -(-len(levels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.1 * nrows), sharey=True,
+                             squeeze=False)
+    for ax, p in zip(axes.flat, levels):
+        _draw_curves(ax, mean_curves(records, algo, p), f"{_pct(p)} oversight")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("steered ground-truth return")
+    for ax in list(axes.flat)[len(levels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right" if len(levels) % cols else "upper center",
+               fontsize=7, ncol=1 if len(levels) % cols else len(labels))
+    fig.suptitle(f"{algo}: learning curves at every oversight level (mean, 95% CI over seeds)",
+                 fontsize=10)
     return _save(fig, stem)
 
 
@@ -497,6 +524,9 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
         p = curve_oversight if curve_oversight is not None else _nearest(levels, 0.1)
         tag = f"{100 * p:g}pct".replace(".", "_")
         written += plot_learning_curves(records, algo, p, out_dir / f"{prefix}curves_{algo}_{tag}")
+        if len(levels) > 1:
+            written += plot_learning_curves_all_levels(
+                records, algo, levels, out_dir / f"{prefix}curves_{algo}_all_levels")
         if any(r["method"] in ("naive", "routing") for r in rows if r["algo"] == algo):
             written += plot_ghost_closer_unseen(rows, algo,
                                                 out_dir / f"{prefix}ghost_closer_unseen_{algo}")

@@ -116,3 +116,16 @@ def test_report_has_the_probability_that_routing_beats_each_method(tmp_path):
     plots.write_report(records, tmp_path)
     table = (tmp_path / "table.md").read_text()
     assert "Probability that a routing run beats" in table and "Student t" in table
+
+
+def test_report_draws_learning_curves_at_every_level(tmp_path):
+    curve = ((1000, 1000, 0.1), (2000, 2000, 0.3))
+    records = [r for p in (0.01, 0.05, 0.3) for m in ("routing", "naive")
+               for r in seeds(m, p, [0.3, 0.4, 0.5], curve=curve)]
+    names = {p.name for p in plots.write_report(records, tmp_path)}
+    assert {"curves_ppo_all_levels.png", "curves_ppo_all_levels.svg"} <= names
+    svg = (tmp_path / "curves_ppo_all_levels.svg").read_text()
+    assert all(f"{pct} oversight" in svg for pct in ("1%", "5%", "30%"))
+    one_level = [r for r in records if r["config"]["oversight_prob"] == 0.05]
+    names = {p.name for p in plots.write_report(one_level, tmp_path / "one")}
+    assert not any("all_levels" in n for n in names)
