@@ -41,7 +41,11 @@ def register(sub) -> None:
                      help="results folder (resumable: finished runs are not redone)")
     era.add_argument("--figure", default=None,
                      help="figure path (default: OUT/forget_vs_retain.png)")
-    era.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    era.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads per run (default 1)")
+    era.add_argument("--workers", type=int, default=1,
+                     help="runs trained at once, each in its own process (default 1; on a "
+                     "2-core CPU, 2 with --threads 1)")
     add_arguments(era, ERAConfig)
     add_arguments(era, GPTConfig)
     era.set_defaults(func=_era)
@@ -70,6 +74,8 @@ def _era(args: argparse.Namespace) -> int:
     gpt = from_arguments(GPTConfig, args)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     planned = E.plan_runs(args.q, seeds, args.methods)
     bar = tqdm(total=len(planned), desc="lm era", unit="run")
@@ -79,7 +85,8 @@ def _era(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{method} q={q:g} seed={seed}")
 
     records = E.run_grid(cfg, gpt, args.q, seeds, args.out, methods=args.methods,
-                         on_start=on_start, on_done=lambda rec: bar.update(1))
+                         on_start=on_start, on_done=lambda rec: bar.update(1),
+                         workers=args.workers, threads=args.threads)
     bar.close()
     rows = E.summarize(records)
     table = E.markdown_table(rows)

@@ -579,13 +579,18 @@ def plan_runs(qs: Sequence[float], seeds: Sequence[int],
 def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequence[int],
              out_dir: str | Path, methods: Sequence[str] = METHODS, data: LMData | None = None,
              on_start: Callable[[str, float, int], None] | None = None,
-             on_done: Callable[[dict], None] | None = None) -> list[dict]:
+             on_done: Callable[[dict], None] | None = None, workers: int = 1,
+             threads: int = 1) -> list[dict]:
     """Run every planned run not already saved in ``out_dir`` (resumable), saving each record
-    as soon as it finishes; returns all records of the grid.
+    as soon as it finishes; returns all records of the grid (in plan order).
 
     ``out_dir/config.json`` pins the configuration: resuming with a different one raises
-    ValueError rather than mixing results.
+    ValueError rather than mixing results. ``workers > 1`` runs that many runs at once in
+    spawned processes with ``threads`` torch threads each (every run seeds its own generators, so
+    the records are the ones a single process writes).
     """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     for q in qs:
         if not 0.0 < q <= 1.0:
             raise ValueError(f"q must be in (0, 1], got {q}")
@@ -610,26 +615,69 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
                              f"{', '.join(diff)}); choose another --out")
     else:
         write_json(conf_path, conf)
-    records = []
-    for method, q, seed in plan_runs(qs, seeds, methods):
-        path = out / record_name(method, q, seed)
+    planned = plan_runs(qs, seeds, methods)
+    done: dict[tuple[str, float, int], dict] = {}
+    pending = []
+    for run in planned:
+        path = out / record_name(*run)
         if path.exists():
             try:
-                records.append(run_records.read_json(path))
+                done[run] = run_records.read_json(path)
             except run_records.RecordError as exc:
                 log.warning("%s; running it again", exc)
             else:
                 if on_done is not None:
-                    on_done(records[-1])
+                    on_done(done[run])
                 continue
-        if data is None:
-            data = prepare_data(cfg)
-        if on_start is not None:
-            on_start(method, q, seed)
-        log.info("running %s q=%g seed=%d", method, q, seed)
-        rec = run_method(method, q, seed, cfg, gpt, data)
+        pending.append(run)
+
+    def finished(run, rec):
         save_record(rec, out)
-        records.append(rec)
+        done[run] = rec
         if on_done is not None:
             on_done(rec)
-    return records
+
+    if workers == 1 or len(pending) <= 1:
+        for run in pending:
+            if data is None:
+                data = prepare_data(cfg)
+            if on_start is not None:
+                on_start(*run)
+            log.info("running %s q=%g seed=%d", *run)
+            finished(run, run_method(*run, cfg, gpt, data))
+    elif pending:
+        import concurrent.futures as cf  # noqa: PLC0415
+        import multiprocessing as mp  # noqa: PLC0415
+
+        if data is None:
+            prepare_data(cfg)  # tokenizer and caches built once, before the workers read them
+        with cf.ProcessPoolExecutor(min(workers, len(pending)), mp_context=mp.get_context("spawn"),
+                                    initializer=_grid_worker_init,
+                                    initargs=(cfg, threads)) as pool:
+            futures = {}
+            for run in pending:
+                if on_start is not None:
+                    on_start(*run)
+                futures[pool.submit(_grid_worker_run, run, cfg, gpt)] = run
+            try:
+                for fut in cf.as_completed(futures):
+                    finished(futures[fut], fut.result())
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    return [done[run] for run in planned]
+
+
+_WORKER_DATA: LMData | None = None
+
+
+def _grid_worker_init(cfg: ERAConfig, threads: int) -> None:
+    global _WORKER_DATA
+    torch.set_num_threads(threads)
+    _WORKER_DATA = prepare_data(cfg)
+
+
+def _grid_worker_run(run: tuple[str, float, int], cfg: ERAConfig, gpt: GPTConfig) -> dict:
+    assert _WORKER_DATA is not None
+    return run_method(*run, cfg, gpt, _WORKER_DATA)

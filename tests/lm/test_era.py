@@ -224,3 +224,17 @@ def test_retain_new_weight_blocks_data_gradient_but_not_the_l1_penalty():
     logits, hidden = model(x, return_hidden=True, **route(y, retain, retain))
     hidden[0][..., new[0]].abs().sum(-1).mean().backward()  # the L1 term reaches the new units
     assert model.blocks[0].mlp.fc.weight.grad[6:].abs().max() > 0
+
+
+def test_grid_in_parallel_workers_writes_the_single_process_records(data, tmp_path):
+    cfg = E.ERAConfig(**TINY_ERA)
+    methods = ["era", "plain", "filter"]
+    alone = E.run_grid(cfg, TINY_GPT, [0.5], [0, 1], tmp_path / "one", methods=methods, data=data)
+    seen = []
+    both = E.run_grid(cfg, TINY_GPT, [0.5], [0, 1], tmp_path / "two", methods=methods,
+                      workers=2, on_done=seen.append)
+    drop = lambda r: {k: v for k, v in r.items() if "wall" not in k and "seconds" not in k}  # noqa: E731
+    assert [drop(r) for r in both] == [drop(r) for r in alone]
+    assert len(seen) == 6 and len(list((tmp_path / "two").glob("*_s*.json"))) == 6
+    with pytest.raises(ValueError, match="workers must be an int >= 1, got 0"):
+        E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path / "three", workers=0)
