@@ -6,6 +6,7 @@ Every run is one :func:`oversight_gr.agents.run.run_training` call (the code pat
     OUT/sweep.json            the sweep's settings and the keys of its runs (rewritten each start)
     OUT/records/KEY.json      one record per finished run, written atomically
     OUT/work/KEY/             checkpoints of a run in flight (only with --checkpoint-every)
+    OUT/work/group-HASH/      the same for a batched group (--batch-runs), named by its runs
     OUT/claims/KEY.json       the process training a run (pid, host), removed when it ends
     OUT/report/               table and figures (:mod:`oversight_gr.plots`)
 
@@ -195,16 +196,14 @@ class SweepConfig:
                                    "sweep resumes them mid-run (0: restart them)", low=0)
     batch_runs: int = option(0, "train up to N runs at once in one process, batched over runs "
                              "(runs that differ only in seed and oversight level form a group; "
-                             "records are written when the group ends; the way to fill a GPU). "
+                             "records are written when the group ends, checkpoints with "
+                             "checkpoint_every; the way to fill a GPU). "
                              "0: one run per process", low=0)
 
     def __post_init__(self):
         validate(self)
         for item in self.train:
             _parse_override(item)
-        if self.batch_runs and self.checkpoint_every:
-            raise ValueError("SweepConfig.batch_runs and checkpoint_every cannot be combined: "
-                             "batched groups do not checkpoint (set one of them to 0)")
 
     def preset_value(self, name: str) -> Any:
         value = getattr(self, name)
@@ -407,6 +406,13 @@ def _finish_record(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
 _HOST = socket.gethostname()
 
 
+def group_work_dir(out: str | Path, keys: Sequence[str]) -> Path:
+    """Checkpoint folder of a batched group: named by its runs, so the same pending runs
+    grouped the same way resume it, and any other grouping starts afresh."""
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    return Path(out) / "work" / f"group-{digest}"
+
+
 def claim_path(out: str | Path, key: str) -> Path:
     return Path(out) / "claims" / f"{key}.json"
 
@@ -548,14 +554,18 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
                 "traceback": traceback.format_exc()}
 
 
-def execute_group(cfg_dicts: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
+def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = None,
+                  checkpoint_every: int = 0) -> list[dict[str, Any]] | dict[str, Any]:
     """Train a batched group; one ``{"ok": True, "record"}`` per run, or one failure dict for
-    the whole group. Runs in a worker process (or the driver); never raises."""
+    the whole group. With ``checkpoint_every`` the group checkpoints to ``work_dir`` and a
+    group found there (same runs, interrupted) is resumed. Runs in a worker process (or the
+    driver); never raises."""
     from oversight_gr.agents.run import run_training
 
     try:
         cfgs = [TrainConfig(**d) for d in cfg_dicts]
-        records = run_training(cfgs, None, tensorboard=False, progress=_orphan_guard)
+        records = run_training(cfgs, work_dir if checkpoint_every else None, tensorboard=False,
+                               checkpoint_every=checkpoint_every, progress=_orphan_guard)
         return [{"ok": True, "record": r} for r in records]
     except Exception as exc:  # a failed group is reported, the sweep goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
@@ -567,7 +577,7 @@ def _execute_indexed(args: tuple[int, list[dict[str, Any]], list[str], int, bool
     """One job: a batched group, or runs one after another (a single run without batching)."""
     index, cfg_dicts, work_dirs, checkpoint_every, batched = args
     if batched:
-        return index, execute_group(cfg_dicts)
+        return index, execute_group(cfg_dicts, work_dirs[0], checkpoint_every)
     return index, [execute_run(d, w, checkpoint_every) for d, w in zip(cfg_dicts, work_dirs)]
 
 
@@ -723,8 +733,10 @@ def run_sweep(
             if not mine:
                 continue
             members_of[g] = mine
-            yield (g, [todo[i].cfg.to_dict() for i in mine],
-                   [str(out / "work" / todo[i].key) for i in mine], sweep.checkpoint_every,
+            keys = [todo[i].key for i in mine]
+            work = ([str(group_work_dir(out, keys))] if sweep.batch_runs > 0
+                    else [str(out / "work" / k) for k in keys])
+            yield (g, [todo[i].cfg.to_dict() for i in mine], work, sweep.checkpoint_every,
                    sweep.batch_runs > 0)
 
     def drain() -> Iterator[RunOutcome]:
@@ -763,6 +775,10 @@ def run_sweep(
                 release_run(out, spec.key)
                 held.discard(spec.key)
                 yield RunOutcome(spec, "done", record)
+            if sweep.batch_runs > 0 and not isinstance(group_results, dict):
+                if all(r["ok"] for r in group_results):  # every record stored: drop its checkpoint
+                    shutil.rmtree(group_work_dir(out, [todo[i].key for i in members]),
+                                  ignore_errors=True)
         yield from drain()
     finally:
         for key in list(held):  # interrupted: the runs in flight are free for others again

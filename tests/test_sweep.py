@@ -285,8 +285,6 @@ def test_batched_groups_split_by_config_and_size():
         assert len({specs[i].cfg.method for i in g}) == 1
     assert sorted(i for g in groups for i in g) == list(range(len(specs)))
     assert _job_groups(specs, 0) == [[i] for i in range(len(specs))]
-    with pytest.raises(ValueError, match="batch_runs and checkpoint_every"):
-        SweepConfig(batch_runs=2, checkpoint_every=1)
     args = build_parser().parse_args(["sweep", "--batch-runs", "40"])
     from oversight_gr.sweep_commands import sweep_from_arguments
 
@@ -393,3 +391,36 @@ def test_sweep_checks_device_and_output_before_any_run(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="SweepConfig.out .* is an existing file"):
         next(run_sweep(SweepConfig(out=str(tmp_path / "f"))))
+
+
+def test_an_interrupted_batched_group_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from oversight_gr import sweep as sweep_mod
+
+    fields = dict(methods=("naive",), oversight=(0.1, 0.3), seeds=1, batch_runs=2,
+                  total_env_steps=2048, eval_every=1024)  # 8 updates per run
+    straight = list(run_sweep(tiny_sweep(tmp_path / "straight", **fields)))
+    assert [o.status for o in straight] == ["done", "done"]
+    sweep = tiny_sweep(tmp_path / "cut", checkpoint_every=2, **fields)
+    updates = []
+
+    def stop_after_five(trainer, scalars):
+        updates.append(trainer.updates)
+        if len(updates) == 5:
+            raise KeyboardInterrupt  # as Ctrl-C would, after the checkpoint at update 4
+
+    monkeypatch.setattr(sweep_mod, "_orphan_guard", stop_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        list(run_sweep(sweep))
+    keys = [s.key for s in build_specs(sweep)]
+    work = sweep_mod.group_work_dir(sweep.out, keys)
+    assert (work / "checkpoint.pt").exists() and not any((tmp_path / "cut" / "records").glob("*"))
+    updates.clear()
+    monkeypatch.setattr(sweep_mod, "_orphan_guard", lambda t, s: updates.append(t.updates))
+    assert [o.status for o in run_sweep(sweep)] == ["done", "done"]
+    assert updates == [5, 6, 7, 8]  # resumed after update 4, not restarted
+    assert not work.exists()  # the checkpoint goes once the records are stored
+    for spec, o in zip(build_specs(sweep), straight):
+        rec = load_record(record_path(sweep.out, spec.key), spec)
+        assert rec["metrics"] == o.record["metrics"]
+        assert [c["return_none"] for c in rec["curve"]] == \
+            [c["return_none"] for c in o.record["curve"]]
