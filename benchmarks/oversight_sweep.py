@@ -69,8 +69,9 @@ def sweep_span(records) -> float:
 
 
 def section(sweep, specs, records, claims_by_algo, tables, figures, command, load,
-            title="", improvements=None) -> str:
+            title="", improvements=None, trends=None, note="") -> str:
     improvements = improvements or {}
+    trends = trends or {}
     v = versions()
     n_runs = len(records)
     load_text = (f" The machine was shared with other jobs (load average {load[0]:.1f} at "
@@ -102,10 +103,14 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
         f"{plots.DIAMOND_SEEKER_RETURN}, random {plots.RANDOM_RETURN}.",
         "",
     ]
+    if note:
+        lines += [note.strip(), ""]
     for algo in sorted(tables):
         lines += [f"### {algo}", "", tables[algo], ""]
         if improvements.get(algo):
             lines += [improvements[algo], ""]
+        if trends.get(algo):
+            lines += [trends[algo], ""]
         for fig in figures.get(algo, []):
             lines.append(f"![{fig.stem}](figures/{fig.name})")
         lines.append("")
@@ -128,6 +133,19 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
     return "\n".join(lines)
 
 
+def _without(argv: list[str], flags: set[str], with_value: set[str]) -> list[str]:
+    """``argv`` less the report-only flags (``with_value`` ones with their argument)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in with_value:
+            skip = True
+        elif a not in flags and a.split("=", 1)[0] not in with_value:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sweep_commands.add_sweep_arguments(parser)
@@ -136,6 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--section", default="oversight_sweep",
                         help="docs/RESULTS.md section and figure-name prefix (default: "
                         "oversight_sweep; use another name for a second sweep)")
+    parser.add_argument("--note-file", default=None,
+                        help="markdown file whose text opens the section (a reading of the "
+                        "numbers, written after looking at them)")
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                         help="write docs/RESULTS.md and docs/figures (default: on)")
     args = parser.parse_args(argv)
@@ -143,8 +164,10 @@ def main(argv=None) -> int:
     specs = sweep_mod.build_specs(sweep)
     given = sys.argv[1:] if argv is None else list(argv)
     # the command that reproduces the section runs the sweep; --report-only only rebuilds it
+    if args.note_file and not Path(args.note_file).is_file():
+        parser.error(f"--note-file {args.note_file}: no such file")
     command = "python benchmarks/oversight_sweep.py " + shlex.join(
-        [a for a in given if a != "--report-only"])
+        _without(given, {"--report-only"}, {"--note-file"}))
     load_start = os.getloadavg()[0]
     rc = 0
     if not args.report_only and not args.dry_run:
@@ -162,6 +185,7 @@ def main(argv=None) -> int:
     algos = sorted({r["algo"] for r in rows})
     tables = {a: plots.markdown_table(rows, a) for a in algos}
     improvements = {a: plots.improvement_markdown(rows, a) for a in algos}
+    trends = {a: plots.trend_markdown(records, a) for a in algos}
     # both algorithms get claim rows: one that was not swept is "not measured"
     claims = {a: plots.check_claims(rows, records, a) for a in sorted({*algos, "reinforce",
                                                                           "ppo"})}
@@ -179,8 +203,9 @@ def main(argv=None) -> int:
                 figures[algo].append(dest)
         load = None if args.report_only else (load_start, os.getloadavg()[0])
         title = "" if args.section == "oversight_sweep" else f", {args.section}"
+        note = Path(args.note_file).read_text() if args.note_file else ""
         md = section(sweep, specs, records, claims, tables, figures, command, load, title,
-                     improvements)
+                     improvements, trends, note)
         print(f"wrote {update_section(args.section, md)}")
     return rc
 

@@ -36,6 +36,8 @@ __all__ = [
     "improvement_markdown",
     "plot_return_vs_oversight",
     "plot_learning_curves",
+    "trend_rows",
+    "trend_markdown",
     "plot_learning_curves_all_levels",
     "plot_ghost_closer_unseen",
     "check_claims",
@@ -239,6 +241,68 @@ def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
                   "lo": np.array([s.lo for s in ivs]), "hi": np.array([s.hi for s in ivs]),
                   "n": len(curves)}
     return out
+
+
+def _curve_gcu(record: dict[str, Any]) -> list[float]:
+    """P(ghost | closer, unseen) of the steered policy along the curve, final point included."""
+    from oversight_gr.agents.run import steered_mode
+
+    steer = steered_mode(record["config"]["method"])
+    pts = [(c["env_steps"], c.get(f"p_ghost_closer_unseen_{steer}", math.nan))
+           for c in record.get("curve", [])]
+    if not pts or pts[-1][0] < record["env_steps"]:
+        pts.append((record["env_steps"], record["metrics"][steer]["p_ghost_closer_unseen"]))
+    return [float(v) for _, v in pts]
+
+
+TREND_FRACTIONS = (0.2, 0.5, 0.8, 1.0)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def trend_rows(records: Sequence[dict[str, Any]], algo: str) -> list[dict[str, Any]]:
+    """Per method and level, the seed-mean steered return and P(ghost | closer, unseen) at
+    20%, 50%, 80% and 100% of training (the nearest curve points): whether a run is still
+    moving when it stops, the measurement behind a "not at this budget"."""
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for r in records:
+        c = r["config"]
+        if c["algo"] == algo:
+            groups[(c["method"], float(c["oversight_prob"]))].append(r)
+    out = []
+    for (m, p), rs in sorted(groups.items(), key=lambda kv: (_method_key(kv[0][0]), kv[0][1])):
+        curves = [_curve_points(r) for r in rs]
+        gcus = [_curve_gcu(r) for r in rs]
+        n = min(len(cv) for cv in curves)
+        if n < 2:
+            continue
+        steps = [curves[0][i]["env_steps"] for i in range(n)]
+        idx = [min(range(n), key=lambda i: abs(steps[i] - f * steps[-1])) for f in TREND_FRACTIONS]
+        out.append({"method": m, "oversight": p, "n": len(rs),
+                    "env_steps": [int(steps[i]) for i in idx],
+                    "return": [float(np.mean([cv[i]["return"] for cv in curves])) for i in idx],
+                    "p_ghost_closer_unseen": [_nanmean([g[i] for g in gcus]) for i in idx]})
+    return out
+
+
+def trend_markdown(records: Sequence[dict[str, Any]], algo: str) -> str:
+    rows = trend_rows(records, algo)
+    if not rows:
+        return ""
+    head = " / ".join(f"{int(100 * f)}%" for f in TREND_FRACTIONS)
+    lines = [f"Along the learning curves ({algo}; seed means at {head} of each run's env steps; "
+             "Δ = change over the last 20%): is a method still moving when the runs stop?", "",
+             f"| method | oversight | steered return {head} | Δ return | "
+             f"P(ghost \\| closer, unseen) {head} | Δ P |", "|---|---|---|---:|---|---:|"]
+    for r in rows:
+        ret, g = r["return"], r["p_ghost_closer_unseen"]
+        lines.append(f"| {r['method']} | {_pct(r['oversight'])} | "
+                     + " / ".join(f"{v:.2f}" for v in ret) + f" | {ret[-1] - ret[-2]:+.3f} | "
+                     + " / ".join(f"{v:.2f}" for v in g) + f" | {g[-1] - g[-2]:+.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
@@ -531,8 +595,10 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, *,
             written += plot_ghost_closer_unseen(rows, algo,
                                                 out_dir / f"{prefix}ghost_closer_unseen_{algo}")
         improvement = improvement_markdown(rows, algo)
+        trend = trend_markdown(records, algo)
         md.append(f"## {algo}\n\n" + markdown_table(rows, algo) + "\n"
                   + (improvement + "\n" if improvement else "")
+                  + (trend + "\n" if trend else "")
                   + claims_markdown(check_claims(rows, records, algo)))
     table = out_dir / "table.md"
     table.write_text("\n".join(md))

@@ -129,3 +129,22 @@ def test_report_draws_learning_curves_at_every_level(tmp_path):
     one_level = [r for r in records if r["config"]["oversight_prob"] == 0.05]
     names = {p.name for p in plots.write_report(one_level, tmp_path / "one")}
     assert not any("all_levels" in n for n in names)
+
+
+def test_trend_rows_read_return_and_exploit_along_the_curves():
+    def run(seed, rets, gcus):
+        r = rec("naive", 0.05, rets[-1], seed=seed, gcu=gcus[-1], steps=1000,
+                curve=[(s, s, v) for s, v in zip((200, 500, 800), rets[:-1])])
+        for point, g in zip(r["curve"], gcus):
+            point["p_ghost_closer_unseen_none"] = g
+        return r
+
+    records = [run(0, (0.8, 0.6, 0.5, 0.4), (0.2, 0.4, 0.6, 0.7)),
+               run(1, (0.6, 0.4, 0.3, 0.2), (0.4, 0.6, 0.8, 0.9))]
+    (row,) = plots.trend_rows(records, "ppo")
+    assert row["env_steps"] == [200, 500, 800, 1000] and row["n"] == 2
+    assert row["return"] == pytest.approx([0.7, 0.5, 0.4, 0.3])
+    assert row["p_ghost_closer_unseen"] == pytest.approx([0.3, 0.5, 0.7, 0.8])
+    md = plots.trend_markdown(records, "ppo")
+    assert "| naive | 5% | 0.70 / 0.50 / 0.40 / 0.30 | -0.100 | 0.30 / 0.50 / 0.70 / 0.80 | +0.100 |" in md
+    assert plots.trend_rows([rec("naive", 0.05, 0.3)], "ppo") == []  # no curve: no trend
