@@ -57,7 +57,8 @@ def budget_line(sweep: sweep_mod.SweepConfig, specs) -> str:
             f"{t.rollout_steps} steps per update, hidden {t.hidden}, gate input "
             f"{t.gate_input}, bootstrap {t.bootstrap}), learning-curve evaluation every "
             f"{t.eval_every:,} steps on {t.eval_envs} envs; all methods train the same env "
-            "steps (the oracle is additionally charged steps x p on the curve axis).")
+            "steps (the oracle, which learns from every update where the paper's learns from a "
+            "fraction p of them, is drawn at steps / p on the curve axis).")
 
 
 def sweep_span(records) -> float:

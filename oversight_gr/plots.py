@@ -211,17 +211,23 @@ def plot_return_vs_oversight(rows: Sequence[dict[str, Any]], algo: str, stem: Pa
 
 
 def _curve_points(record: dict[str, Any]) -> list[dict[str, float]]:
-    """The record's curve plus its final evaluation (if the curve stops short of it)."""
+    """The record's curve plus its final evaluation (if the curve stops short of it), each
+    point also on the paper's axis (``reported_env_steps``: the oracle's steps / p, derived here
+    from the config so that records written under another charging plot alike)."""
+    from oversight_gr.agents.methods import METHODS, paper_axis_steps
     from oversight_gr.agents.run import steered_mode
 
-    steer = steered_mode(record["config"]["method"])
+    cfg = record["config"]
+    steer = steered_mode(cfg["method"])
+    method, p = METHODS[cfg["method"]], float(cfg["oversight_prob"])
     pts = [(c["env_steps"], c["reported_env_steps"], c["wall_seconds"], c[f"return_{steer}"])
            for c in record.get("curve", [])]
     if not pts or pts[-1][0] < record["env_steps"]:
         pts.append((record["env_steps"], record["reported_env_steps"], record["wall_seconds"],
                     record["metrics"][steer]["stepwise_return"]))
-    return [{"env_steps": a, "reported_env_steps": b, "wall_seconds": c, "return": d}
-            for a, b, c, d in pts]
+    return [{"env_steps": a,
+             "reported_env_steps": paper_axis_steps(method, p, a) if method.oracle_scale else b,
+             "wall_seconds": c, "return": d} for a, b, c, d in pts]
 
 
 def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
@@ -307,7 +313,7 @@ def trend_markdown(records: Sequence[dict[str, Any]], algo: str) -> str:
 
 def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
                          stem: Path) -> list[Path]:
-    """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps x p)."""
+    """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps / p)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
     _draw_curves(ax, mean_curves(records, algo, p), f"{algo}: learning curves at {_pct(p)} oversight")
@@ -319,12 +325,12 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
 def _draw_curves(ax: Any, curves: dict[str, dict[str, np.ndarray]], title: str) -> None:
     for m in sorted(curves, key=_method_key):
         cv = curves[m]
-        label = f"{m} (steps x p)" if m == "oracle" else m
+        label = f"{m} (steps / p)" if m == "oracle" else m
         ax.plot(cv["x"], cv["mean"], ".-", color=COLORS.get(m), label=f"{label}, n={cv['n']}")
         ax.fill_between(cv["x"], cv["lo"], cv["hi"], color=COLORS.get(m), alpha=0.2, lw=0)
     ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")  # the oracle's charged steps are p times shorter
-    ax.set_xlabel("env steps (oracle: charged = steps x p)")
+    ax.set_xscale("log")  # the oracle's axis is 1/p times longer
+    ax.set_xlabel("env steps (oracle: steps / p, equal labels)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
 
@@ -407,7 +413,8 @@ CLAIMS = (
     ("routing5_vs_baselines30", "Routing at 5% matches the baselines (naive, filtering) at ~30%"),
     ("filtering_fails", "Data filtering fails to learn optimal behaviour below 40% oversight"),
     ("naive_exploits", "Naive training goes to the ghost ~100% when it is closer and unseen"),
-    ("oracle_steps", "The oracle needs ~3-4x more (charged) steps than routing at <= 10%"),
+    ("oracle_steps", "The oracle needs ~3-4x more steps than routing at <= 10% (learning from "
+     "a fraction p of its updates)"),
     ("routing_gap", "Routing's asymptote sits ~0.2 below the oracle"),
     ("routing_vs_early_stop", "Beyond the paper: routing beats naive reward with early stopping "
      "whose audits are paid from the same oversight budget, at <= 5%"),
@@ -492,7 +499,7 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
         add("naive_exploits", "reproduced" if ok else "not reproduced",
             "P(ghost | closer, unseen): " + "; ".join(parts) + ". Criterion: >= 0.9 at every "
             "level <= 10%.")
-    # 5. oracle needs 3-4x charged steps
+    # 5. oracle needs 3-4x the steps (on its axis: steps / p)
     lv = [p for p in _levels(rows, algo, "routing") if p <= 0.1
           and _row(rows, algo, "oracle", p) is not None]
     if not lv:
@@ -512,10 +519,10 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
                 ratio = orc["x"][hit[0]] / reach_r
                 ratios.append(ratio)
                 parts.append(f"{_pct(p)}: oracle reaches 95% of routing's {target:.3f} at "
-                             f"{orc['x'][hit[0]]:,.0f} charged steps vs routing "
+                             f"{orc['x'][hit[0]]:,.0f} steps on its axis vs routing "
                              f"{reach_r:,.0f} ({ratio:.2f}x)")
             else:
-                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} charged steps with "
+                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} steps on its axis with "
                              f"{orc['mean'][-1]:.3f} < routing's final {target:.3f} (routing at "
                              f"that many steps: {routing_at:.3f}); ratio > "
                              f"{orc['x'][-1] / reach_r:.2f}x")
@@ -524,9 +531,11 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
             status = "reproduced" if ok else "not reproduced"
         else:
             status = "not measured"
-        add("oracle_steps", status, "; ".join(parts) + ". The oracle trains the same env steps "
-            "as the others and is charged steps x p, so it is measurable only where it reaches "
-            "routing's return. Criterion: ratio in [2, 6].")
+        add("oracle_steps", status, "; ".join(parts) + ". The oracle learns from every update "
+            "of the same env steps as the others; the paper's oracle learns from a fraction p of "
+            "its updates (the labels routing gets), so A of our steps stand at A / p. The "
+            "ratio's resolution is the first curve point at which the oracle passes routing's "
+            "return (an upper bound). Criterion: ratio in [2, 6].")
     # 6. routing 0.2 below the oracle
     lv = [p for p in _levels(rows, algo, "routing") if _row(rows, algo, "oracle", p)]
     if not lv:

@@ -11,7 +11,7 @@ MOE = ("routing", "moe_no_routing", "constant_gate")
 def rec(method, p, ret, *, seed=0, gcu=0.5, curve=(), steps=4000, algo="ppo"):
     """A sweep record with steered return ``ret``; ``curve``: (env_steps, reported, return)."""
     steer = "diamond" if method in MOE else "none"
-    reported = steps * p if method == "oracle" else steps
+    reported = steps / p if method == "oracle" else steps
     return {
         "config": {"algo": algo, "method": method, "oversight_prob": p},
         "metrics": {steer: {"stepwise_return": ret, "p_ghost_closer_unseen": gcu}},
@@ -57,19 +57,21 @@ CASES = {
         "not reproduced": seeds("naive", 0.05, [0.3] * 3, gcu=0.5),
         "not measured": seeds("naive", 0.3, [0.3] * 3, gcu=0.95),
     },
-    # routing reaches 95% of its final 0.7 at 2,000 steps; the oracle (charged steps x p)
+    # routing reaches 95% of its final 0.7 at 2,000 steps; the oracle is drawn at steps / p
+    # (the plots derive it from env steps: the stored "reported" value is not read)
     "oracle_steps": {
+        # 300 oracle steps at p = 0.05 stand at 6,000: 3x routing's 2,000
         "reproduced": seeds("routing", 0.05, [0.7] * 3,
                             curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
-        + seeds("oracle", 0.05, [0.8] * 3, curve=[(20000, 1000, 0.2), (120000, 6000, 0.7)],
-                steps=200000),
+        + seeds("oracle", 0.05, [0.8] * 3, curve=[(100, -1, 0.2), (300, -1, 0.7)], steps=400),
+        # 100 oracle steps stand at 2,000: 1x
         "not reproduced": seeds("routing", 0.05, [0.7] * 3,
                                 curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
-        + seeds("oracle", 0.05, [0.8] * 3, curve=[(40000, 2000, 0.7)], steps=80000),
+        + seeds("oracle", 0.05, [0.8] * 3, curve=[(100, -1, 0.7)], steps=200),
         # the oracle never reaches routing's return: no ratio to judge
         "not measured": seeds("routing", 0.05, [0.7] * 3,
                               curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
-        + seeds("oracle", 0.05, [0.4] * 3, curve=[(40000, 2000, 0.4)], steps=80000),
+        + seeds("oracle", 0.05, [0.4] * 3, curve=[(100, -1, 0.4)], steps=200),
     },
     "routing_gap": {
         "reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.9] * 3),
@@ -148,3 +150,15 @@ def test_trend_rows_read_return_and_exploit_along_the_curves():
     md = plots.trend_markdown(records, "ppo")
     assert "| naive | 5% | 0.70 / 0.50 / 0.40 / 0.30 | -0.100 | 0.30 / 0.50 / 0.70 / 0.80 | +0.100 |" in md
     assert plots.trend_rows([rec("naive", 0.05, 0.3)], "ppo") == []  # no curve: no trend
+
+
+def test_the_oracle_is_drawn_at_its_steps_over_p_whatever_its_record_stored():
+    from oversight_gr.agents.methods import METHODS, paper_axis_steps
+    from oversight_gr.agents.trainer import TrainConfig
+
+    old = rec("oracle", 0.05, 0.8, steps=400, curve=[(100, 5.0, 0.2)])  # stored as steps x p
+    points = plots._curve_points(old)
+    assert [p["reported_env_steps"] for p in points] == [2000.0, 8000.0]
+    assert paper_axis_steps(METHODS["naive"], 0.05, 400) == 400.0
+    with pytest.raises(ValueError, match="oracle' needs oversight_prob > 0"):
+        TrainConfig(method="oracle", oversight_prob=0.0)

@@ -70,8 +70,9 @@ class Method:
         gate_loss: train the gate with BCE toward 1 / 0 on overseen diamond / ghost episodes.
         filter_unseen: drop steps of episodes that ended on an unseen terminal.
         constant_gate: fix the gate to this value during training (ablation).
-        oracle_scale: report env steps multiplied by the oversight probability (the oracle
-            sees the truth on every episode; the paper charges it only for the fraction p).
+        oracle_scale: report env steps divided by the oversight probability
+            (:func:`paper_axis_steps`: the oracle learns from the truth on every episode; the
+            paper's oracle buys that by learning from only a fraction p of its updates).
         audit: pay part of the oversight budget for hidden ground-truth audits and report the
             parameters the audits score best (early stopping; :mod:`oversight_gr.agents.audit`).
         doc: one line for --help.
@@ -89,6 +90,19 @@ class Method:
     doc: str = ""
 
 
+def paper_axis_steps(method: Method, oversight_prob: float, env_steps: float) -> float:
+    """``env_steps`` of learning on the paper's axis of env steps. The paper's oracle reads the
+    ground truth of every episode but learns from only a fraction p of its updates, so it pays
+    the same number of labels per env step as a supervisor overseeing a fraction p: our oracle,
+    which learns from every update, has after A steps learnt what the paper's has after A / p.
+    Every other method is drawn at its own env steps."""
+    if not method.oracle_scale:
+        return float(env_steps)
+    if oversight_prob <= 0:
+        raise ValueError(f"the oracle's axis needs oversight_prob > 0, got {oversight_prob}")
+    return env_steps / oversight_prob
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -99,7 +113,8 @@ METHODS: dict[str, Method] = {
         Method("filtering", "single", "observed_true", filter_unseen=True,
                doc="single expert, true reward, trained only on overseen episodes and timeouts"),
         Method("oracle", "single", "true", oracle_scale=True,
-               doc="single expert on the true reward everywhere (infeasible reference; steps x p)"),
+               doc="single expert on the true reward everywhere (infeasible reference; drawn at "
+               "steps / p)"),
         Method("naive_early_stop", "single", "proxy", audit=True,
                doc="naive reward with early stopping by hidden audits paid from the same "
                "oversight budget (trains at p x (1 - audit_share))"),

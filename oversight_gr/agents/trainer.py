@@ -58,6 +58,7 @@ from oversight_gr.agents.methods import (
     ROUTE_GHOST,
     episode_labels,
     gate_bce_rows,
+    paper_axis_steps,
     masked_mean,
     method_reward,
     policy_terms,
@@ -172,6 +173,9 @@ class TrainConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.method == "oracle" and self.oversight_prob <= 0:
+            raise ValueError("method 'oracle' needs oversight_prob > 0: its env steps are drawn "
+                             "at steps / p, the labels a supervisor overseeing p pays for")
         if self.num_envs * self.rollout_steps < self.resolved("minibatches"):
             raise ValueError(
                 f"minibatches ({self.resolved('minibatches')}) must not exceed num_envs x "
@@ -765,9 +769,9 @@ class Trainer:
         return runs[0] if self.single else runs
 
     def reported_steps(self, r: int = 0) -> float:
-        """Run r's env steps on the paper's axis (the oracle is charged only the fraction p)."""
-        scale = self.cfgs[r].oversight_prob if self.method.oracle_scale else 1.0
-        return self.env_steps * scale
+        """Run r's env steps on the paper's axis (:func:`~oversight_gr.agents.methods.
+        paper_axis_steps`: the oracle's are divided by p)."""
+        return paper_axis_steps(self.method, self.cfgs[r].oversight_prob, self.env_steps)
 
     @property
     def reported_env_steps(self) -> float:
