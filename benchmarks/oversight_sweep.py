@@ -104,6 +104,11 @@ def section(sweep, specs, records, claims_by_algo, tables, figures, command, loa
         f"{plots.DIAMOND_SEEKER_RETURN}, random {plots.RANDOM_RETURN}.",
         "",
     ]
+    if sweep.preset == "quick":
+        lines += ["**A smoke test, not a finding about the method:** the `quick` preset's runs "
+                  "stop before naive reward's exploit has formed (it takes millions of env "
+                  "steps); the paper's questions are answered by the `standard` preset "
+                  "(section `oversight_sweep_standard`).", ""]
     if note:
         lines += [note.strip(), ""]
     for algo in sorted(tables):
