@@ -7,6 +7,7 @@ Every run is one :func:`oversight_gr.agents.run.run_training` call (the code pat
     OUT/records/KEY.json      one record per finished run, written atomically
     OUT/work/KEY/             checkpoints of a run in flight (only with --checkpoint-every)
     OUT/work/group-HASH/      the same for a batched group (--batch-runs), named by its runs
+    OUT/work/NAME.progress.json  env steps done by a job in flight (shown by the progress bar)
     OUT/claims/KEY.json       the process training a run (pid, host), removed when it ends
     OUT/report/               table and figures (:mod:`oversight_gr.plots`)
 
@@ -535,6 +536,51 @@ def _orphan_guard(trainer, scalars) -> None:
         os._exit(1)  # the driver is gone: nobody will store this run
 
 
+PROGRESS_EVERY_S = 5.0
+
+
+def progress_path(work_dir: str | Path) -> Path:
+    """``OUT/work/NAME.progress.json``: env steps done of a job in flight (a run or a group)."""
+    work_dir = Path(work_dir)
+    return work_dir.with_name(work_dir.name + ".progress.json")
+
+
+def _progress_reporter(work_dir: str | None) -> Callable[[Any, Any], None]:
+    """The progress callback of a job: the orphan guard, and every few seconds the job's env
+    steps (all its runs together) written to :func:`progress_path` for the driver to show."""
+    if work_dir is None:
+        return _orphan_guard
+    path, last = progress_path(work_dir), [0.0]
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(trainer, scalars) -> None:
+        _orphan_guard(trainer, scalars)
+        now = time.monotonic()
+        done = trainer.updates >= trainer.num_updates
+        if now - last[0] >= PROGRESS_EVERY_S or done:
+            last[0] = now
+            per_update = trainer.cfg.num_envs * trainer.cfg.rollout_steps
+            with contextlib.suppress(OSError):
+                records.write_json_atomic(path, {
+                    "env_steps": trainer.env_steps * trainer.R,
+                    "total_env_steps": trainer.num_updates * per_update * trainer.R})
+
+    return report
+
+
+def progress_in_flight(out: str | Path) -> tuple[int, int]:
+    """``(env steps done, env steps planned)`` summed over the jobs in flight in ``out``."""
+    done = total = 0
+    for path in (Path(out) / "work").glob("*.progress.json"):
+        try:
+            data = json.loads(path.read_text())
+            done, total = done + int(data["env_steps"]), total + int(data["total_env_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being replaced, or left by a killed job
+    return done, total
+
+
 def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
                 checkpoint_every: int = 0) -> dict[str, Any]:
     """Train one config; returns ``{"ok": True, "record": ...}`` or ``{"ok": False, "error"}``.
@@ -546,7 +592,8 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
         cfg = TrainConfig(**cfg_dict)
         run_dir = work_dir if checkpoint_every else None
         record = run_training(cfg, run_dir, tensorboard=False,
-                              checkpoint_every=checkpoint_every, progress=_orphan_guard)
+                              checkpoint_every=checkpoint_every,
+                              progress=_progress_reporter(work_dir))
         record.pop("trainer", None)
         return {"ok": True, "record": record}
     except Exception as exc:  # a failed run is reported, the sweep goes on
@@ -565,7 +612,8 @@ def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = No
     try:
         cfgs = [TrainConfig(**d) for d in cfg_dicts]
         records = run_training(cfgs, work_dir if checkpoint_every else None, tensorboard=False,
-                               checkpoint_every=checkpoint_every, progress=_orphan_guard)
+                               checkpoint_every=checkpoint_every,
+                               progress=_progress_reporter(work_dir))
         return [{"ok": True, "record": r} for r in records]
     except Exception as exc:  # a failed group is reported, the sweep goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
@@ -764,6 +812,7 @@ def run_sweep(
             for i, result in zip(members, group_results):
                 spec = todo[i]
                 if not result["ok"]:
+                    progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                     release_run(out, spec.key)
                     held.discard(spec.key)
                     yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
@@ -772,13 +821,15 @@ def run_sweep(
                 record = _finish_record(spec, result["record"])
                 records.write_json_atomic(record_path(out, spec.key), record)
                 shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
+                progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                 release_run(out, spec.key)
                 held.discard(spec.key)
                 yield RunOutcome(spec, "done", record)
-            if sweep.batch_runs > 0 and not isinstance(group_results, dict):
-                if all(r["ok"] for r in group_results):  # every record stored: drop its checkpoint
-                    shutil.rmtree(group_work_dir(out, [todo[i].key for i in members]),
-                                  ignore_errors=True)
+            if sweep.batch_runs > 0:
+                group_dir = group_work_dir(out, [todo[i].key for i in members])
+                progress_path(group_dir).unlink(missing_ok=True)
+                if not isinstance(group_results, dict) and all(r["ok"] for r in group_results):
+                    shutil.rmtree(group_dir, ignore_errors=True)  # records stored: drop it
         yield from drain()
     finally:
         for key in list(held):  # interrupted: the runs in flight are free for others again

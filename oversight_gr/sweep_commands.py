@@ -8,6 +8,7 @@ the other domains use (``agents/commands.py``, ``vision/commands.py``, ``lm/comm
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from oversight_gr.sweep import (
     build_specs,
     finished_records,
     pending_specs,
+    progress_in_flight,
     run_sweep,
     steered_metrics,
 )
@@ -65,6 +67,17 @@ def command(args: argparse.Namespace) -> int:
                   f"{sweep.out}/records")
 
     t0 = time.perf_counter()
+    stop = threading.Event()
+
+    def show_steps() -> None:  # env steps of the jobs in flight (a batched group ends at once)
+        while not stop.wait(2.0):
+            done, total = progress_in_flight(sweep.out)
+            bar.set_description_str(f"{done / 1e6:.1f}M of {total / 1e6:.1f}M env steps in "
+                                    "flight" if total else "", refresh=True)
+
+    watcher = threading.Thread(target=show_steps, daemon=True)
+    if not args.quiet:
+        watcher.start()
     try:
         for outcome in run_sweep(sweep, specs, on_start=on_start):
             bar.update(1)
@@ -78,6 +91,9 @@ def command(args: argparse.Namespace) -> int:
                 ret = steered_metrics(outcome.record)["stepwise_return"]
                 bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
     finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
         bar.close()
     n_ok = len(specs) - len(failed) - len(elsewhere)
     print(f"{n_ok} of {len(specs)} runs done in {time.perf_counter() - t0:.0f} s "

@@ -424,3 +424,28 @@ def test_an_interrupted_batched_group_resumes_from_its_checkpoint(tmp_path, monk
         assert rec["metrics"] == o.record["metrics"]
         assert [c["return_none"] for c in rec["curve"]] == \
             [c["return_none"] for c in o.record["curve"]]
+
+
+def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
+        tmp_path, monkeypatch):
+    from oversight_gr import sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)
+    sweep = tiny_sweep(tmp_path, methods=("naive",), oversight=(0.1, 0.3), seeds=1,
+                       batch_runs=2, total_env_steps=1024, eval_every=0)  # 4 updates x 2 runs
+    seen = []
+    real = sweep_mod._progress_reporter
+
+    def spy(work_dir):
+        report = real(work_dir)
+
+        def wrapped(trainer, scalars):
+            report(trainer, scalars)
+            seen.append(sweep_mod.progress_in_flight(tmp_path))
+        return wrapped
+
+    monkeypatch.setattr(sweep_mod, "_progress_reporter", spy)
+    assert [o.status for o in run_sweep(sweep)] == ["done", "done"]
+    assert seen == [(256 * k * 2, 1024 * 2) for k in (1, 2, 3, 4)]
+    assert sweep_mod.progress_in_flight(tmp_path) == (0, 0)  # removed with the group
+    assert not list((tmp_path / "work").glob("*.progress.json"))
