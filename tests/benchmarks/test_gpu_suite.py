@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,13 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _suite():
-    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
 
 WRITE_SECTION = (
     "import os, sys; sys.path.insert(0, {bench!r}); from _results_doc import update_section; "
@@ -26,8 +18,9 @@ WRITE_SECTION = (
 )
 
 
-def test_budget_stops_a_long_step_and_skips_what_does_not_fit(tmp_path, monkeypatch):
-    gs = _suite()
+def test_budget_stops_a_long_step_and_skips_what_does_not_fit(load_bench, tmp_path,
+                                                              monkeypatch):
+    gs = load_bench("gpu_suite")
     steps = (gs.Step("quick", 0.0, 0.5), gs.Step("slow", 0.0, 0.5), gs.Step("late", 30.0, 1.0))
 
     def commands(step, device, tiny, out):
@@ -52,8 +45,8 @@ def test_budget_stops_a_long_step_and_skips_what_does_not_fit(tmp_path, monkeypa
     assert gs._unpacked(tmp_path / "out.tar.gz").joinpath("sections.md").read_text() == sections
 
 
-def test_merge_heads_each_section_with_the_device(tmp_path):
-    gs = _suite()
+def test_merge_heads_each_section_with_the_device(load_bench, tmp_path):
+    gs = load_bench("gpu_suite")
     out = tmp_path / "out"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "f.png").write_bytes(b"png")
@@ -73,15 +66,15 @@ def test_merge_heads_each_section_with_the_device(tmp_path):
     assert (tmp_path / "docs" / "figures" / "f.png").read_bytes() == b"png"
 
 
-def test_unknown_step_and_bad_budget_are_refused(tmp_path):
-    gs = _suite()
+def test_unknown_step_and_bad_budget_are_refused(load_bench, tmp_path):
+    gs = load_bench("gpu_suite")
     with pytest.raises(ValueError, match="unknown step 'nope'"):
         gs.commands("nope", "cpu", True, tmp_path)
     with pytest.raises(SystemExit):
         gs.main(["run", "--out", str(tmp_path), "--device", "cpu", "--budget-minutes", "0"])
 
 
-def test_cpu_dry_run_of_every_step(tmp_path):
+def test_cpu_dry_run_of_every_step(load_bench, tmp_path):
     """The same script end to end at tiny sizes on the CPU: every step runs and writes its
     section, the sweep its records, and the merge puts them into a RESULTS.md."""
     import subprocess
@@ -94,7 +87,7 @@ def test_cpu_dry_run_of_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     suite = json.loads((out / "suite.json").read_text())
     assert [s["status"] for s in suite["steps"]] == ["ok"] * 4, suite["steps"]
-    gs = _suite()
+    gs = load_bench("gpu_suite")
     names = set(gs.read_sections(out / "sections.md"))
     assert names == {"train_throughput_gpu", "batched_runs_gpu", "oversight_sweep_paper_gpu",
                      "vision_table2_gpu"}

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--num-envs", "8", "--total-env-steps", "512", "--hidden", "8", "--eval-envs", "8",
         "--eval-every", "256", "--quiet", "--seeds", "2", "--methods", "routing", "naive",
         "--oversight", "0.1", "0.3"]
 
 
-def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("oversight_sweep_bench",
-                                                  ROOT / "benchmarks" / "oversight_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_section_has_the_note_trends_and_every_level_curves(tmp_path, monkeypatch):
+def test_section_has_the_note_trends_and_every_level_curves(load_bench, tmp_path,
+                                                            monkeypatch):
     results, figures = tmp_path / "RESULTS.md", tmp_path / "figures"
     monkeypatch.setenv("OVERSIGHT_GR_RESULTS", str(results))
     monkeypatch.setenv("OVERSIGHT_GR_FIGURES", str(figures))
     note = tmp_path / "note.md"
     note.write_text("Reading: a hand-written reading of the numbers.\n")
-    bench = _bench()
+    bench = load_bench("oversight_sweep")
     argv = [*TINY, "--out", str(tmp_path / "sweep"), "--section", "tiny_sweep"]
     assert bench.main([*argv, "--note-file", str(note)]) == 0
     text = results.read_text()
