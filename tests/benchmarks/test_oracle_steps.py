@@ -23,3 +23,13 @@ def test_ratio_reads_the_oracle_at_its_steps_over_p(load_bench):
     assert row["target"] == pytest.approx(0.665) and row["routing_steps"] == 2000
     assert row["oracle_steps"] == pytest.approx(300)  # actual steps, not the oracle's own axis
     assert row["oracle_axis"] == pytest.approx(6000) and row["ratio"] == pytest.approx(3.0)
+
+
+def test_filtering_is_read_beside_the_oracle_at_its_overseen_steps(load_bench):
+    sweep = seeds("filtering", 0.1, [0.5] * 3, steps=4000, curve=[(2000, 2000, 0.3)])
+    oracle = seeds("oracle", 0.1, [0.8] * 3, steps=400,
+                   curve=[(100, -1, 0.2), (200, -1, 0.6), (300, -1, 0.7)])
+    (row,) = load_bench("oracle_steps").filtering_rows(sweep, oracle, 0.1)
+    # 10% of 4,000 steps: the oracle's curve at 400 steps (its final point, 0.8)
+    assert row["labelled_steps"] == pytest.approx(400) and row["source"] == "dense"
+    assert row["oracle_at_labelled"] == pytest.approx(0.8) and row["filtering_final"] == 0.5
