@@ -70,6 +70,9 @@ def section(summary: dict, command: str, load: tuple[float, float],
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds FIRST_SEED .. FIRST_SEED+SEEDS-1 (default 0; e.g. 5 for fresh "
+                    "seeds that no setting was chosen on)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--section", default="demo_seeds", help="docs/RESULTS.md section (and "
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/demo_seeds.py " + shlex.join(given)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
-        summary = run_demo(args.seeds, 0, Path(tmp), args.workers, **overrides)
+        summary = run_demo(args.seeds, args.first_seed, Path(tmp), args.workers, **overrides)
     summary.pop("records")
     md = section(summary, command.strip(), (load0, os.getloadavg()[0]), args.section)
     print(md)
