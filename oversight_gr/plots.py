@@ -8,7 +8,7 @@ each oversight level the probability that a routing run beats a run of each othe
 * ``return_vs_oversight``: final steered ground-truth return vs oversight fraction, log x, one
   line per method (paper Fig. 6a);
 * ``curves_p<level>``: learning curves at one oversight level vs env steps; the oracle is drawn
-  at ``reported_env_steps`` (its steps multiplied by p, the paper's charging; Fig. 13);
+  at its steps divided by p (:func:`oversight_gr.agents.methods.paper_axis_steps`; Fig. 13);
 * ``curves_<algo>_all_levels``: the same at every oversight level of the sweep, one panel each;
 * ``ghost_closer_unseen``: P(ghost | ghost closer and its cell unseen) vs oversight for naive
   and steered routing.
@@ -316,7 +316,8 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
     """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps / p)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    _draw_curves(ax, mean_curves(records, algo, p), f"{algo}: learning curves at {_pct(p)} oversight")
+    _draw_curves(ax, mean_curves(records, algo, p),
+                 f"{algo}: learning curves at {_pct(p)} oversight")
     ax.set_ylabel("steered ground-truth return")
     ax.legend(fontsize=7)
     return _save(fig, stem)
@@ -522,7 +523,8 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
                              f"{orc['x'][hit[0]]:,.0f} steps on its axis vs routing "
                              f"{reach_r:,.0f} ({ratio:.2f}x)")
             else:
-                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} steps on its axis with "
+                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} steps on its axis "
+                             "with "
                              f"{orc['mean'][-1]:.3f} < routing's final {target:.3f} (routing at "
                              f"that many steps: {routing_at:.3f}); ratio > "
                              f"{orc['x'][-1] / reach_r:.2f}x")
@@ -535,7 +537,8 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
             "of the same env steps as the others; the paper's oracle learns from a fraction p of "
             "its updates (the labels routing gets), so A of our steps stand at A / p. The "
             "ratio's resolution is the first curve point at which the oracle passes routing's "
-            "return (an upper bound). Criterion: ratio in [2, 6].")
+            "return (an upper bound; benchmarks/oracle_steps.py measures it on a dense oracle "
+            "curve). Criterion: ratio in [2, 6].")
     # 6. routing 0.2 below the oracle
     lv = [p for p in _levels(rows, algo, "routing") if _row(rows, algo, "oracle", p)]
     if not lv:

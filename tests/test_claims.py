@@ -148,7 +148,8 @@ def test_trend_rows_read_return_and_exploit_along_the_curves():
     assert row["return"] == pytest.approx([0.7, 0.5, 0.4, 0.3])
     assert row["p_ghost_closer_unseen"] == pytest.approx([0.3, 0.5, 0.7, 0.8])
     md = plots.trend_markdown(records, "ppo")
-    assert "| naive | 5% | 0.70 / 0.50 / 0.40 / 0.30 | -0.100 | 0.30 / 0.50 / 0.70 / 0.80 | +0.100 |" in md
+    assert ("| naive | 5% | 0.70 / 0.50 / 0.40 / 0.30 | -0.100 | 0.30 / 0.50 / 0.70 / 0.80 "
+            "| +0.100 |") in md
     assert plots.trend_rows([rec("naive", 0.05, 0.3)], "ppo") == []  # no curve: no trend
 
 
