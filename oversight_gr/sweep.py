@@ -569,11 +569,18 @@ def _progress_reporter(work_dir: str | None) -> Callable[[Any, Any], None]:
     return report
 
 
+PROGRESS_STALE_S = 600.0
+
+
 def progress_in_flight(out: str | Path) -> tuple[int, int]:
-    """``(env steps done, env steps planned)`` summed over the jobs in flight in ``out``."""
+    """``(env steps done, env steps planned)`` summed over the jobs in flight in ``out``; a
+    file not rewritten for ``PROGRESS_STALE_S`` seconds is a killed job's and is skipped."""
     done = total = 0
+    now = time.time()
     for path in (Path(out) / "work").glob("*.progress.json"):
         try:
+            if now - path.stat().st_mtime > PROGRESS_STALE_S:
+                continue
             data = json.loads(path.read_text())
             done, total = done + int(data["env_steps"]), total + int(data["total_env_steps"])
         except (OSError, ValueError, KeyError, TypeError):

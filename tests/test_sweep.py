@@ -449,3 +449,9 @@ def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
     assert seen == [(256 * k * 2, 1024 * 2) for k in (1, 2, 3, 4)]
     assert sweep_mod.progress_in_flight(tmp_path) == (0, 0)  # removed with the group
     assert not list((tmp_path / "work").glob("*.progress.json"))
+    # a killed job's file is not counted once it is stale
+    left = sweep_mod.progress_path(tmp_path / "work" / "killed")
+    left.write_text(json.dumps({"env_steps": 5, "total_env_steps": 10}))
+    assert sweep_mod.progress_in_flight(tmp_path) == (5, 10)
+    os.utime(left, (time.time() - sweep_mod.PROGRESS_STALE_S - 1,) * 2)
+    assert sweep_mod.progress_in_flight(tmp_path) == (0, 0)
