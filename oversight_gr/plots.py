@@ -213,21 +213,25 @@ def plot_return_vs_oversight(rows: Sequence[dict[str, Any]], algo: str, stem: Pa
 def _curve_points(record: dict[str, Any]) -> list[dict[str, float]]:
     """The record's curve plus its final evaluation (if the curve stops short of it), each
     point also on the paper's axis (``reported_env_steps``: the oracle's steps / p, derived here
-    from the config so that records written under another charging plot alike)."""
+    from the config so that records written under another charging plot alike) and with the
+    steered policy's P(ghost | closer, unseen) (NaN where a curve point lacks it)."""
     from oversight_gr.agents.methods import METHODS, paper_axis_steps
     from oversight_gr.agents.run import steered_mode
 
     cfg = record["config"]
     steer = steered_mode(cfg["method"])
     method, p = METHODS[cfg["method"]], float(cfg["oversight_prob"])
-    pts = [(c["env_steps"], c["reported_env_steps"], c["wall_seconds"], c[f"return_{steer}"])
+    pts = [(c["env_steps"], c["reported_env_steps"], c["wall_seconds"], c[f"return_{steer}"],
+            c.get(f"p_ghost_closer_unseen_{steer}", math.nan))
            for c in record.get("curve", [])]
     if not pts or pts[-1][0] < record["env_steps"]:
+        final = record["metrics"][steer]
         pts.append((record["env_steps"], record["reported_env_steps"], record["wall_seconds"],
-                    record["metrics"][steer]["stepwise_return"]))
+                    final["stepwise_return"], final["p_ghost_closer_unseen"]))
     return [{"env_steps": a,
              "reported_env_steps": paper_axis_steps(method, p, a) if method.oracle_scale else b,
-             "wall_seconds": c, "return": d} for a, b, c, d in pts]
+             "wall_seconds": c, "return": d, "p_ghost_closer_unseen": float(g)}
+            for a, b, c, d, g in pts]
 
 
 def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
@@ -247,18 +251,6 @@ def mean_curves(records: Iterable[dict[str, Any]], algo: str, p: float
                   "lo": np.array([s.lo for s in ivs]), "hi": np.array([s.hi for s in ivs]),
                   "n": len(curves)}
     return out
-
-
-def _curve_gcu(record: dict[str, Any]) -> list[float]:
-    """P(ghost | closer, unseen) of the steered policy along the curve, final point included."""
-    from oversight_gr.agents.run import steered_mode
-
-    steer = steered_mode(record["config"]["method"])
-    pts = [(c["env_steps"], c.get(f"p_ghost_closer_unseen_{steer}", math.nan))
-           for c in record.get("curve", [])]
-    if not pts or pts[-1][0] < record["env_steps"]:
-        pts.append((record["env_steps"], record["metrics"][steer]["p_ghost_closer_unseen"]))
-    return [float(v) for _, v in pts]
 
 
 TREND_FRACTIONS = (0.2, 0.5, 0.8, 1.0)
@@ -281,7 +273,6 @@ def trend_rows(records: Sequence[dict[str, Any]], algo: str) -> list[dict[str, A
     out = []
     for (m, p), rs in sorted(groups.items(), key=lambda kv: (_method_key(kv[0][0]), kv[0][1])):
         curves = [_curve_points(r) for r in rs]
-        gcus = [_curve_gcu(r) for r in rs]
         n = min(len(cv) for cv in curves)
         if n < 2:
             continue
@@ -290,7 +281,8 @@ def trend_rows(records: Sequence[dict[str, Any]], algo: str) -> list[dict[str, A
         out.append({"method": m, "oversight": p, "n": len(rs),
                     "env_steps": [int(steps[i]) for i in idx],
                     "return": [float(np.mean([cv[i]["return"] for cv in curves])) for i in idx],
-                    "p_ghost_closer_unseen": [_nanmean([g[i] for g in gcus]) for i in idx]})
+                    "p_ghost_closer_unseen": [_nanmean([cv[i]["p_ghost_closer_unseen"]
+                                                        for cv in curves]) for i in idx]})
     return out
 
 
