@@ -41,15 +41,15 @@ def ratio_rows(sweep_records, oracle_records, oracle_p: float) -> list[dict]:
     """Per routing level of the sweep: routing's 95% target and the steps it took, the oracle's
     first dense-curve point at that return, and the ratio of the oracle's A / p to routing's."""
     orc = plots.mean_curves(oracle_records, "ppo", oracle_p)["oracle"]
-    actual = orc["x"] * oracle_p  # the curve's axis is A / oracle_p: back to A
     rows = []
     for p in sorted({float(r["config"]["oversight_prob"]) for r in sweep_records
                      if r["config"]["method"] == "routing"}):
         ro = plots.mean_curves(sweep_records, "ppo", p)["routing"]
         target = 0.95 * ro["mean"][-1]
-        reach = float(ro["x"][int((ro["mean"] >= target).argmax())])
-        hit = (orc["mean"] >= target).nonzero()[0]
-        a = float(actual[hit[0]]) if hit.size else math.nan
+        reach = plots.steps_to_reach(ro, target)
+        reach = math.nan if reach is None else reach  # a negative final return
+        hit = plots.steps_to_reach(orc, target)
+        a = hit * oracle_p if hit is not None else math.nan  # the curve's axis is A / oracle_p
         rows.append({"oversight": p, "routing_final": float(ro["mean"][-1]), "target": target,
                      "routing_steps": reach, "oracle_steps": a, "oracle_axis": a / p,
                      "ratio": a / p / reach, "n_routing": ro["n"], "n_oracle": orc["n"]})

@@ -36,6 +36,7 @@ __all__ = [
     "improvement_markdown",
     "plot_return_vs_oversight",
     "plot_learning_curves",
+    "steps_to_reach",
     "trend_rows",
     "trend_markdown",
     "plot_learning_curves_all_levels",
@@ -303,6 +304,13 @@ def trend_markdown(records: Sequence[dict[str, Any]], algo: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def steps_to_reach(curve: dict[str, np.ndarray], level: float) -> float | None:
+    """The x of the first point of a :func:`mean_curves` curve whose mean is at least
+    ``level`` (an upper bound on when it got there), or None if it never does."""
+    hit = np.nonzero(curve["mean"] >= level)[0]
+    return float(curve["x"][hit[0]]) if hit.size else None
+
+
 def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
                          stem: Path) -> list[Path]:
     """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps / p)."""
@@ -503,16 +511,16 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
             cv = mean_curves(records, algo, p)
             ro, orc = cv["routing"], cv["oracle"]
             target = ro["mean"][-1]
-            reach_r = ro["x"][np.argmax(ro["mean"] >= 0.95 * target)] if target >= 0.2 else None
-            hit = np.nonzero(orc["mean"] >= 0.95 * target)[0]
+            reach_r = steps_to_reach(ro, 0.95 * target) if target >= 0.2 else None
+            reach_o = steps_to_reach(orc, 0.95 * target)
             routing_at = float(np.interp(orc["x"][-1], ro["x"], ro["mean"]))
             if target < 0.2 or reach_r is None:
                 parts.append(f"{_pct(p)}: routing final {target:.3f} (< 0.2: nothing to match)")
-            elif hit.size:
-                ratio = orc["x"][hit[0]] / reach_r
+            elif reach_o is not None:
+                ratio = reach_o / reach_r
                 ratios.append(ratio)
                 parts.append(f"{_pct(p)}: oracle reaches 95% of routing's {target:.3f} at "
-                             f"{orc['x'][hit[0]]:,.0f} steps on its axis vs routing "
+                             f"{reach_o:,.0f} steps on its axis vs routing "
                              f"{reach_r:,.0f} ({ratio:.2f}x)")
             else:
                 parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} steps on its axis "
