@@ -818,8 +818,8 @@ def run_sweep(
                 group_results = [group_results] * len(members)
             for i, result in zip(members, group_results):
                 spec = todo[i]
+                progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                 if not result["ok"]:
-                    progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                     release_run(out, spec.key)
                     held.discard(spec.key)
                     yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
@@ -828,7 +828,6 @@ def run_sweep(
                 record = _finish_record(spec, result["record"])
                 records.write_json_atomic(record_path(out, spec.key), record)
                 shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
-                progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                 release_run(out, spec.key)
                 held.discard(spec.key)
                 yield RunOutcome(spec, "done", record)

@@ -645,7 +645,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
                 on_start(*run)
             log.info("running %s q=%g seed=%d", *run)
             finished(run, run_method(*run, cfg, gpt, data))
-    elif pending:
+    else:
         import concurrent.futures as cf  # noqa: PLC0415
         import multiprocessing as mp  # noqa: PLC0415
 
