@@ -1,0 +1,317 @@
+"""Where the time of a PPO update goes, measured by wall clock (no profiler), and what that
+bounds: the single-run speed-up still available and the speed-up that training R runs as one
+group can give on this device.
+
+A PPO update (the default run: 512 envs x 32 steps, 4 epochs x 16 minibatches of 1,024 steps,
+hidden 64) is one rollout plus 64 minibatch steps. One minibatch step is timed whole and in
+parts, each part as its own loop over the same 16 minibatches of one rollout, interleaved
+repeat by repeat, median of the repeats:
+
+- ``step``: the routed loss, its backward, clipping and Adam (what the update runs 64 times);
+- ``loss forward``: the loss without autograd;
+- ``networks``: experts, gate, value and heads, forward and backward of a plain sum (no
+  objective, no routing weights);
+- ``MLPs``: the two experts' and the value net's two-layer bodies alone, forward + backward;
+- ``matmul floor``: the matrix multiplies of one step (forward, weight and input gradients),
+  recorded from a real step (a dispatch mode) and replayed as bare calls of the same operators
+  on fixed tensors of the same shapes and strides: the arithmetic that no reorganisation of the
+  same maths removes;
+- ``clip + Adam``: gradient-norm clipping and the fused Adam step on the gradients of a step.
+
+From these: the objective and routing (step - networks - clip + Adam), and everything that is
+not arithmetic (step - matmul floor). Batching R runs into one group (``Trainer([cfg, ...])``)
+removes per-operation overhead but not arithmetic, so ``step / matmul floor`` bounds its
+speed-up of the update (Amdahl); the group's measured speed-up of updates is printed beside it
+(R runs of the profiled size, timed against one of them alone in this run).
+
+    python benchmarks/update_profile.py                   # ~3 min on one CPU thread
+    python benchmarks/update_profile.py --tiny            # a few seconds (dry run)
+
+Writes section ``update_profile_<cpu|gpu>`` of docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results_doc import cpu_name, update_section  # noqa: E402
+
+from oversight_gr.agents.methods import train_mask  # noqa: E402
+from oversight_gr.agents.networks import mlp_forward  # noqa: E402
+from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def minibatches(trainer: Trainer) -> list[list[torch.Tensor]]:
+    """The 16 minibatches of one fresh rollout, each ``[R, N, ...]`` (unshuffled slices)."""
+    ro = trainer.collect()
+    adv, returns = trainer.advantages(ro)
+    mask = train_mask(trainer.method, ro.labels)
+    full = [trainer.per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
+                                         mask)]
+    n = full[0].shape[1]
+    k = trainer.cfg.resolved("minibatches")
+    mb = n // k
+    return [[x[:, i * mb:(i + 1) * mb] for x in full] for i in range(k)]
+
+
+#: the matrix-multiply operators the floor records and replays
+MATMULS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+class _RecordMatmuls(TorchDispatchMode):
+    """Records ``(op name, [(shape, stride) of each tensor argument])`` of every matrix
+    multiply dispatched while active (forward and backward alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, list[tuple[tuple, tuple]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in MATMULS:
+            self.calls.append((name, [(tuple(a.shape), tuple(a.stride())) for a in args
+                                      if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def record_matmuls(step, batch) -> list[tuple[str, list[tuple[tuple, tuple]]]]:
+    """The matrix multiplies that ``step(batch)`` runs, in order."""
+    with _RecordMatmuls() as rec:
+        step(batch)
+    return rec.calls
+
+
+def matmul_flops(calls) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of recorded calls."""
+    total = 0
+    for name, tensors in calls:
+        a, b = tensors[-2][0], tensors[-1][0]  # the two factors (addmm's first is the bias)
+        batch = a[0] if name in ("bmm", "baddbmm") else 1
+        total += 2 * batch * a[-2] * a[-1] * b[-1]
+    return total
+
+
+def matmul_floor(calls, device: torch.device):
+    """A function replaying the recorded multiplies back to back on fixed tensors of the
+    same shapes and strides (so the same transposed / plain kernels run)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def tensor(shape, stride):
+        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+        base = torch.randn(max(size, 1), generator=gen).to(device)
+        return base.as_strided(shape, stride)
+
+    ops = [(getattr(torch, name), [tensor(*t) for t in tensors]) for name, tensors in calls]
+
+    def run(_batch) -> None:
+        for op, tensors in ops:
+            op(*tensors)
+
+    return run
+
+
+def parts(trainer: Trainer) -> dict:
+    """name -> function(minibatch) for the timed parts of one minibatch step."""
+    p, pv = trainer._policy_p, trainer._value_p
+
+    def step(b):
+        loss, _ = trainer.loss(*b)
+        trainer._step(loss)
+
+    def forward(b):
+        with torch.no_grad():
+            trainer.loss(*b)
+
+    def networks(b):
+        x = trainer._x(b[0])
+        out = trainer.mix(trainer.features(x))
+        (out.logits.sum() + trainer.values(x).sum() + out.gate.sum()).backward()
+
+    def mlps(b):
+        x = trainer._x(b[0])
+        (mlp_forward(x, p, "expert_diamond").sum() + mlp_forward(x, p, "expert_ghost").sum()
+         + mlp_forward(x, pv, "net.0").sum()).backward()
+
+    def clip_adam(_b):
+        if trainer.cfg.resolved("max_grad_norm") > 0:
+            trainer._clip(trainer.cfg.resolved("max_grad_norm"))
+        trainer.optimizer.step()
+
+    return {"step": step, "loss forward": forward, "networks": networks, "MLPs": mlps,
+            "clip + Adam": clip_adam}
+
+
+def time_parts(trainer: Trainer, batches, funcs: dict, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` of the mean seconds per minibatch of each part (each repeat
+    runs every part once over all minibatches, in turn)."""
+    dev = trainer.device
+    # gradients for clip + Adam (and warm-up of every part)
+    for f in funcs.values():
+        for b in batches:
+            f(b)
+    times: dict[str, list[float]] = {k: [] for k in funcs}
+    for _ in range(repeats):
+        for name, f in funcs.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            for b in batches:
+                f(b)
+            _sync(dev)
+            times[name].append((time.perf_counter() - t0) / len(batches))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def update_times(trainer: Trainer, updates: int) -> tuple[float, float]:
+    """Median (collect, learn) seconds per update after one warm-up update."""
+    trainer.train_update()
+    cs, ls = [], []
+    for _ in range(updates):
+        _sync(trainer.device)
+        t0 = time.perf_counter()
+        ro = trainer.collect()
+        _sync(trainer.device)
+        t1 = time.perf_counter()
+        trainer.update(ro)
+        _sync(trainer.device)
+        cs.append(t1 - t0)
+        ls.append(time.perf_counter() - t1)
+    return statistics.median(cs), statistics.median(ls)
+
+
+def group_speedup(args, device: torch.device) -> tuple[float, float]:
+    """Seconds per update of R routing runs as one group and of one of them alone, medians,
+    interleaved."""
+    base = dict(method="routing", algo="ppo", hidden=args.hidden, num_envs=args.group_envs,
+                rollout_steps=args.rollout_steps, device=str(device), threads=args.threads)
+    levels = (0.01, 0.05, 0.1, 0.3)
+    cfgs = [TrainConfig(seed=i // len(levels), oversight_prob=levels[i % len(levels)], **base)
+            for i in range(args.group)]
+    group, alone = Trainer(cfgs), Trainer(cfgs[0])
+    group.train_update(), alone.train_update()
+    g, a = [], []
+    for _ in range(args.updates):
+        for trainer, out in ((group, g), (alone, a)):
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.train_update()
+            _sync(device)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(g), statistics.median(a)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--num-envs", type=int, default=512)
+    ap.add_argument("--rollout-steps", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7, help="timed repeats of each part")
+    ap.add_argument("--updates", type=int, default=7, help="timed whole updates")
+    ap.add_argument("--group", type=int, default=8, help="runs R in the timed group")
+    ap.add_argument("--group-envs", type=int, default=None,
+                    help="envs per run in the group (default: --num-envs, the size profiled)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tiny", action="store_true", help="small sizes, a dry run")
+    ap.add_argument("--section", default=None, help="default update_profile_<cpu|gpu>")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.hidden, args.num_envs, args.rollout_steps = 16, 64, 8
+        args.repeats, args.updates, args.group, args.group_envs = 2, 2, 2, 32
+    if args.group_envs is None:
+        args.group_envs = args.num_envs
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    t_start = time.time()
+    load0 = os.getloadavg()[0]
+
+    cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
+                      num_envs=args.num_envs, rollout_steps=args.rollout_steps,
+                      device=args.device, threads=args.threads)
+    trainer = Trainer(cfg)
+    collect_s, learn_s = update_times(trainer, args.updates)
+    batches = minibatches(trainer)
+    n = batches[0][0].shape[1]
+    funcs = parts(trainer)
+    calls = record_matmuls(funcs["step"], batches[0])
+    funcs["matmul floor"] = matmul_floor(calls, device)
+    t = time_parts(trainer, batches, funcs, args.repeats)
+    steps = cfg.resolved("update_epochs") * cfg.resolved("minibatches")
+    flops = matmul_flops(calls)
+    g_s, a_s = group_speedup(args, device)
+    load1 = os.getloadavg()[0]
+
+    ms = {k: v * 1e3 for k, v in t.items()}
+    derived = {
+        "objective and routing (step - networks - clip + Adam)":
+            ms["step"] - ms["networks"] - ms["clip + Adam"],
+        "gate, heads and mixture (networks - MLPs)": ms["networks"] - ms["MLPs"],
+        "not arithmetic (step - matmul floor)": ms["step"] - ms["matmul floor"],
+    }
+    bound = ms["step"] / ms["matmul floor"]
+    per_update = collect_s + learn_s
+    sps = cfg.num_envs * cfg.rollout_steps / per_update
+    group_x = args.group * a_s / g_s
+    lines = [
+        f"`python benchmarks/update_profile.py{' --tiny' if args.tiny else ''}` on "
+        f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
+        f"{args.threads} thread(s), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.time() - t_start:.0f} s. 1-min load "
+        f"average {load0:.1f} before and {load1:.1f} after.",
+        "",
+        f"PPO routing, hidden {cfg.hidden}, {cfg.num_envs} envs x {cfg.rollout_steps} steps per "
+        f"update = {steps} minibatch steps of {n:,} samples. Whole update (median of "
+        f"{args.updates}): collect {collect_s:.3f} s + learn {learn_s:.3f} s = "
+        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**.",
+        "",
+        "One minibatch step, by part (median of "
+        f"{args.repeats} interleaved repeats over the rollout's {len(batches)} minibatches):",
+        "",
+        "| part | ms per minibatch step | share of the step |",
+        "|---|---:|---:|",
+    ]
+    for k in ("step", "loss forward", "networks", "MLPs", "matmul floor", "clip + Adam"):
+        lines.append(f"| {k} | {ms[k]:.3f} | {ms[k] / ms['step']:.0%} |")
+    for k, v in derived.items():
+        lines.append(f"| {k} | {v:.3f} | {v / ms['step']:.0%} |")
+    gflops = flops / (ms["matmul floor"] * 1e-3) / 1e9
+    lines += [
+        "",
+        f"- The matmul floor is {len(calls)} multiplies, {flops / 1e6:.0f} MFLOP per step, at "
+        f"{gflops:.0f} GFLOP/s: "
+        f"{ms['matmul floor'] / ms['step']:.0%} of the step is arithmetic that the same maths "
+        f"cannot shed; removing every other cost would make the learning step at most "
+        f"{bound:.2f}x faster.",
+        f"- A group of R runs batches the arithmetic (the same FLOPs, R times over) and removes "
+        f"only the rest, so on this device its speed-up of updates is bounded by about "
+        f"{bound:.2f}x (Amdahl, at this rollout size). Measured here: {args.group} routing runs "
+        f"of {args.group_envs} envs as one group take {g_s:.3f} s per update against "
+        f"{a_s:.3f} s for one of them alone: **{group_x:.2f}x** the env steps per second of "
+        f"running them one after another.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        section = args.section or f"update_profile_{'gpu' if device.type == 'cuda' else 'cpu'}"
+        header = f"## Where a PPO update's time goes ({section})\n\n"
+        update_section(section, header + text + "\n")
+        print(f"wrote section {section}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
