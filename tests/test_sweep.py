@@ -64,6 +64,19 @@ def test_presets_match_the_issue():
     assert PRESETS["quick"]["train"]["total_env_steps"] <= 500_000
 
 
+def test_a_presets_method_settings_reach_only_that_method_and_the_command_line_wins():
+    standard = SweepConfig(preset="standard")
+    by_method = {}
+    for spec in build_specs(standard):
+        by_method.setdefault(spec.cfg.method, set()).add(spec.cfg.unlabelled_sharpness)
+    assert by_method.pop("routing") == {6.0}
+    assert set(by_method) == {"naive", "filtering", "oracle", "naive_early_stop"}
+    assert all(v == {None} for v in by_method.values())  # their configs (and keys) unchanged
+    assert all(s.cfg.gate_balance for s in build_specs(standard))  # shared settings: all
+    override = SweepConfig(preset="standard", train=("unlabelled_sharpness=2",))
+    assert {s.cfg.unlabelled_sharpness for s in build_specs(override)} == {2.0}
+
+
 def test_keys_hash_the_full_config():
     specs = build_specs(SweepConfig(preset="quick"))
     assert len({s.key for s in specs}) == len(specs)
