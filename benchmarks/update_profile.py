@@ -21,8 +21,11 @@ repeat by repeat, median of the repeats:
 From these: the objective and routing (step - networks - clip + Adam), and everything that is
 not arithmetic (step - matmul floor). Batching R runs into one group (``Trainer([cfg, ...])``)
 removes per-operation overhead but not arithmetic, so ``step / matmul floor`` bounds its
-speed-up of the update (Amdahl); the group's measured speed-up of updates is printed beside it
-(R runs of the profiled size, timed against one of them alone in this run).
+speed-up of the update (Amdahl). The step is also timed at twice the samples, which splits it
+into a fixed part (per operation: what a group shares) and a part that grows with the samples
+(arithmetic and memory passes: a group does it R times), a tighter bound; the group's measured
+speed-up of updates is printed beside both (R runs of the profiled size, timed against one of
+them alone in this run).
 
     python benchmarks/update_profile.py                   # ~3 min on one CPU thread
     python benchmarks/update_profile.py --tiny            # a few seconds (dry run)
@@ -33,7 +36,9 @@ Writes section ``update_profile_<cpu|gpu>`` of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -252,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     t = time_parts(trainer, batches, funcs, args.repeats)
     steps = cfg.resolved("update_epochs") * cfg.resolved("minibatches")
     flops = matmul_flops(calls)
+    # the step at twice the samples: its fixed (per-operation) and per-sample parts
+    cfg2 = dataclasses.replace(cfg, num_envs=2 * cfg.num_envs)
+    trainer2 = Trainer(cfg2)
+    trainer2.train_update()
+    t2 = time_parts(trainer2, minibatches(trainer2), {"step": parts(trainer2)["step"]},
+                    args.repeats)["step"]
+    per_sample = (t2 - t["step"]) / n
+    fixed = t["step"] - per_sample * n
     g_s, a_s = group_speedup(args, device)
     load1 = os.getloadavg()[0]
 
@@ -263,11 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         "not arithmetic (step - matmul floor)": ms["step"] - ms["matmul floor"],
     }
     bound = ms["step"] / ms["matmul floor"]
+    r = args.group
+    # R runs as one group at best: the fixed part once, the per-sample part R times
+    linear_bound = (r * t["step"] / (fixed + r * per_sample * n)
+                    if fixed > 0 and per_sample > 0 else float("nan"))  # nan: noise at tiny sizes
     per_update = collect_s + learn_s
     sps = cfg.num_envs * cfg.rollout_steps / per_update
     group_x = args.group * a_s / g_s
+    command = shlex.join(["python", "benchmarks/update_profile.py",
+                          *(sys.argv[1:] if argv is None else argv)])
     lines = [
-        f"`python benchmarks/update_profile.py{' --tiny' if args.tiny else ''}` on "
+        f"`{command}` on "
         f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
         f"{args.threads} thread(s), torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.time() - t_start:.0f} s. 1-min load "
@@ -298,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{bound:.2f}x faster.",
         f"- A group of R runs batches the arithmetic (the same FLOPs, R times over) and removes "
         f"only the rest, so on this device its speed-up of updates is bounded by about "
-        f"{bound:.2f}x (Amdahl, at this rollout size). Measured here: {args.group} routing runs "
+        f"{bound:.2f}x (Amdahl, at this rollout size). A tighter bound: the step at twice the "
+        f"samples ({2 * n:,}) takes {t2 * 1e3:.3f} ms, so {fixed * 1e3:.3f} ms of the step is "
+        f"fixed (per operation, what a group shares) and {per_sample * n * 1e3:.3f} ms grows "
+        f"with the samples (arithmetic and memory passes, which a group of R runs does R "
+        f"times); a group of {r} could then at best run {linear_bound:.2f}x the env steps per "
+        f"second of one run after another. Measured here: {args.group} routing runs "
         f"of {args.group_envs} envs as one group take {g_s:.3f} s per update against "
         f"{a_s:.3f} s for one of them alone: **{group_x:.2f}x** the env steps per second of "
         f"running them one after another.",
