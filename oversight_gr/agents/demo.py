@@ -14,6 +14,7 @@ The seeds are ``first_seed .. first_seed + seeds - 1``, never chosen ones.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -109,7 +110,10 @@ def run_demo(seeds: int = DEMO_SEEDS, first_seed: int = 0, run_dir: str | Path |
     if len(lanes) == 1:
         records.update(_lane(lanes[0], seed_list, settings, run_dir))
     else:
-        with ProcessPoolExecutor(max_workers=len(lanes)) as pool:
+        # spawn, as the sweep and the lm grid: a forked child of a process whose torch thread
+        # pools have started (a notebook that trained before) can hang
+        with ProcessPoolExecutor(max_workers=len(lanes),
+                                 mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(_lane, lane, seed_list, settings, run_dir) for lane in lanes]
             for f in futures:
                 records.update(f.result())

@@ -41,6 +41,14 @@ def test_run_demo_summary_has_one_value_per_seed():
         run_demo(oversight_prob=2.0)
 
 
+def test_worker_processes_give_the_numbers_of_one_process():
+    tiny = dict(seeds=2, first_seed=3, num_envs=16, hidden=8, total_env_steps=16 * 32 * 2,
+                eval_envs=16)
+    one, two = run_demo(workers=1, **tiny), run_demo(workers=2, **tiny)  # two: spawned lanes
+    for m in ("routing", "naive", "filtering"):
+        assert two["methods"][m]["steered_return"] == one["methods"][m]["steered_return"], m
+
+
 def test_cli_demo_writes_summary_and_figures(tmp_path, capsys):
     from oversight_gr.cli import main
 
