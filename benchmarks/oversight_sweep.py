@@ -45,6 +45,28 @@ def hardware(device: str) -> str:
     return text
 
 
+def method_settings(specs) -> str:
+    """The TrainConfig fields on which methods differ (a preset's ``method_train``), as
+    ``"; routing: unlabelled_sharpness 6.0"`` (each method's values where they are not the most
+    common one); empty when the methods share every setting."""
+    first: dict[str, dict] = {}
+    for spec in specs:
+        first.setdefault(spec.cfg.method, spec.cfg.to_dict())
+    grid = {"method", "seed", "oversight_prob", "algo"}
+    configs = list(first.values())
+    common = {}
+    for k in configs[0]:
+        values = [repr(c[k]) for c in configs]
+        if k not in grid and len(set(values)) > 1:
+            common[k] = max(set(values), key=values.count)
+    parts = []
+    for m, c in first.items():
+        own = [f"{k} {c[k]}" for k in common if repr(c[k]) != common[k]]
+        if own:
+            parts.append(f"{m}: " + ", ".join(own))
+    return "".join(f"; {part}" for part in parts)
+
+
 def budget_line(sweep: sweep_mod.SweepConfig, specs) -> str:
     t = specs[0].cfg
     per_update = t.num_envs * t.rollout_steps
@@ -55,7 +77,8 @@ def budget_line(sweep: sweep_mod.SweepConfig, specs) -> str:
             f"algorithm(s); each run {t.total_env_steps:,} env steps requested, "
             f"{updates:,} updates = {updates * per_update:,} trained ({t.num_envs} envs x "
             f"{t.rollout_steps} steps per update, hidden {t.hidden}, gate input "
-            f"{t.gate_input}, bootstrap {t.bootstrap}), learning-curve evaluation every "
+            f"{t.gate_input}, bootstrap {t.bootstrap}{method_settings(specs)}), "
+            f"learning-curve evaluation every "
             f"{t.eval_every:,} steps on {t.eval_envs} envs; all methods train the same env "
             "steps (the oracle, which learns from every update where the paper's learns from a "
             "fraction p of them, is drawn at steps / p on the curve axis).")

@@ -28,3 +28,14 @@ def test_section_has_the_note_trends_and_every_level_curves(load_bench, tmp_path
     assert "--note-file" not in text and "--section tiny_sweep" in text
     with pytest.raises(SystemExit):
         bench.main([*argv, "--report-only", "--note-file", str(tmp_path / "missing.md")])
+
+
+def test_the_budget_line_names_settings_that_differ_between_methods(load_bench):
+    from oversight_gr.sweep import SweepConfig, build_specs
+
+    bench = load_bench("oversight_sweep")
+    assert bench.method_settings(build_specs(SweepConfig(preset="quick"))) == ""
+    standard = build_specs(SweepConfig(preset="standard"))
+    assert bench.method_settings(standard) == "; routing: unlabelled_sharpness 6.0"
+    assert "routing: unlabelled_sharpness 6.0" in bench.budget_line(SweepConfig(preset="standard"),
+                                                                    standard)
