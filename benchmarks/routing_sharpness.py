@@ -4,8 +4,9 @@ level, from sweep record folders. Unlabelled steps send each expert gradient in 
 ``g^k`` and ``(1 - g)^k``; a larger k keeps more of the ghost-bound unlabelled steps out of the
 diamond expert, which matters most where almost every step is unlabelled.
 
-Each ``--variant NAME=FOLDER`` names a folder of sweep records (``FOLDER/records``); the
-routing records in it are read per oversight level and seed, and nothing is trained here. The
+Each ``--variant NAME=FOLDER[,FOLDER...]`` names folders of sweep records (``FOLDER/records``,
+pooled); the routing records in them are read per oversight level and seed, and nothing is
+trained here. The
 folders of the ``routing_sharpness`` section were made by (each skips finished runs):
 
     # k = 3: the routing runs of the standard sweep before it moved to k = 6 (commit e712490;
@@ -19,10 +20,13 @@ folders of the ``routing_sharpness`` section were made by (each skips finished r
     # moved to 6, without --train: the default 3; with the preset now, pass it)
     oversight-gr sweep --preset standard --methods routing --oversight 0.01 --seeds 5 --first-seed 5 --batch-runs 5 --train unlabelled_sharpness=3 --out runs/research/r1_k3_fresh
     oversight-gr sweep --preset standard --methods routing --oversight 0.01 --seeds 5 --first-seed 5 --batch-runs 5 --train unlabelled_sharpness=6 --out runs/research/r1_k6_fresh
+    # fresh seeds 5-9 at 2.5% and 5%, where k = 6 lost and gained on seeds 0-4
+    oversight-gr sweep --preset standard --methods routing --oversight 0.025 0.05 --seeds 5 --first-seed 5 --batch-runs 10 --train unlabelled_sharpness=3 --out runs/research/r1_k3_fresh
+    oversight-gr sweep --preset standard --methods routing --oversight 0.025 0.05 --seeds 5 --first-seed 5 --batch-runs 10 --train unlabelled_sharpness=6 --out runs/research/r1_k6_fresh
 
 (with ``--quiet --no-report --workers 1 --threads 1``, two at a time on the 2 cores), then
 
-    python benchmarks/routing_sharpness.py --variant k3=runs/sharpness/k3 --variant k6=runs/research/r1_k6 --variant k3_fresh=runs/research/r1_k3_fresh --variant k6_fresh=runs/research/r1_k6_fresh
+    python benchmarks/routing_sharpness.py --variant k3=runs/sharpness/k3 --variant k6=runs/research/r1_k6 --variant k3_fresh=runs/research/r1_k3_fresh --variant k6_fresh=runs/research/r1_k6_fresh --variant k3_all=runs/sharpness/k3,runs/research/r1_k3_fresh --variant k6_all=runs/research/r1_k6,runs/research/r1_k6_fresh
 """
 
 from __future__ import annotations
@@ -39,13 +43,21 @@ from oversight_gr import sweep as sweep_mod  # noqa: E402
 from oversight_gr.stats import mean_interval, probability_of_improvement  # noqa: E402
 
 
-def routing_runs(folder: str | Path) -> dict[float, dict[int, dict]]:
-    """``{oversight: {seed: record}}`` of the routing records in a sweep folder."""
+def routing_runs(*folders: str | Path) -> dict[float, dict[int, dict]]:
+    """``{oversight: {seed: record}}`` of the routing records in sweep folders (pooled; a seed
+    found twice at one level is an error: the folders must hold different runs)."""
     out: dict[float, dict[int, dict]] = {}
-    for record in sweep_mod.load_records(folder):
-        cfg = record["config"]
-        if cfg["method"] == "routing":
-            out.setdefault(float(cfg["oversight_prob"]), {})[int(cfg["seed"])] = record
+    for folder in folders:
+        for record in sweep_mod.load_records(folder):
+            cfg = record["config"]
+            if cfg["method"] != "routing":
+                continue
+            level = out.setdefault(float(cfg["oversight_prob"]), {})
+            seed = int(cfg["seed"])
+            if seed in level:
+                raise ValueError(f"seed {seed} at oversight {cfg['oversight_prob']} is in more "
+                                 f"than one of {[str(f) for f in folders]}")
+            level[seed] = record
     return out
 
 
@@ -104,8 +116,8 @@ def comparisons(variants, pairs: list[tuple[str, str]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", action="append", required=True, metavar="NAME=FOLDER",
-                    help="a sweep folder of routing records, labelled NAME (repeatable)")
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME=FOLDER[,FOLDER]",
+                    help="sweep folders of routing records (pooled), labelled NAME (repeatable)")
     ap.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
                     help="variant pairs to compare per level (default: k6 k3, k6_fresh k3_fresh)")
     ap.add_argument("--section", default="routing_sharpness")
@@ -115,14 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.variant:
         if "=" not in item:
             ap.error(f"--variant takes NAME=FOLDER, got {item!r}")
-        name, folder = item.split("=", 1)
-        if not (Path(folder) / "records").is_dir():
-            ap.error(f"--variant {name}: {folder}/records is not a folder")
-        runs = routing_runs(folder)
+        name, folders = item.split("=", 1)
+        folders = folders.split(",")
+        for folder in folders:
+            if not (Path(folder) / "records").is_dir():
+                ap.error(f"--variant {name}: {folder}/records is not a folder")
+        try:
+            runs = routing_runs(*folders)
+        except ValueError as exc:
+            ap.error(f"--variant {name}: {exc}")
         if not runs:
-            ap.error(f"--variant {name}: no routing records in {folder}/records")
+            ap.error(f"--variant {name}: no routing records in {', '.join(folders)}")
         variants[name] = runs
-    pairs = args.compare or [("k6", "k3"), ("k6_fresh", "k3_fresh")]
+    pairs = args.compare or [("k6", "k3"), ("k6_fresh", "k3_fresh"), ("k6_all", "k3_all")]
     command = "python benchmarks/routing_sharpness.py " + " ".join(
         f"--variant {shlex.quote(v)}" for v in args.variant)
     lines = [f"## Routing's unlabelled sharpness at the standard budget ({args.section})", "",

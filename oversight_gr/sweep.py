@@ -106,8 +106,8 @@ PAPER_UPDATES = 20_000
 #: the class-balanced gate loss (``gate_balance``, as in the demo: it is what keeps routing seeds
 #: from sticking; docs/RESULTS.md ``demo_seeds``); routing with unlabelled sharpness 6 instead
 #: of PPO's default 3 (``method_train``: only routing's configs carry it, so the baselines'
-#: records stay valid): measured better at 1% and 5% on 5 seeds, and at 1% on 5 fresh ones,
-#: 0.04 worse at 2.5% (docs/RESULTS.md ``routing_sharpness``; it was measured with PPO: with
+#: records stay valid): over 10 seeds +0.106 at 1%, +0.022 at 5%, -0.013 at 2.5%, level at
+#: 10% and 30% on 5 (docs/RESULTS.md ``routing_sharpness``; it was measured with PPO: with
 #: ``--algos reinforce`` pass ``--train unlabelled_sharpness=1`` for the paper's rule);
 #: each method's 15 runs form one group with ``--batch-runs 15 --workers 2``.
 #:

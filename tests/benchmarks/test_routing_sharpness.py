@@ -3,6 +3,8 @@ variants on them."""
 
 import json
 
+import pytest
+
 from oversight_gr import records
 from oversight_gr.agents.trainer import TrainConfig
 
@@ -36,3 +38,8 @@ def test_routing_records_by_level_and_the_comparison(load_bench, tmp_path):
     assert "3 (the PPO default)" in rows[3]
     (line,) = bench.comparisons({"k6": a, "k3": b}, [("k6", "k3")])
     assert "k6 minus k3 +0.200" in line and "P(k6 run > k3 run) 1.00" in line
+    _record(tmp_path / "c" / "records", "routing", 0.01, 7, 0.6)
+    pooled = bench.routing_runs(tmp_path / "b", tmp_path / "c")
+    assert sorted(pooled[0.01]) == [0, 1, 2, 7]
+    with pytest.raises(ValueError, match="seed 0 at oversight 0.01 is in more than one"):
+        bench.routing_runs(tmp_path / "b", tmp_path / "b")
