@@ -771,6 +771,7 @@ def run_sweep(
         return
     groups = _job_groups(todo, sweep.batch_runs)
     members_of: dict[int, list[int]] = {}
+    work_of: dict[int, list[str]] = {}  # a job's work folders (one for a batched group)
     side: list[RunOutcome] = []  # runs found claimed elsewhere or finished while claiming
     held: set[str] = set()
 
@@ -800,6 +801,7 @@ def run_sweep(
             keys = [todo[i].key for i in mine]
             work = ([str(group_work_dir(out, keys))] if sweep.batch_runs > 0
                     else [str(out / "work" / k) for k in keys])
+            work_of[g] = work
             yield (g, [todo[i].cfg.to_dict() for i in mine], work, sweep.checkpoint_every,
                    sweep.batch_runs > 0)
 
@@ -822,12 +824,13 @@ def run_sweep(
             results = _local_results(claimed_jobs(), min(sweep.workers, len(groups)))
         for index, group_results in results:
             yield from drain()
-            members = members_of[index]
+            members, work = members_of[index], work_of.pop(index)
+            for folder in work:  # the job has ended: its progress files go first
+                progress_path(folder).unlink(missing_ok=True)
             if isinstance(group_results, dict):  # the whole job failed
                 group_results = [group_results] * len(members)
             for i, result in zip(members, group_results):
                 spec = todo[i]
-                progress_path(out / "work" / spec.key).unlink(missing_ok=True)
                 if not result["ok"]:
                     release_run(out, spec.key)
                     held.discard(spec.key)
@@ -840,11 +843,8 @@ def run_sweep(
                 release_run(out, spec.key)
                 held.discard(spec.key)
                 yield RunOutcome(spec, "done", record)
-            if sweep.batch_runs > 0:
-                group_dir = group_work_dir(out, [todo[i].key for i in members])
-                progress_path(group_dir).unlink(missing_ok=True)
-                if not isinstance(group_results, dict) and all(r["ok"] for r in group_results):
-                    shutil.rmtree(group_dir, ignore_errors=True)  # records stored: drop it
+            if sweep.batch_runs > 0 and all(r["ok"] for r in group_results):
+                shutil.rmtree(work[0], ignore_errors=True)  # records stored: drop the group's
         yield from drain()
     finally:
         for key in list(held):  # interrupted: the runs in flight are free for others again
