@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import update_section  # noqa: E402
 
+from oversight_gr import plots  # noqa: E402
 from oversight_gr import sweep as sweep_mod  # noqa: E402
 from oversight_gr.stats import mean_interval, probability_of_improvement  # noqa: E402
 
@@ -67,12 +68,11 @@ def steered(record: dict) -> tuple[float, float]:
     return m["stepwise_return"], m["p_ghost_closer_unseen"]
 
 
-def last_fifth_change(record: dict) -> float:
-    """Change of the steered return over the last 20% of the run's curve."""
-    curve = record["curve"]
-    end = curve[-1]["env_steps"]
-    before = [p for p in curve if p["env_steps"] <= 0.8 * end]
-    return curve[-1]["return_diamond"] - (before[-1] if before else curve[0])["return_diamond"]
+def last_fifth_change(records: list[dict]) -> float:
+    """Change of the seed-mean steered return over the last 20% of the runs' curves, as the
+    sweep report's trend table reads it (:func:`oversight_gr.plots.trend_rows`)."""
+    (row,) = plots.trend_rows(records, records[0]["config"]["algo"])
+    return row["return"][-1] - row["return"][-2]
 
 
 def sharpness_of(records: dict[int, dict]) -> str:
@@ -89,7 +89,7 @@ def table(variants: dict[str, dict[float, dict[int, dict]]]) -> list[str]:
             runs = dict(sorted(levels[p].items()))
             vals = [steered(r) for r in runs.values()]
             ci = mean_interval([v[0] for v in vals])
-            d = sum(last_fifth_change(r) for r in runs.values()) / len(runs)
+            d = last_fifth_change(list(runs.values()))
             lines.append(
                 f"| {name} | {sharpness_of(runs)} | {p:.1%} | {min(runs)}-{max(runs)} | "
                 + " / ".join(f"{v[0]:.3f}" for v in vals)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
              "script's docstring). PPO routing as in the `standard` preset (hidden 64, 512 envs, "
              "5,013,504 env steps, gate_balance), steered return (gate = diamond expert), Student "
              "t intervals over seeds; Δ last 20% = change of the seed-mean steered return over "
-             "the last fifth of the run.", ""]
+             "the last fifth of the run (as in the sweep report's trend table).", ""]
     lines += table(variants) + [""] + comparisons(variants, pairs)
     text = "\n".join(lines)
     print(text)

@@ -42,7 +42,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -58,6 +60,15 @@ from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _seconds(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall seconds of ``fn()`` (the device synchronised before and after) and its result."""
+    _sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return time.perf_counter() - t0, result
 
 
 def minibatches(trainer: Trainer) -> list[list[torch.Tensor]]:
@@ -171,12 +182,8 @@ def time_parts(trainer: Trainer, batches, funcs: dict, repeats: int) -> dict[str
     times: dict[str, list[float]] = {k: [] for k in funcs}
     for _ in range(repeats):
         for name, f in funcs.items():
-            _sync(dev)
-            t0 = time.perf_counter()
-            for b in batches:
-                f(b)
-            _sync(dev)
-            times[name].append((time.perf_counter() - t0) / len(batches))
+            seconds, _ = _seconds(dev, lambda f=f: [f(b) for b in batches])
+            times[name].append(seconds / len(batches))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -185,36 +192,25 @@ def update_times(trainer: Trainer, updates: int) -> tuple[float, float]:
     trainer.train_update()
     cs, ls = [], []
     for _ in range(updates):
-        _sync(trainer.device)
-        t0 = time.perf_counter()
-        ro = trainer.collect()
-        _sync(trainer.device)
-        t1 = time.perf_counter()
-        trainer.update(ro)
-        _sync(trainer.device)
-        cs.append(t1 - t0)
-        ls.append(time.perf_counter() - t1)
+        collect_s, ro = _seconds(trainer.device, trainer.collect)
+        cs.append(collect_s)
+        ls.append(_seconds(trainer.device, lambda: trainer.update(ro))[0])
     return statistics.median(cs), statistics.median(ls)
 
 
-def group_speedup(args, device: torch.device) -> tuple[float, float]:
-    """Seconds per update of R routing runs as one group and of one of them alone, medians,
-    interleaved."""
-    base = dict(method="routing", algo="ppo", hidden=args.hidden, num_envs=args.group_envs,
-                rollout_steps=args.rollout_steps, device=str(device), threads=args.threads)
+def group_speedup(cfg: TrainConfig, args) -> tuple[float, float]:
+    """Seconds per update of R runs of ``cfg`` (``--group-envs`` envs each, seeds x oversight
+    levels) as one group and of one of them alone, medians, interleaved."""
     levels = (0.01, 0.05, 0.1, 0.3)
-    cfgs = [TrainConfig(seed=i // len(levels), oversight_prob=levels[i % len(levels)], **base)
+    cfgs = [dataclasses.replace(cfg, num_envs=args.group_envs, seed=i // len(levels),
+                                oversight_prob=levels[i % len(levels)])
             for i in range(args.group)]
     group, alone = Trainer(cfgs), Trainer(cfgs[0])
     group.train_update(), alone.train_update()
     g, a = [], []
     for _ in range(args.updates):
-        for trainer, out in ((group, g), (alone, a)):
-            _sync(device)
-            t0 = time.perf_counter()
-            trainer.train_update()
-            _sync(device)
-            out.append(time.perf_counter() - t0)
+        g.append(_seconds(group.device, group.train_update)[0])
+        a.append(_seconds(alone.device, alone.train_update)[0])
     return statistics.median(g), statistics.median(a)
 
 
@@ -265,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.repeats)["step"]
     per_sample = (t2 - t["step"]) / n
     fixed = t["step"] - per_sample * n
-    g_s, a_s = group_speedup(args, device)
+    g_s, a_s = group_speedup(cfg, args)
     load1 = os.getloadavg()[0]
 
     ms = {k: v * 1e3 for k, v in t.items()}

@@ -10,7 +10,8 @@ from oversight_gr.agents.trainer import TrainConfig
 
 
 def _record(folder, method, p, seed, ret, k=None):
-    curve = [{"env_steps": s, "return_diamond": ret * s / 10} for s in range(1, 11)]
+    curve = [{"env_steps": s, "reported_env_steps": float(s), "wall_seconds": 0.1 * s,
+              "return_diamond": ret * s / 10} for s in range(1, 11)]
     cfg = TrainConfig(method=method, oversight_prob=p, seed=seed, unlabelled_sharpness=k,
                       total_env_steps=10)
     rec = {"config": cfg.to_dict(),
@@ -32,7 +33,7 @@ def test_routing_records_by_level_and_the_comparison(load_bench, tmp_path):
     assert set(a) == set(b) == {0.01} and sorted(b[0.01]) == [0, 1, 2]
     assert bench.steered(b[0.01][2]) == (0.52, 0.3)
     # the curve rises by ret / 10 per point: the last fifth (points 8 -> 10) gains 2 of them
-    assert abs(bench.last_fifth_change(a[0.01][0]) - 0.14) < 1e-9
+    assert abs(bench.last_fifth_change([a[0.01][0]]) - 0.14) < 1e-9
     rows = bench.table({"k6": a, "k3": b})
     assert "| k6 | 6 | 1.0% | 0-2 | 0.700 / 0.710 / 0.720 | 0.710 [" in rows[2]
     assert "3 (the PPO default)" in rows[3]
