@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep_records = sweep_mod.load_records(args.sweep)
     if not any(r["config"]["method"] == "routing" for r in sweep_records):
         ap.error(f"--sweep {args.sweep}: no routing records")
+    try:
+        sweep_mod.one_record_per_run(sweep_records, f"--sweep {args.sweep}")
+    except ValueError as exc:
+        ap.error(str(exc))
     sweep = oracle_sweep(args)
     for outcome in sweep_mod.run_sweep(sweep):
         if outcome.status == "failed":

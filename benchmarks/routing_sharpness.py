@@ -47,18 +47,13 @@ from oversight_gr.stats import mean_interval, probability_of_improvement  # noqa
 def routing_runs(*folders: str | Path) -> dict[float, dict[int, dict]]:
     """``{oversight: {seed: record}}`` of the routing records in sweep folders (pooled; a seed
     found twice at one level is an error: the folders must hold different runs)."""
+    found = [r for folder in folders for r in sweep_mod.load_records(folder)
+             if r["config"]["method"] == "routing"]
+    sweep_mod.one_record_per_run(found, ", ".join(str(f) for f in folders))
     out: dict[float, dict[int, dict]] = {}
-    for folder in folders:
-        for record in sweep_mod.load_records(folder):
-            cfg = record["config"]
-            if cfg["method"] != "routing":
-                continue
-            level = out.setdefault(float(cfg["oversight_prob"]), {})
-            seed = int(cfg["seed"])
-            if seed in level:
-                raise ValueError(f"seed {seed} at oversight {cfg['oversight_prob']} is in more "
-                                 f"than one of {[str(f) for f in folders]}")
-            level[seed] = record
+    for record in found:
+        cfg = record["config"]
+        out.setdefault(float(cfg["oversight_prob"]), {})[int(cfg["seed"])] = record
     return out
 
 

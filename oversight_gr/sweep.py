@@ -398,6 +398,22 @@ def load_records(out: str | Path, keys: Sequence[str] | None = None) -> list[dic
     return found
 
 
+def one_record_per_run(records: Sequence[dict[str, Any]], where: str = "") -> None:
+    """Raise ValueError when two records are the same grid point (method, algo, oversight,
+    seed): records of two configs of one run (say, a folder that kept an earlier setting's
+    records beside the current ones), which a reader pooling the folder would average."""
+    seen: dict[tuple, str] = {}
+    for r in records:
+        c = r["config"]
+        point = (c["method"], c["algo"], float(c["oversight_prob"]), int(c["seed"]))
+        key = str(r.get("key", "?"))
+        if point in seen:
+            raise ValueError(
+                f"{where or 'records'}: {point[0]}/{point[1]}/p={point[2]:g}/seed={point[3]} "
+                f"has two records ({seen[point]} and {key}), of different configs; keep one")
+        seen[point] = key
+
+
 def pending_specs(out: str | Path, specs: Sequence[RunSpec]) -> list[RunSpec]:
     """The specs whose record is missing or invalid."""
     done = finished_records(out, specs)

@@ -468,3 +468,17 @@ def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
     assert sweep_mod.progress_in_flight(tmp_path) == (5, 10)
     os.utime(left, (time.time() - sweep_mod.PROGRESS_STALE_S - 1,) * 2)
     assert sweep_mod.progress_in_flight(tmp_path) == (0, 0)
+
+
+def test_two_records_of_one_grid_point_are_refused_naming_both():
+    from oversight_gr.sweep import one_record_per_run
+
+    def rec(key, seed, k=None):
+        cfg = TrainConfig(method="routing", oversight_prob=0.01, seed=seed,
+                          unlabelled_sharpness=k)
+        return {"config": cfg.to_dict(), "key": key}
+
+    one_record_per_run([rec("a", 0), rec("b", 1)])  # distinct seeds: fine
+    with pytest.raises(ValueError, match=r"runs/x: routing/ppo/p=0.01/seed=0 has two records "
+                                         r"\(a and c\)"):
+        one_record_per_run([rec("a", 0), rec("b", 1), rec("c", 0, 6.0)], "runs/x")

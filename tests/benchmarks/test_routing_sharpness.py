@@ -42,5 +42,5 @@ def test_routing_records_by_level_and_the_comparison(load_bench, tmp_path):
     _record(tmp_path / "c" / "records", "routing", 0.01, 7, 0.6)
     pooled = bench.routing_runs(tmp_path / "b", tmp_path / "c")
     assert sorted(pooled[0.01]) == [0, 1, 2, 7]
-    with pytest.raises(ValueError, match="seed 0 at oversight 0.01 is in more than one"):
+    with pytest.raises(ValueError, match="routing/ppo/p=0.01/seed=0 has two records"):
         bench.routing_runs(tmp_path / "b", tmp_path / "b")
