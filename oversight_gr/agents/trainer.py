@@ -31,6 +31,13 @@ acting and learning, so this is the same gradient as a fresh forward pass (teste
 two-pass path). It is used in fp32 and bf16_matmul, where it is faster. Under bf16 autocast the
 32 step-sized backward passes over bf16 activations are slower than one batched forward and
 backward, so there the two-pass update is used. benchmarks/train_throughput.py prints both.
+
+**The minibatch step without autograd's graph.** In fp32, the two-pass update (PPO's 64
+minibatch steps) takes each step's loss and gradient from :mod:`oversight_gr.agents.backprop`,
+which writes the backward pass out with the formulas autograd applies: the same gradients bit
+for bit (tested for every method, both algorithms, one run and a group), without recording a
+graph. ``trainer.manual_backward = False`` goes through autograd instead;
+benchmarks/update_profile.py times both.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ import torch
 from torch import Tensor, nn
 
 from oversight_gr.agents.audit import outcome_counts, training_oversight
+from oversight_gr.agents.backprop import loss_and_grads
+from oversight_gr.agents.backprop import supported as manual_backward_supported
 from oversight_gr.agents.methods import (
     METHODS,
     Method,
@@ -353,6 +362,10 @@ class Trainer:
         self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
                             and cfg.resolved("minibatches") == 1 and cfg.precision != "bf16")
         self._modules: dict[int, tuple[nn.Module, ValueNet]] = {}
+        #: the two-pass update's minibatch steps take their gradients from
+        #: :mod:`oversight_gr.agents.backprop` (bit-identical to autograd's, faster) where it
+        #: covers the configuration; tests and benchmarks may turn it off
+        self.manual_backward = manual_backward_supported(self)
 
     # -- one run's modules ---------------------------------------------------------------------
     @property
@@ -625,13 +638,33 @@ class Trainer:
         coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, [coef.view(-1, *[1] * (g.ndim - 1)) for g in grads])
 
+    def learn_minibatch(self, batch: Sequence[Tensor]) -> dict[str, Tensor]:
+        """One optimiser step on a batch ``(obs, actions, old_logp, adv, returns, labels,
+        mask)`` of ``[R, N, ...]`` tensors; returns the per-run ``[R]`` statistics.
+
+        With :attr:`manual_backward` the loss and its gradient come from
+        :func:`oversight_gr.agents.backprop.loss_and_grads` (the same gradient as autograd's, bit
+        for bit, without recording a graph); otherwise from :meth:`loss` and ``backward()``."""
+        if not self.manual_backward:
+            loss, stats = self.loss(*batch)
+            self._step(loss)
+            return stats
+        _, stats, grads = loss_and_grads(self, *batch)
+        for name, p in self.params.items():
+            p.grad = grads.get(name)  # None where autograd gives none (a constant gate's layers)
+        self._clip_and_step()
+        return stats
+
     def _step(self, loss: Tensor) -> None:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         with backward_context(cfg.precision):
             loss.backward()
-        if cfg.resolved("max_grad_norm") > 0:
-            self._clip(cfg.resolved("max_grad_norm"))
+        self._clip_and_step()
+
+    def _clip_and_step(self) -> None:
+        if self.cfg.resolved("max_grad_norm") > 0:
+            self._clip(self.cfg.resolved("max_grad_norm"))
         self.optimizer.step()
 
     def _per_run_result(self, sums: dict[str, Tensor], count: int):
@@ -690,8 +723,7 @@ class Trainer:
             else:  # one minibatch is the whole rollout: no shuffle (its order does not matter)
                 shuffled = batch
             for start in range(0, mb * minibatches, mb):
-                loss, stats = self.loss(*(x[:, start:start + mb] for x in shuffled))
-                self._step(loss)
+                stats = self.learn_minibatch([x[:, start:start + mb] for x in shuffled])
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v
                 count += 1
