@@ -7,7 +7,11 @@ hidden 64) is one rollout plus 64 minibatch steps. One minibatch step is timed w
 parts, each part as its own loop over the same 16 minibatches of one rollout, interleaved
 repeat by repeat, median of the repeats:
 
-- ``step``: the routed loss, its backward, clipping and Adam (what the update runs 64 times);
+- ``step``: the routed loss, its backward, clipping and Adam (what the update runs 64 times:
+  ``Trainer.learn_minibatch``, with the written-out backward of
+  :mod:`oversight_gr.agents.backprop` where it applies);
+- ``autograd step``: the same step with the loss's ``backward()`` through autograd's graph (the
+  same gradients bit for bit);
 - ``loss forward``: the loss without autograd;
 - ``networks``: experts, gate, value and heads, forward and backward of a plain sum (no
   objective, no routing weights);
@@ -18,8 +22,8 @@ repeat by repeat, median of the repeats:
   same maths removes;
 - ``clip + Adam``: gradient-norm clipping and the fused Adam step on the gradients of a step.
 
-From these: the objective and routing (step - networks - clip + Adam), and everything that is
-not arithmetic (step - matmul floor). Batching R runs into one group (``Trainer([cfg, ...])``)
+From these: the objective and routing (autograd step - networks - clip + Adam), and everything
+that is not arithmetic (step - matmul floor). The whole update is timed both ways, interleaved. Batching R runs into one group (``Trainer([cfg, ...])``)
 removes per-operation overhead but not arithmetic, so ``step / matmul floor`` bounds its
 speed-up of the update (Amdahl). The step is also timed at twice the samples, which splits it
 into a fixed part (per operation: what a group shares) and a part that grows with the samples
@@ -144,7 +148,10 @@ def parts(trainer: Trainer) -> dict:
     """name -> function(minibatch) for the timed parts of one minibatch step."""
     p, pv = trainer._policy_p, trainer._value_p
 
-    def step(b):
+    def step(b):  # what the update runs (the written-out backward where it applies)
+        trainer.learn_minibatch(b)
+
+    def autograd_step(b):  # the same step through autograd's graph
         loss, _ = trainer.loss(*b)
         trainer._step(loss)
 
@@ -167,8 +174,8 @@ def parts(trainer: Trainer) -> dict:
             trainer._clip(trainer.cfg.resolved("max_grad_norm"))
         trainer.optimizer.step()
 
-    return {"step": step, "loss forward": forward, "networks": networks, "MLPs": mlps,
-            "clip + Adam": clip_adam}
+    return {"step": step, "autograd step": autograd_step, "loss forward": forward,
+            "networks": networks, "MLPs": mlps, "clip + Adam": clip_adam}
 
 
 def time_parts(trainer: Trainer, batches, funcs: dict, repeats: int) -> dict[str, float]:
@@ -187,15 +194,19 @@ def time_parts(trainer: Trainer, batches, funcs: dict, repeats: int) -> dict[str
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def update_times(trainer: Trainer, updates: int) -> tuple[float, float]:
-    """Median (collect, learn) seconds per update after one warm-up update."""
-    trainer.train_update()
-    cs, ls = [], []
+def update_times(trainers: list[Trainer], updates: int) -> list[tuple[float, float]]:
+    """Median (collect, learn) seconds per update of each trainer after one warm-up update,
+    the trainers' updates interleaved."""
+    for trainer in trainers:
+        trainer.train_update()
+    cs: list[list[float]] = [[] for _ in trainers]
+    ls: list[list[float]] = [[] for _ in trainers]
     for _ in range(updates):
-        collect_s, ro = _seconds(trainer.device, trainer.collect)
-        cs.append(collect_s)
-        ls.append(_seconds(trainer.device, lambda: trainer.update(ro))[0])
-    return statistics.median(cs), statistics.median(ls)
+        for i, trainer in enumerate(trainers):
+            collect_s, ro = _seconds(trainer.device, trainer.collect)
+            cs[i].append(collect_s)
+            ls[i].append(_seconds(trainer.device, lambda: trainer.update(ro))[0])
+    return [(statistics.median(c), statistics.median(v)) for c, v in zip(cs, ls)]
 
 
 def group_speedup(cfg: TrainConfig, args) -> tuple[float, float]:
@@ -243,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
                       num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                       device=args.device, threads=args.threads)
-    trainer = Trainer(cfg)
-    collect_s, learn_s = update_times(trainer, args.updates)
+    trainer, autograd = Trainer(cfg), Trainer(cfg)
+    autograd.manual_backward = False
+    (collect_s, learn_s), (collect_a, learn_a) = update_times([trainer, autograd], args.updates)
     batches = minibatches(trainer)
     n = batches[0][0].shape[1]
     funcs = parts(trainer)
@@ -266,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ms = {k: v * 1e3 for k, v in t.items()}
     derived = {
-        "objective and routing (step - networks - clip + Adam)":
-            ms["step"] - ms["networks"] - ms["clip + Adam"],
+        "objective and routing (autograd step - networks - clip + Adam)":
+            ms["autograd step"] - ms["networks"] - ms["clip + Adam"],
         "gate, heads and mixture (networks - MLPs)": ms["networks"] - ms["MLPs"],
         "not arithmetic (step - matmul floor)": ms["step"] - ms["matmul floor"],
     }
@@ -278,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     if fixed > 0 and per_sample > 0 else float("nan"))  # nan: noise at tiny sizes
     per_update = collect_s + learn_s
     sps = cfg.num_envs * cfg.rollout_steps / per_update
+    sps_a = cfg.num_envs * cfg.rollout_steps / (collect_a + learn_a)
     group_x = args.group * a_s / g_s
     command = shlex.join(["python", "benchmarks/update_profile.py",
                           *(sys.argv[1:] if argv is None else argv)])
@@ -291,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         f"PPO routing, hidden {cfg.hidden}, {cfg.num_envs} envs x {cfg.rollout_steps} steps per "
         f"update = {steps} minibatch steps of {n:,} samples. Whole update (median of "
         f"{args.updates}): collect {collect_s:.3f} s + learn {learn_s:.3f} s = "
-        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**.",
+        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**"
+        + (f"; with autograd's backward instead of the written-out one (`Trainer."
+           f"manual_backward = False`, the same gradients bit for bit), interleaved: collect "
+           f"{collect_a:.3f} s + learn {learn_a:.3f} s, {sps_a:,.0f} env steps/s: the written-out "
+           f"backward is **{sps / sps_a:.2f}x**." if trainer.manual_backward else "."),
         "",
         "One minibatch step, by part (median of "
         f"{args.repeats} interleaved repeats over the rollout's {len(batches)} minibatches):",
@@ -299,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "| part | ms per minibatch step | share of the step |",
         "|---|---:|---:|",
     ]
-    for k in ("step", "loss forward", "networks", "MLPs", "matmul floor", "clip + Adam"):
+    for k in ("step", "autograd step", "loss forward", "networks", "MLPs", "matmul floor",
+              "clip + Adam"):
         lines.append(f"| {k} | {ms[k]:.3f} | {ms[k] / ms['step']:.0%} |")
     for k, v in derived.items():
         lines.append(f"| {k} | {v:.3f} | {v / ms['step']:.0%} |")
