@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import statistics
@@ -178,18 +179,18 @@ def parts(trainer: Trainer) -> dict:
             "networks": networks, "MLPs": mlps, "clip + Adam": clip_adam}
 
 
-def time_parts(trainer: Trainer, batches, funcs: dict, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` of the mean seconds per minibatch of each part (each repeat
-    runs every part once over all minibatches, in turn)."""
-    dev = trainer.device
+def time_parts(device: torch.device, jobs: dict, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` of the mean seconds per minibatch of each part; ``jobs`` maps a
+    name to ``(function, minibatches)``. Each repeat runs every part once over all its
+    minibatches, in turn, so a change of the machine's speed reaches every part alike."""
     # gradients for clip + Adam (and warm-up of every part)
-    for f in funcs.values():
+    for f, batches in jobs.values():
         for b in batches:
             f(b)
-    times: dict[str, list[float]] = {k: [] for k in funcs}
+    times: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(repeats):
-        for name, f in funcs.items():
-            seconds, _ = _seconds(dev, lambda f=f: [f(b) for b in batches])
+        for name, (f, batches) in jobs.items():
+            seconds, _ = _seconds(device, lambda f=f, batches=batches: [f(b) for b in batches])
             times[name].append(seconds / len(batches))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -262,15 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     funcs = parts(trainer)
     calls = record_matmuls(funcs["step"], batches[0])
     funcs["matmul floor"] = matmul_floor(calls, device)
-    t = time_parts(trainer, batches, funcs, args.repeats)
-    steps = cfg.resolved("update_epochs") * cfg.resolved("minibatches")
-    flops = matmul_flops(calls)
-    # the step at twice the samples: its fixed (per-operation) and per-sample parts
+    # the step at twice the samples, timed in the same repeats: its fixed (per-operation) and
+    # per-sample parts
     cfg2 = dataclasses.replace(cfg, num_envs=2 * cfg.num_envs)
     trainer2 = Trainer(cfg2)
     trainer2.train_update()
-    t2 = time_parts(trainer2, minibatches(trainer2), {"step": parts(trainer2)["step"]},
-                    args.repeats)["step"]
+    jobs = {k: (f, batches) for k, f in funcs.items()}
+    jobs["step at 2x samples"] = (parts(trainer2)["step"], minibatches(trainer2))
+    t = time_parts(device, jobs, args.repeats)
+    t2 = t.pop("step at 2x samples")
+    steps = cfg.resolved("update_epochs") * cfg.resolved("minibatches")
+    flops = matmul_flops(calls)
     per_sample = (t2 - t["step"]) / n
     fixed = t["step"] - per_sample * n
     g_s, a_s = group_speedup(cfg, args)
@@ -335,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         f"samples ({2 * n:,}) takes {t2 * 1e3:.3f} ms, so {fixed * 1e3:.3f} ms of the step is "
         f"fixed (per operation, what a group shares) and {per_sample * n * 1e3:.3f} ms grows "
         f"with the samples (arithmetic and memory passes, which a group of R runs does R "
-        f"times); a group of {r} could then at best run {linear_bound:.2f}x the env steps per "
-        f"second of one run after another. Measured here: {args.group} routing runs "
+        + (f"times); a group of {r} could then at best run {linear_bound:.2f}x the env steps "
+           f"per second of one run after another." if math.isfinite(linear_bound) else
+           "times); here the split is not resolved (the two timings differ by less than their "
+           "noise), so no tighter bound.")
+        + f" Measured here: {args.group} routing runs "
         f"of {args.group_envs} envs as one group take {g_s:.3f} s per update against "
         f"{a_s:.3f} s for one of them alone: **{group_x:.2f}x** the env steps per second of "
         f"running them one after another.",
