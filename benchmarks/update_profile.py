@@ -334,11 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{bound:.2f}x faster.",
         f"- A group of R runs batches the arithmetic (the same FLOPs, R times over) and removes "
         f"only the rest, so on this device its speed-up of updates is bounded by about "
-        f"{bound:.2f}x (Amdahl, at this rollout size). A tighter bound: the step at twice the "
+        f"{bound:.2f}x (Amdahl, at this rollout size). A finer estimate: the step at twice the "
         f"samples ({2 * n:,}) takes {t2 * 1e3:.3f} ms, so {fixed * 1e3:.3f} ms of the step is "
         f"fixed (per operation, what a group shares) and {per_sample * n * 1e3:.3f} ms grows "
         f"with the samples (arithmetic and memory passes, which a group of R runs does R "
-        + (f"times); a group of {r} could then at best run {linear_bound:.2f}x the env steps "
+        + (f"times); on this linear split of the step's time (a model: memory passes need not "
+           f"scale linearly), a group of {r} would run about {linear_bound:.2f}x the env steps "
            f"per second of one run after another." if math.isfinite(linear_bound) else
            "times); here the split is not resolved (the two timings differ by less than their "
            "noise), so no tighter bound.")
