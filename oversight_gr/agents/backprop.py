@@ -30,6 +30,7 @@ from torch import Tensor
 from oversight_gr.agents.methods import (
     ROUTE_DIAMOND,
     ROUTE_GHOST,
+    ppo_diagnostics,
     route_labels,
 )
 from oversight_gr.agents.networks import fold_gate_layer, linear
@@ -126,7 +127,7 @@ def _loss_and_grads(tr, obs, actions, old_logp, adv, returns, labels, mask):
     learned_gate = moe and method.constant_gate is None
     # one run: the networks on [N, ...] (the ops autograd runs on the flattened batch); the
     # objective on [1, N, ...] as for a group
-    flat = p["head.weight"].ndim == 2
+    flat = tr.R == 1
     fold = None
     if learned_gate:  # a group's folded gate layer keeps its (parameter-only) autograd graph
         with torch.set_grad_enabled(not flat):
@@ -185,7 +186,7 @@ def _loss_and_grads(tr, obs, actions, old_logp, adv, returns, labels, mask):
             pg = torch.max(a1, a2)
         else:
             pg = neg_adv * logp
-        count = mask.sum(-1).clamp_min(1.0)
+        count = mask.sum(-1).clamp_min(1.0)  # masked_mean's, computed once for the backward
         pg_loss = (pg * mask).sum(-1) / count
         dv = values - returns
         v_loss = (dv ** 2 * mask).sum(-1) / count
@@ -207,12 +208,10 @@ def _loss_and_grads(tr, obs, actions, old_logp, adv, returns, labels, mask):
                 nl = labelled.sum(-1).clamp_min(1.0)
                 gate_loss = (bce * labelled).sum(-1) / nl
             total = total + gate_coef * gate_loss
-        log_ratio = logp - old_logp
-        ratio_d = ratio if cfg.algo == "ppo" else log_ratio.exp()  # the same values
+        approx_kl, clipfrac = ppo_diagnostics(logp, old_logp, mask, cfg.clip_coef,
+                                              ratio if cfg.algo == "ppo" else None)
         stats = {"policy": pg_loss, "value": v_loss, "entropy": ent, "gate": gate_loss,
-                 "approx_kl": ((ratio_d - 1) - log_ratio).mul(mask).sum(-1) / count,
-                 "clipfrac": ((ratio_d - 1).abs() > cfg.clip_coef).float().mul(mask).sum(-1)
-                 / count}
+                 "approx_kl": approx_kl, "clipfrac": clipfrac}
 
         # -- backward: d total.sum() = 1 per run
         ones = torch.ones_like(total)

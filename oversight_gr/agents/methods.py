@@ -39,6 +39,7 @@ __all__ = [
     "advantages_and_returns",
     "policy_terms",
     "masked_mean",
+    "ppo_diagnostics",
     "route_weights",
     "method_reward",
     "route_labels",
@@ -292,3 +293,17 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp_min(1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1.0)
+
+
+def ppo_diagnostics(logp: Tensor, old_logp: Tensor, mask: Tensor, clip_coef: float,
+                    ratio: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """PPO's per-row diagnostics over the last dim, without autograd: the approximate KL
+    ``mean((r - 1) - log r)`` and the clipped fraction ``mean(|r - 1| > clip)`` of the ratio
+    ``r = exp(logp - old_logp)`` (pass ``ratio`` when it is at hand; REINFORCE's is 1: 0 and 0)."""
+    with torch.no_grad():
+        log_ratio = logp - old_logp
+        if ratio is None:
+            ratio = log_ratio.exp()
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask, dim=-1)
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask, dim=-1)
+    return approx_kl, clipfrac

@@ -71,6 +71,7 @@ from oversight_gr.agents.methods import (
     masked_mean,
     method_reward,
     policy_terms,
+    ppo_diagnostics,
     route_labels,
     route_weights,
     train_mask,
@@ -619,11 +620,7 @@ class Trainer:
             # 0 for a run without overseen steps
             gate_loss = gate_bce_rows(out.gate, route_lbl, cfg.gate_balance)
             total = total + cfg.resolved("gate_loss_coef") * gate_loss
-        with torch.no_grad():  # PPO's diagnostics (REINFORCE's ratio is 1: 0 and 0)
-            log_ratio = logp - old_logp
-            ratio = log_ratio.exp()
-            approx_kl = masked_mean((ratio - 1) - log_ratio, mask, dim=-1)
-            clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip_coef).float(), mask, dim=-1)
+        approx_kl, clipfrac = ppo_diagnostics(logp.detach(), old_logp, mask, cfg.clip_coef)
         stats = {"policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": ent.detach(),
                  "gate": gate_loss.detach(), "approx_kl": approx_kl, "clipfrac": clipfrac}
         return total.sum(), stats
