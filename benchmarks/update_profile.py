@@ -23,15 +23,16 @@ repeat by repeat, median of the repeats:
 - ``clip + Adam``: gradient-norm clipping and the fused Adam step on the gradients of a step.
 
 From these: the objective and routing (autograd step - networks - clip + Adam), and everything
-that is not arithmetic (step - matmul floor). The whole update is timed both ways, interleaved. Batching R runs into one group (``Trainer([cfg, ...])``)
-removes per-operation overhead but not arithmetic, so ``step / matmul floor`` bounds its
-speed-up of the update (Amdahl). The step is also timed at twice the samples, which splits it
-into a fixed part (per operation: what a group shares) and a part that grows with the samples
-(arithmetic and memory passes: a group does it R times), a tighter bound; the group's measured
+that is not arithmetic (step - matmul floor). The whole update is timed both ways,
+interleaved. Batching R runs into one group (``Trainer([cfg, ...])``) removes per-operation
+overhead but not arithmetic, so ``step / matmul floor`` bounds its speed-up of the update
+(Amdahl). The step is also timed at twice the samples, which splits it into a fixed part (per
+operation: what a group shares) and a part that grows with the samples (arithmetic and memory
+passes: a group does it R times), a finer estimate (a linear model); the group's measured
 speed-up of updates is printed beside both (R runs of the profiled size, timed against one of
 them alone in this run).
 
-    python benchmarks/update_profile.py                   # ~3 min on one CPU thread
+    python benchmarks/update_profile.py                   # ~1 min on one CPU thread
     python benchmarks/update_profile.py --tiny            # a few seconds (dry run)
 
 Writes section ``update_profile_<cpu|gpu>`` of docs/RESULTS.md.
