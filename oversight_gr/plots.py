@@ -46,9 +46,9 @@ __all__ = [
     "write_report",
 ]
 
-METHOD_ORDER = ("routing", "naive", "filtering", "oracle", "naive_early_stop", "moe_no_routing",
-                "constant_gate")
-COLORS = {"routing": "C0", "naive": "C3", "filtering": "C2", "oracle": "k",
+METHOD_ORDER = ("routing", "naive", "filtering", "oracle", "naive_early_stop", "routing_placebo",
+                "moe_no_routing", "constant_gate")
+COLORS = {"routing": "C0", "naive": "C3", "filtering": "C2", "oracle": "k", "routing_placebo": "C7",
           "naive_early_stop": "C5", "moe_no_routing": "C4", "constant_gate": "C1"}
 #: reference ceilings from PAPER.md §2 (our simulation, gamma 0.97, truncated-window protocol)
 OPTIMAL_RETURN = 0.91

@@ -145,7 +145,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "gate_balance": True,
         },
         # routing only (the baselines do not read it, and their configs stay as they were)
-        "method_train": {"routing": {"unlabelled_sharpness": 6.0}},
+        "method_train": {"routing": {"unlabelled_sharpness": 6.0},
+                         # routing's placebo control runs with routing's settings
+                         "routing_placebo": {"unlabelled_sharpness": 6.0}},
     },
     "quick": {
         "methods": ("routing", "naive", "filtering", "oracle"),

@@ -43,6 +43,7 @@ __all__ = [
     "route_weights",
     "method_reward",
     "route_labels",
+    "placebo_outcomes",
     "train_mask",
 ]
 
@@ -76,6 +77,9 @@ class Method:
             paper's oracle buys that by learning from only a fraction p of its updates).
         audit: pay part of the oversight budget for hidden ground-truth audits and report the
             parameters the audits score best (early stopping; :mod:`oversight_gr.agents.audit`).
+        placebo_labels: a placebo for routing's labels: the same episodes count as overseen,
+            but which outcome each one is said to have is shuffled among them
+            (:func:`placebo_outcomes`), so the labels say nothing about the episode.
         doc: one line for --help.
     """
 
@@ -88,6 +92,7 @@ class Method:
     constant_gate: float | None = None
     oracle_scale: bool = False
     audit: bool = False
+    placebo_labels: bool = False
     doc: str = ""
 
 
@@ -119,6 +124,10 @@ METHODS: dict[str, Method] = {
         Method("naive_early_stop", "single", "proxy", audit=True,
                doc="naive reward with early stopping by hidden audits paid from the same "
                "oversight budget (trains at p x (1 - audit_share))"),
+        Method("routing_placebo", "moe", "terminal", route=True, gate_loss=True,
+               placebo_labels=True,
+               doc="control: routing whose overseen episodes' outcomes are shuffled among them "
+               "(same episodes labelled, same class frequencies, labels say nothing)"),
         Method("moe_no_routing", "moe", "terminal", route=False, gate_loss=True,
                doc="ablation: the same MoE and gate loss, no routing"),
         Method("constant_gate", "moe", "terminal", route=True, gate_loss=False, constant_gate=0.5,
@@ -145,6 +154,28 @@ def episode_labels(outcome: Tensor, done: Tensor) -> Tensor:
         running = torch.where(done[t], outcome[t], running)
         labels[t] = running
     return labels
+
+
+def placebo_outcomes(outcome: Tensor, done: Tensor, gens: list[torch.Generator]) -> Tensor:
+    """The observed outcomes ``[T, R * B]`` with each run's overseen terminal outcomes
+    (DIAMOND / GHOST at steps where ``done``) shuffled among that run's overseen terminals of the
+    window, by a permutation drawn from the run's own generator (``gens[r]``, run-major columns).
+
+    The same episodes stay overseen and each run keeps its window's exact class frequencies;
+    which expert a label names no longer depends on where the episode ended. It reads only what
+    a supervisor observes."""
+    diamond, ghost = int(Outcome.DIAMOND), int(Outcome.GHOST)
+    out = outcome.clone()
+    R = len(gens)
+    per_run = out.view(out.shape[0], R, -1)
+    seen = (done & ((outcome == diamond) | (outcome == ghost))).view(per_run.shape)
+    for r, g in enumerate(gens):
+        idx = seen[:, r].nonzero(as_tuple=True)
+        vals = per_run[:, r][idx]
+        if vals.numel() > 1:
+            perm = torch.randperm(vals.numel(), generator=g, device=g.device)
+            per_run[:, r][idx] = vals[perm]
+    return out
 
 
 def route_labels(labels: Tensor) -> Tensor:

@@ -69,6 +69,7 @@ from oversight_gr.agents.methods import (
     gate_bce_rows,
     paper_axis_steps,
     masked_mean,
+    placebo_outcomes,
     method_reward,
     policy_terms,
     ppo_diagnostics,
@@ -557,7 +558,8 @@ class Trainer:
             next_values[T - 1] = 0.0  # the paper's REINFORCE: no bootstrap at the window's end
         self.obs = obs
         self.env_steps += T * B
-        labels = episode_labels(outcome, done)
+        seen = placebo_outcomes(outcome, done, self.gens) if self.method.placebo_labels else outcome
+        labels = episode_labels(seen, done)
         rewards = method_reward(self.method, outcome, true_outcome)
         return Rollout(obs_buf, actions, logp, values[:T], next_values, rewards, done, labels,
                        outcome, true_outcome, kept, gates)

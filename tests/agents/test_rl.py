@@ -133,7 +133,7 @@ def _scramble(gen):
 
 
 @pytest.mark.parametrize("method", ["routing", "naive", "filtering", "oracle",
-                                    "naive_early_stop"])
+                                    "naive_early_stop", "routing_placebo"])
 def test_honesty_guard_ground_truth_cannot_change_what_is_learned(method):
     cfg = TrainConfig(method=method, oversight_prob=0.3, **TINY)
     plain = Trainer(cfg)
