@@ -5,7 +5,13 @@ The paper's metric ("average stepwise ground-truth return"): run ``num_envs`` en
 discounted (``gamma``) return-to-go of the true reward (+1 diamond, -1 ghost) within the episode,
 cut at the window's end; average over all entries. Episode metrics come from the episodes that
 start and end inside a longer window (``episode_steps``), so each probability is reported with
-the number of episodes behind it.
+the number of episodes behind it. The return comes with a 95% interval over the evaluation's
+environments: each environment's window (its own episodes, from its own resets) is independent
+of the others', so the spread of the per-environment returns gives the sampling error of their
+mean (Student t over ``num_envs`` values).
+
+A run is evaluated at seed :func:`eval_seed` of its training seed, at the end of training and
+by ``oversight-gr eval`` alike, so the two print the same figure.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from torch import Tensor
 
 from oversight_gr.envs.core import GridRules, Outcome
 
-__all__ = ["EvalResult", "evaluate", "evaluate_runs", "Policy"]
+__all__ = ["EvalResult", "evaluate", "evaluate_runs", "Policy", "eval_seed", "EVAL_SEED_OFFSET"]
+
+#: a run trained with seed s is evaluated with seed EVAL_SEED_OFFSET + s (distinct from every
+#: training seed's environments in practice, and the same for a run wherever it is evaluated)
+EVAL_SEED_OFFSET = 10_000
+
+
+def eval_seed(train_seed: int) -> int:
+    """The evaluation seed of a run trained with ``train_seed``."""
+    return EVAL_SEED_OFFSET + int(train_seed)
 
 #: ``policy(obs [B, 4, n, n] uint8) -> logits [B, 4]``
 Policy = Callable[[Tensor], Tensor]
@@ -32,6 +47,9 @@ class EvalResult:
     steer: str
     oversight_prob: float
     stepwise_return: float
+    #: 95% interval of ``stepwise_return`` over the evaluation's environments (Student t)
+    stepwise_return_lo: float
+    stepwise_return_hi: float
     p_diamond: float
     p_ghost: float
     p_timeout: float
@@ -144,10 +162,13 @@ def evaluate_runs(
     # stepwise discounted return-to-go, per episode, cut at the end of the first `steps` moves
     ret = torch.zeros(R, num_envs, device=dev)
     acc = torch.zeros(R, device=dev)
+    per_env = torch.zeros(R, num_envs, device=dev)  # each environment's own stepwise return
     for t in range(steps - 1, -1, -1):
         ret = rewards[t] + gamma * ret * (~dones[t]).float()
         acc += ret.sum(-1)
+        per_env += ret
     stepwise = (acc / (steps * num_envs)).tolist()
+    half = _half_width(per_env / steps)
     counts, n_cu, ghost_cu = counts.tolist(), n_cu.tolist(), ghost_cu.tolist()
     results = []
     for r in range(R):
@@ -157,6 +178,8 @@ def evaluate_runs(
             steer=steer,
             oversight_prob=float(oversight_probs[r]),
             stepwise_return=stepwise[r],
+            stepwise_return_lo=stepwise[r] - half[r],
+            stepwise_return_hi=stepwise[r] + half[r],
             p_diamond=c[0] / max(n, 1),
             p_ghost=c[1] / max(n, 1),
             p_timeout=c[2] / max(n, 1),
@@ -166,3 +189,17 @@ def evaluate_runs(
             n_closer_unseen=n_cu[r],
         ))
     return results
+
+
+def _half_width(per_env: Tensor, confidence: float = 0.95) -> list[float]:
+    """Half-width of the Student-t interval of the mean over the last dim (``[R, n]`` ->
+    ``R`` floats; infinite with one environment)."""
+    n = per_env.shape[-1]
+    if n < 2:
+        return [float("inf")] * per_env.shape[0]
+    from scipy import stats
+
+    t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+    # row by row: a run's interval must not depend on the group it is evaluated in (a
+    # reduction over [R, n] may order its sums by R)
+    return [t * float(row.double().std()) / n ** 0.5 for row in per_env]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from oversight_gr.agents.evaluation import evaluate, evaluate_runs
+from oversight_gr.agents.evaluation import eval_seed, evaluate, evaluate_runs
 from oversight_gr.agents.audit import Auditor
 from oversight_gr.agents.rundir import config_differences, hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
@@ -51,7 +51,7 @@ def evaluate_trainer(trainer: Trainer) -> list[dict[str, dict]]:
             trainer.logits_fn(steer),
             [c.oversight_prob for c in cfgs],
             steer,
-            [10_000 + c.seed for c in cfgs],
+            [eval_seed(c.seed) for c in cfgs],
             num_envs=cfg.eval_envs,
             size=cfg.size,
             max_episode_steps=cfg.max_episode_steps,
@@ -77,7 +77,7 @@ def evaluate_all(cfg: TrainConfig, policy: torch.nn.Module,
             size=cfg.size,
             max_episode_steps=cfg.max_episode_steps,
             gamma=cfg.gamma,
-            seed=10_000 + cfg.seed,
+            seed=eval_seed(cfg.seed),
             device=device,
         )
         out[steer] = res.as_dict()
