@@ -78,13 +78,16 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                         key=lambda kv: (kv[0][0], _method_key(kv[0][1]), kv[0][2])):
         returns = [_steered(r)["stepwise_return"] for r in rs]
         ret = stats.mean_interval(returns)
-        gcu = stats.mean_interval([_steered(r)["p_ghost_closer_unseen"] for r in rs])
+        gcus = [_steered(r)["p_ghost_closer_unseen"] for r in rs]
+        gcu = stats.mean_interval(gcus)
         rows.append({
             "algo": algo, "method": method, "oversight": p, "n": len(rs),
             "return": ret.mean, "return_lo": ret.lo, "return_hi": ret.hi,
+            "return_sd": stats.summary_of(returns).sd,
             "return_iqm": stats.iqm(returns), "returns": returns, "interval": ret.method,
             "ghost_closer_unseen": gcu.mean, "ghost_closer_unseen_lo": gcu.lo,
             "ghost_closer_unseen_hi": gcu.hi,
+            "ghost_closer_unseen_sd": stats.summary_of(gcus).sd,
             "env_steps": float(np.mean([r["env_steps"] for r in rs])),
             "reported_env_steps": float(np.mean([r["reported_env_steps"] for r in rs])),
             "wall_seconds": float(np.mean([r["wall_seconds"] for r in rs])),
@@ -406,7 +409,38 @@ def _has_interval(*rs: dict | None) -> bool:
     return all(r is not None and math.isfinite(r["return_lo"]) for r in rs)
 
 
-_ONE_SEED = "needs >= 2 seeds for a confidence interval"
+def _summary(r: dict, key: str = "return") -> stats.Summary:
+    """A row's seeds as mean / sd / n (sd nan where the row carries none)."""
+    return stats.Summary(r[key], r.get(f"{key}_sd", math.nan), r["n"])
+
+
+def _ci(ci: stats.Interval) -> str:
+    if not (math.isfinite(ci.lo) and math.isfinite(ci.hi)):
+        return f"{ci.mean:+.3f} [no interval]"
+    return f"{ci.mean:+.3f} [{ci.lo:+.3f}, {ci.hi:+.3f}]"
+
+
+def _seeds_note(*rs: dict | None) -> str:
+    few = [r for r in rs if r is not None and r["n"] < stats.MIN_SEEDS]
+    if not few:
+        return ""
+    return (f" Fewer than {stats.MIN_SEEDS} seeds in "
+            + ", ".join(f"{r['method']}@{_pct(r['oversight'])} (n={r['n']})" for r in few)
+            + ": inconclusive whatever the means.")
+
+
+#: the margin of the "matches" claim (two one-sided tests): a difference of steered return
+#: smaller than this is "the same performance" (a twentieth of the oracle-to-random range)
+MATCH_MARGIN = 0.05
+
+#: the rule each verdict follows, stated once under the claims table
+VERDICT_RULE = (
+    "Verdicts: **reproduced** when the claim's quantity has its whole 95% interval on the "
+    "claim's side of the criterion (Welch t for a difference of two methods' seeds, Student t "
+    "for one method's; a claim at every level needs every level); **not reproduced** when the "
+    "whole interval is on the other side at some level; **inconclusive** otherwise, and "
+    f"whenever a cell has fewer than {stats.MIN_SEEDS} seeds. \"matches\" uses two one-sided "
+    f"tests: the 90% Welch interval of the difference inside +-{MATCH_MARGIN}.")
 
 
 CLAIMS = (
@@ -419,16 +453,38 @@ CLAIMS = (
     ("routing_gap", "Routing's asymptote sits ~0.2 below the oracle"),
     ("routing_vs_early_stop", "Beyond the paper: routing beats naive reward with early stopping "
      "whose audits are paid from the same oversight budget, at <= 5%"),
+    ("routing_vs_placebo", "Beyond the paper: routing beats its placebo (the same episodes "
+     "labelled, which expert each label names shuffled) at <= 5%"),
 )
+
+
+def _reach_steps(records: Sequence[dict[str, Any]], algo: str, method: str, p: float,
+                 level: float) -> list[float | None]:
+    """Per run of ``method`` at ``p``: the first curve point (paper axis) whose return is at
+    least ``level``, None for a run that never gets there."""
+    out = []
+    for r in records:
+        c = r["config"]
+        if c["algo"] != algo or c["method"] != method or not math.isclose(
+                float(c["oversight_prob"]), p):
+            continue
+        pts = _curve_points(r)
+        hit = [q["reported_env_steps"] for q in pts if q["return"] >= level]
+        out.append(hit[0] if hit else None)
+    return out
 
 
 def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
                  algo: str) -> list[dict[str, str]]:
-    """One dict per claim of PAPER.md §2: claim, status (reproduced / not reproduced / not
-    measured), evidence (our numbers and the criterion)."""
+    """One dict per claim of PAPER.md §2 (and the two beyond it): claim, status (reproduced /
+    not reproduced / inconclusive by the rules of :mod:`oversight_gr.stats`, or not measured
+    where a cell is missing), evidence (our numbers and the criterion). ``rows`` are
+    :func:`summarize` rows (or rows of the same keys rebuilt from a published table: then
+    ``records`` may be empty and the claim that needs learning curves is inconclusive)."""
     out = []
 
     def add(cid, status, evidence):
+        assert status in (*stats.VERDICTS, "not measured"), status
         out.append({"id": cid, "claim": dict(CLAIMS)[cid], "algo": algo, "status": status,
                     "evidence": evidence})
 
@@ -436,20 +492,30 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
         for cid, _ in CLAIMS:
             add(cid, "not measured", f"no {algo} runs in this sweep")
         return out
-    # 1. nontrivial at 1%
-    r = _row(rows, algo, "routing", 0.01)
+
+    def row(method, p):
+        return _row(rows, algo, method, p)
+
+    def diff(a, b, key="return"):
+        return stats.welch_summary_interval(_summary(a, key), _summary(b, key))
+
+    # 1. nontrivial at 1%: above 0.05 (random is -0.01) and above naive
+    r, naive = row("routing", 0.01), row("naive", 0.01)
     if r is None:
         add("nontrivial_1pct", "not measured", "no routing runs at 1%")
-    elif not _has_interval(r):
-        add("nontrivial_1pct", "not measured", f"routing@1% {_fmt(r)}: {_ONE_SEED}")
     else:
-        naive = _row(rows, algo, "naive", 0.01)
-        ok = r["return_lo"] > 0.05 and (naive is None or r["return"] > naive["return"])
-        add("nontrivial_1pct", "reproduced" if ok else "not reproduced",
-            f"routing@1% {_fmt(r)}; naive@1% {_fmt(naive)}; random {RANDOM_RETURN}. "
-            "Criterion: CI low > 0.05 and mean above naive.")
-    # 2. routing at 5% vs baselines at ~30%
-    r5 = _row(rows, algo, "routing", 0.05)
+        level = stats.summary_interval(_summary(r))
+        parts = [stats.verdict_above(level, 0.05)]
+        text = f"routing@1% {_fmt(r)}"
+        if naive is not None:
+            d = diff(r, naive)
+            parts.append(stats.verdict_above(d, 0.0))
+            text += f"; naive@1% {_fmt(naive)}; routing - naive {_ci(d)}"
+        add("nontrivial_1pct", stats.combine_verdicts(parts),
+            text + f"; random {RANDOM_RETURN}. Criterion: routing's interval above 0.05 and "
+            "routing - naive above 0." + _seeds_note(r, naive))
+    # 2. routing at 5% vs the best baseline at ~30%: equivalence within the margin
+    r5 = row("routing", 0.05)
     base_levels = [p for m in ("naive", "filtering") for p in _levels(rows, algo, m)
                    if 0.2 <= p <= 0.4]
     if r5 is None or not base_levels:
@@ -457,118 +523,119 @@ def check_claims(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any
             "needs routing at 5% and naive/filtering at 20-40%")
     else:
         p30 = min(base_levels, key=lambda p: abs(p - 0.3))
-        bases = {m: _row(rows, algo, m, p30) for m in ("naive", "filtering")}
+        bases = {m: row(m, p30) for m in ("naive", "filtering")}
         best = max((b for b in bases.values() if b), key=lambda b: b["return"])
-        ok = r5["return_hi"] >= best["return"]
-        add("routing5_vs_baselines30",
-            ("reproduced" if ok else "not reproduced") if _has_interval(r5) else "not measured",
+        status, ci90 = stats.verdict_equivalent(_summary(r5), _summary(best), MATCH_MARGIN)
+        add("routing5_vs_baselines30", status,
             f"routing@5% {_fmt(r5)}; " + "; ".join(f"{m}@{_pct(p30)} {_fmt(b)}"
-                                                  for m, b in bases.items())
-            + ". Criterion: routing CI high >= best baseline mean."
-            + ("" if _has_interval(r5) else f" Routing {_ONE_SEED}."))
-    # 3. filtering fails below 40%
+                                                  for m, b in bases.items() if b)
+            + f"; routing@5% - {best['method']}@{_pct(p30)} (the better baseline) {_ci(ci90)} "
+            f"(90%). Criterion: equivalence, the 90% interval inside +-{MATCH_MARGIN}."
+            + _seeds_note(r5, best))
+    # 3. filtering fails below 40%: more than 0.1 below the oracle at every level
     lv = [p for p in _levels(rows, algo, "filtering") if p < 0.4]
     if not lv:
         add("filtering_fails", "not measured", "no filtering runs below 40%")
     else:
-        parts, ok = [], True
-        measured = all(_has_interval(_row(rows, algo, "filtering", p)) for p in lv)
+        parts, verdicts, cells = [], [], []
         for p in lv:
-            f = _row(rows, algo, "filtering", p)
-            o = _row(rows, algo, "oracle", p)
-            ceiling = o["return"] if o else OPTIMAL_RETURN
-            ok &= f["return_hi"] < ceiling - 0.1
-            parts.append(f"filtering@{_pct(p)} {_fmt(f)} vs oracle {o['return']:.3f}" if o else
-                         f"filtering@{_pct(p)} {_fmt(f)}")
-        add("filtering_fails",
-            ("reproduced" if ok else "not reproduced") if measured else "not measured",
-            "; ".join(parts) + ". Criterion: CI high > 0.1 below the oracle at equal steps "
-            f"(or below optimal {OPTIMAL_RETURN}) at every level < 40%."
-            + ("" if measured else f" Filtering {_ONE_SEED}."))
-    # 4. naive exploits
+            f, o = row("filtering", p), row("oracle", p)
+            cells += [f, o]
+            if o is not None:
+                d = diff(o, f)
+                parts.append(f"{_pct(p)}: oracle - filtering {_ci(d)}")
+            else:
+                level = stats.summary_interval(_summary(f))
+                d = stats.Interval(OPTIMAL_RETURN - level.mean, OPTIMAL_RETURN - level.hi,
+                                   OPTIMAL_RETURN - level.lo, level.n, "t")
+                parts.append(f"{_pct(p)}: optimal {OPTIMAL_RETURN} - filtering {_ci(d)}")
+            verdicts.append(stats.verdict_above(d, 0.1))
+        add("filtering_fails", stats.combine_verdicts(verdicts),
+            "; ".join(parts) + ". Criterion: filtering more than 0.1 below the oracle at equal "
+            f"steps (or below optimal {OPTIMAL_RETURN}) at every level < 40%."
+            + _seeds_note(*cells))
+    # 4. naive exploits: P(ghost | closer, unseen) >= 0.9 at every level <= 10%
     lv = [p for p in _levels(rows, algo, "naive") if p <= 0.1]
     if not lv:
         add("naive_exploits", "not measured", "no naive runs at <= 10%")
     else:
-        parts, ok = [], True
+        parts, verdicts, cells = [], [], []
         for p in lv:
-            nr = _row(rows, algo, "naive", p)
-            rr = _row(rows, algo, "routing", p)
-            ok &= nr["ghost_closer_unseen"] >= 0.9
-            parts.append(f"naive@{_pct(p)} {nr['ghost_closer_unseen']:.2f}"
+            nr, rr = row("naive", p), row("routing", p)
+            cells.append(nr)
+            ci = stats.summary_interval(_summary(nr, "ghost_closer_unseen"))
+            verdicts.append(stats.verdict_above(ci, 0.9))
+            parts.append(f"naive@{_pct(p)} {ci.mean:.2f}"
+                         + (f" [{ci.lo:.2f}, {ci.hi:.2f}]" if math.isfinite(ci.lo) else
+                            " [no interval]")
                          + (f" (routing steered {rr['ghost_closer_unseen']:.2f})" if rr else ""))
-        add("naive_exploits", "reproduced" if ok else "not reproduced",
-            "P(ghost | closer, unseen): " + "; ".join(parts) + ". Criterion: >= 0.9 at every "
-            "level <= 10%.")
-    # 5. oracle needs 3-4x the steps (on its axis: steps / p)
-    lv = [p for p in _levels(rows, algo, "routing") if p <= 0.1
-          and _row(rows, algo, "oracle", p) is not None]
+        add("naive_exploits", stats.combine_verdicts(verdicts),
+            "P(ghost | closer, unseen): " + "; ".join(parts) + ". Criterion: its interval above "
+            "0.9 at every level <= 10%." + _seeds_note(*cells))
+    # 5. the oracle needs 3-4x routing's steps (on its axis: steps / p)
+    lv = [p for p in _levels(rows, algo, "routing") if p <= 0.1 and row("oracle", p)]
     if not lv:
         add("oracle_steps", "not measured", "needs routing and oracle at <= 10%")
+    elif not records:
+        add("oracle_steps", "inconclusive", "needs the runs' learning curves (the records), "
+            "which this report was made without. Criterion: ratio in [2, 6].")
     else:
-        parts, ratios = [], []
+        parts, verdicts = [], []
         for p in lv:
-            cv = mean_curves(records, algo, p)
-            ro, orc = cv["routing"], cv["oracle"]
-            target = ro["mean"][-1]
-            reach_r = steps_to_reach(ro, 0.95 * target) if target >= 0.2 else None
-            reach_o = steps_to_reach(orc, 0.95 * target)
-            routing_at = float(np.interp(orc["x"][-1], ro["x"], ro["mean"]))
-            if target < 0.2 or reach_r is None:
+            target = row("routing", p)["return"]
+            if target < 0.2:
                 parts.append(f"{_pct(p)}: routing final {target:.3f} (< 0.2: nothing to match)")
-            elif reach_o is not None:
-                ratio = reach_o / reach_r
-                ratios.append(ratio)
-                parts.append(f"{_pct(p)}: oracle reaches 95% of routing's {target:.3f} at "
-                             f"{reach_o:,.0f} steps on its axis vs routing "
-                             f"{reach_r:,.0f} ({ratio:.2f}x)")
-            else:
-                parts.append(f"{_pct(p)}: oracle ends at {orc['x'][-1]:,.0f} steps on its axis "
-                             "with "
-                             f"{orc['mean'][-1]:.3f} < routing's final {target:.3f} (routing at "
-                             f"that many steps: {routing_at:.3f}); ratio > "
-                             f"{orc['x'][-1] / reach_r:.2f}x")
-        if ratios:  # levels where it is not measurable do not count either way
-            ok = all(2.0 <= x <= 6.0 for x in ratios)
-            status = "reproduced" if ok else "not reproduced"
-        else:
-            status = "not measured"
-        add("oracle_steps", status, "; ".join(parts) + ". The oracle learns from every update "
-            "of the same env steps as the others; the paper's oracle learns from a fraction p of "
-            "its updates (the labels routing gets), so A of our steps stand at A / p. The "
-            "ratio's resolution is the first curve point at which the oracle passes routing's "
-            "return (an upper bound; benchmarks/oracle_steps.py measures it on a dense oracle "
-            "curve). Criterion: ratio in [2, 6].")
-    # 6. routing 0.2 below the oracle
-    lv = [p for p in _levels(rows, algo, "routing") if _row(rows, algo, "oracle", p)]
+                continue
+            reach_r = _reach_steps(records, algo, "routing", p, 0.95 * target)
+            reach_o = _reach_steps(records, algo, "oracle", p, 0.95 * target)
+            if None in reach_r or None in reach_o or min(len(reach_r), len(reach_o)) < 2:
+                missing = sum(x is None for x in reach_o)
+                parts.append(f"{_pct(p)}: {missing} of {len(reach_o)} oracle runs and "
+                             f"{sum(x is None for x in reach_r)} of {len(reach_r)} routing runs "
+                             f"never reach 95% of routing's {target:.3f}")
+                verdicts.append("inconclusive")
+                continue
+            ci = stats.welch_summary_interval(stats.summary_of(np.log(reach_o)),
+                                              stats.summary_of(np.log(reach_r)))
+            ratio = stats.Interval(math.exp(ci.mean), math.exp(ci.lo), math.exp(ci.hi),
+                                   ci.n, "welch")
+            verdicts.append(stats.verdict_within(ratio, 2.0, 6.0))
+            parts.append(f"{_pct(p)}: {ratio.mean:.2f}x [{ratio.lo:.2f}, {ratio.hi:.2f}] "
+                         f"(oracle {np.exp(np.mean(np.log(reach_o))):,.0f} vs routing "
+                         f"{np.exp(np.mean(np.log(reach_r))):,.0f} steps, geometric means)")
+        add("oracle_steps", stats.combine_verdicts(verdicts) if verdicts else "not measured",
+            "; ".join(parts) + ". Steps to 95% of routing's final mean return, per run the "
+            "first curve point at it (an upper bound at the curve's resolution); the oracle "
+            "learns from every update of the same env steps as the others, the paper's from a "
+            "fraction p of its updates, so A of our steps stand at A / p. Ratio of geometric "
+            "means with a Welch interval on log steps (benchmarks/oracle_steps.py measures it on "
+            "a dense oracle curve). Criterion: ratio in [2, 6] at every level.")
+    # 6. routing ~0.2 below the oracle
+    lv = [p for p in _levels(rows, algo, "routing") if row("oracle", p)]
     if not lv:
         add("routing_gap", "not measured", "needs routing and oracle at the same level")
     else:
-        gaps = {p: _row(rows, algo, "oracle", p)["return"] - _row(rows, algo, "routing", p)[
-            "return"] for p in lv}
-        ok = all(0.1 <= g <= 0.3 for g in gaps.values())
-        add("routing_gap", "reproduced" if ok else "not reproduced",
+        gaps = {p: diff(row("oracle", p), row("routing", p)) for p in lv}
+        add("routing_gap",
+            stats.combine_verdicts([stats.verdict_within(g, 0.1, 0.3) for g in gaps.values()]),
             "oracle - routing at equal env steps: " + "; ".join(
-                f"{_pct(p)} {g:+.3f}" for p, g in gaps.items())
-            + ". Criterion: gap in [0.1, 0.3] at every level (not an asymptote unless the runs "
-            "have converged).")
-    # 7. beyond the paper: the fair early-stopping baseline
-    lv = [p for p in _levels(rows, algo, "routing") if p <= 0.05
-          and _row(rows, algo, "naive_early_stop", p) is not None]
-    if not lv:
-        add("routing_vs_early_stop", "not measured",
-            "needs routing and naive_early_stop at <= 5%")
-    else:
-        pairs = {p: (_row(rows, algo, "routing", p), _row(rows, algo, "naive_early_stop", p))
-                 for p in lv}
-        measured = all(_has_interval(r) for r, _ in pairs.values())
-        ok = all(r["return_lo"] > e["return"] for r, e in pairs.values())
-        add("routing_vs_early_stop",
-            ("reproduced" if ok else "not reproduced") if measured else "not measured",
-            "; ".join(f"{_pct(p)}: routing {_fmt(r)} vs naive_early_stop {_fmt(e)}"
-                      for p, (r, e) in pairs.items())
-            + ". Criterion: routing's CI low above naive_early_stop's mean at every level "
-            "<= 5%." + ("" if measured else f" Routing {_ONE_SEED}."))
+                f"{_pct(p)} {_ci(g)}" for p, g in gaps.items())
+            + ". Criterion: the gap's interval inside [0.1, 0.3] at every level (not an "
+            "asymptote unless the runs have converged)."
+            + _seeds_note(*(row(m, p) for p in lv for m in ("oracle", "routing"))))
+    # 7-8. beyond the paper: routing against a baseline at every level <= 5%
+    for cid, other in (("routing_vs_early_stop", "naive_early_stop"),
+                       ("routing_vs_placebo", "routing_placebo")):
+        lv = [p for p in _levels(rows, algo, "routing") if p <= 0.05 and row(other, p)]
+        if not lv:
+            add(cid, "not measured", f"needs routing and {other} at <= 5%")
+            continue
+        ds = {p: diff(row("routing", p), row(other, p)) for p in lv}
+        add(cid, stats.combine_verdicts([stats.verdict_above(d, 0.0) for d in ds.values()]),
+            "; ".join(f"{_pct(p)}: routing {_fmt(row('routing', p))} vs {other} "
+                      f"{_fmt(row(other, p))}, difference {_ci(d)}" for p, d in ds.items())
+            + f". Criterion: routing - {other} above 0 at every level <= 5%."
+            + _seeds_note(*(row(m, p) for p in lv for m in ("routing", other))))
     return out
 
 
@@ -577,7 +644,7 @@ def claims_markdown(claims: Sequence[dict[str, str]]) -> str:
     for c in claims:
         evidence = c["evidence"].replace("|", "\\|")
         lines.append(f"| {c['claim']} | {c['algo']} | **{c['status']}** | {evidence} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + VERDICT_RULE + "\n"
 
 
 def _nearest(levels: Sequence[float], target: float) -> float:

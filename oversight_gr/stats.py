@@ -45,6 +45,17 @@ __all__ = [
     "iqm",
     "probability_of_improvement",
     "METHOD_NOTE",
+    "VERDICTS",
+    "MIN_SEEDS",
+    "Summary",
+    "summary_of",
+    "summary_from_t_interval",
+    "summary_interval",
+    "welch_summary_interval",
+    "verdict_above",
+    "verdict_within",
+    "verdict_equivalent",
+    "combine_verdicts",
 ]
 
 #: from this many values on, :func:`mean_interval` uses the BCa bootstrap instead of Student t
@@ -217,3 +228,125 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float], level: fl
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         method = "stratified bootstrap"
     return Improvement(p, lo, hi, p_value, int(n), int(m), method)
+
+
+# -- verdicts on claims -------------------------------------------------------------------------
+# A claim is checked on the seeds' summary (mean, sd, n) of each cell it names, so the same rule
+# applies to a sweep's records and to a published table of means and Student-t intervals.
+#
+# * "reproduced": the data support the claim at the stated confidence: the claim's quantity has
+#   its whole interval on the claim's side of the margin (for "X above a threshold": the
+#   interval's low end above it; for "X within [a, b]": the interval inside it; for "X matches
+#   Y": the two one-sided tests of equivalence, i.e. the 90% interval of X - Y inside
+#   [-margin, +margin]);
+# * "not reproduced": the data contradict it: the whole interval on the other side;
+# * "inconclusive": anything else (an interval that straddles the margin), and always when a
+#   cell has fewer than MIN_SEEDS seeds: at n = 2 a t interval is valid but so wide that a
+#   verdict either way would rest on the margin, not the data.
+# A claim "at every level" is reproduced when every level is (an intersection-union test: no
+# correction needed), not reproduced when some level contradicts it, inconclusive otherwise.
+
+#: the verdicts a claim can get from data (plus "not measured" where a cell is missing)
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+#: seeds a cell needs before its data may decide a claim either way
+MIN_SEEDS = 3
+
+
+class Summary(NamedTuple):
+    """A cell's seeds: mean, sample standard deviation (ddof 1) and count."""
+
+    mean: float
+    sd: float
+    n: int
+
+
+def summary_of(values: Sequence[float | None]) -> Summary:
+    """:class:`Summary` of the finite values (sd nan below 2 values)."""
+    x = _finite(values)
+    if x.size == 0:
+        return Summary(math.nan, math.nan, 0)
+    return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan,
+                   int(x.size))
+
+
+def summary_from_t_interval(mean: float, lo: float, hi: float, n: int,
+                            level: float = 0.95) -> Summary:
+    """Invert a published Student-t interval ``mean [lo, hi]`` of n seeds into its summary:
+    ``sd = (hi - lo) / 2 * sqrt(n) / t(n - 1)`` (exact up to the rounding of lo and hi)."""
+    _check_level(level)
+    if n < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return Summary(float(mean), math.nan, int(n))
+    t = float(_st.t.ppf((1 + level) / 2, n - 1))
+    return Summary(float(mean), (hi - lo) / 2 * math.sqrt(n) / t, int(n))
+
+
+def summary_interval(s: Summary, level: float = 0.95) -> Interval:
+    """The Student-t interval of a summary's mean (what :func:`t_interval` gives its values)."""
+    _check_level(level)
+    if s.n < 2 or not math.isfinite(s.sd):
+        return Interval(s.mean, math.nan, math.nan, s.n, "t")
+    half = float(_st.t.ppf((1 + level) / 2, s.n - 1)) * s.sd / math.sqrt(s.n)
+    return Interval(s.mean, s.mean - half, s.mean + half, s.n, "t")
+
+
+def welch_summary_interval(a: Summary, b: Summary, level: float = 0.95) -> Interval:
+    """``a.mean - b.mean`` with Welch's t interval from two summaries (what
+    :func:`welch_interval` gives their values); ``n`` is the smaller count."""
+    _check_level(level)
+    diff = a.mean - b.mean
+    n = min(a.n, b.n)
+    if a.n < 2 or b.n < 2 or not (math.isfinite(a.sd) and math.isfinite(b.sd)):
+        return Interval(diff, math.nan, math.nan, n, "welch")
+    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    se2 = va + vb
+    if se2 == 0.0:
+        return Interval(diff, diff, diff, n, "welch")
+    df = se2 ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    half = float(_st.t.ppf((1 + level) / 2, df)) * math.sqrt(se2)
+    return Interval(diff, diff - half, diff + half, n, "welch")
+
+
+def _decided(ci: Interval) -> bool:
+    return ci.n >= MIN_SEEDS and math.isfinite(ci.lo) and math.isfinite(ci.hi)
+
+
+def verdict_above(ci: Interval, threshold: float) -> str:
+    """The claim "the quantity exceeds ``threshold``" on its (two-sided 95%, i.e. one-sided
+    97.5%) interval."""
+    if not _decided(ci):
+        return "inconclusive"
+    if ci.lo > threshold:
+        return "reproduced"
+    if ci.hi < threshold:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def verdict_within(ci: Interval, low: float, high: float) -> str:
+    """The claim "the quantity lies in ``[low, high]``"."""
+    if not _decided(ci):
+        return "inconclusive"
+    if low <= ci.lo and ci.hi <= high:
+        return "reproduced"
+    if ci.hi < low or ci.lo > high:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def verdict_equivalent(a: Summary, b: Summary, margin: float) -> tuple[str, Interval]:
+    """The claim "a matches b within ``margin``": two one-sided Welch tests at 5% each, i.e.
+    the 90% interval of ``a - b`` inside ``[-margin, margin]``; not reproduced when that
+    interval lies wholly outside it. Returns the verdict and the 90% interval."""
+    ci = welch_summary_interval(a, b, level=0.90)
+    return verdict_within(ci, -margin, margin), ci
+
+
+def combine_verdicts(verdicts: Sequence[str]) -> str:
+    """A claim that must hold at every level: reproduced when every level is, not reproduced
+    when some level contradicts it, inconclusive otherwise (and for no levels)."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    if "not reproduced" in verdicts:
+        return "not reproduced"
+    return "inconclusive"

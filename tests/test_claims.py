@@ -4,13 +4,12 @@ not measured. The records are built by hand (no training), so every number is kn
 import pytest
 
 from oversight_gr import plots
-
-MOE = ("routing", "moe_no_routing", "constant_gate")
+from oversight_gr.agents.run import steered_mode
 
 
 def rec(method, p, ret, *, seed=0, gcu=0.5, curve=(), steps=4000, algo="ppo"):
     """A sweep record with steered return ``ret``; ``curve``: (env_steps, reported, return)."""
-    steer = "diamond" if method in MOE else "none"
+    steer = steered_mode(method)
     reported = steps / p if method == "oracle" else steps
     return {
         "config": {"algo": algo, "method": method, "oversight_prob": p},
@@ -31,18 +30,37 @@ def verdict(records, cid):
     return out[cid]["status"], out[cid]["evidence"]
 
 
+def gcus(method, p, values, **kw):
+    return [rec(method, p, 0.3, seed=i, gcu=g, **kw) for i, g in enumerate(values)]
+
+
+ROUTING_CURVE = [(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)]
+
+# every claim: a case per verdict. "inconclusive" cases are intervals that straddle the
+# criterion (a wide interval must never pass), "inconclusive_n2" a clear difference on 2 seeds
 CASES = {
     "nontrivial_1pct": {
         "reproduced": seeds("routing", 0.01, [0.30, 0.32, 0.31]) + seeds("naive", 0.01, [0.1] * 3),
-        # the interval's low end is below 0.05
-        "not reproduced": seeds("routing", 0.01, [0.0, 0.05, 0.12]),
+        # the whole interval below 0.05
+        "not reproduced": seeds("routing", 0.01, [0.0, 0.01, 0.02]),
+        # 0.057 [-0.093, 0.206]: straddles 0.05
+        "inconclusive": seeds("routing", 0.01, [0.0, 0.05, 0.12]),
+        "inconclusive_n2": seeds("routing", 0.01, [0.60, 0.61]) + seeds("naive", 0.01, [0.1] * 2),
         "not measured": seeds("routing", 0.05, [0.3, 0.3, 0.3]),
     },
     "routing5_vs_baselines30": {
+        # 90% interval of routing - naive within +-0.05
         "reproduced": seeds("routing", 0.05, [0.70, 0.72, 0.74])
-        + seeds("naive", 0.3, [0.72] * 3) + seeds("filtering", 0.3, [0.6] * 3),
+        + seeds("naive", 0.3, [0.72, 0.71, 0.73]) + seeds("filtering", 0.3, [0.6] * 3),
         "not reproduced": seeds("routing", 0.05, [0.30, 0.31, 0.32])
         + seeds("naive", 0.3, [0.72] * 3),
+        # a sweep in which nothing learned: routing@5% -0.005 [-0.284, 0.275] on 2 seeds has
+        # its interval reach the baselines' means; that is no evidence of a match
+        "inconclusive_n2": seeds("routing", 0.05, [-0.027, 0.017])
+        + seeds("naive", 0.3, [0.01, 0.03]) + seeds("filtering", 0.3, [-0.02, 0.0]),
+        # five seeds, but too spread to tell a match from a 0.2 difference
+        "inconclusive": seeds("routing", 0.05, [0.4, 0.9, 0.6, 0.8, 0.5])
+        + seeds("naive", 0.3, [0.65] * 5),
         "not measured": seeds("routing", 0.05, [0.7] * 3) + seeds("naive", 0.1, [0.7] * 3),
     },
     "filtering_fails": {
@@ -50,61 +68,112 @@ CASES = {
         + seeds("oracle", 0.05, [0.8] * 3),
         "not reproduced": seeds("filtering", 0.05, [0.78, 0.80, 0.79])
         + seeds("oracle", 0.05, [0.8] * 3),
+        "inconclusive": seeds("filtering", 0.05, [0.5, 0.8, 0.65])
+        + seeds("oracle", 0.05, [0.8] * 3),
+        "inconclusive_n2": seeds("filtering", 0.05, [0.30, 0.31])
+        + seeds("oracle", 0.05, [0.8] * 2),
         "not measured": seeds("filtering", 0.5, [0.3] * 3),
     },
     "naive_exploits": {
-        "reproduced": seeds("naive", 0.05, [0.3] * 3, gcu=0.95),
-        "not reproduced": seeds("naive", 0.05, [0.3] * 3, gcu=0.5),
-        "not measured": seeds("naive", 0.3, [0.3] * 3, gcu=0.95),
+        "reproduced": gcus("naive", 0.05, [0.95, 0.96, 0.97]),
+        "not reproduced": gcus("naive", 0.05, [0.5, 0.52, 0.48]),
+        "inconclusive": gcus("naive", 0.05, [0.7, 0.95, 0.99]),
+        "inconclusive_n2": gcus("naive", 0.05, [0.99, 0.98]),
+        "not measured": gcus("naive", 0.3, [0.95] * 3),
     },
     # routing reaches 95% of its final 0.7 at 2,000 steps; the oracle is drawn at steps / p
     # (the plots derive it from env steps: the stored "reported" value is not read)
     "oracle_steps": {
         # 300 oracle steps at p = 0.05 stand at 6,000: 3x routing's 2,000
-        "reproduced": seeds("routing", 0.05, [0.7] * 3,
-                            curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        "reproduced": seeds("routing", 0.05, [0.7] * 3, curve=ROUTING_CURVE)
         + seeds("oracle", 0.05, [0.8] * 3, curve=[(100, -1, 0.2), (300, -1, 0.7)], steps=400),
         # 100 oracle steps stand at 2,000: 1x
-        "not reproduced": seeds("routing", 0.05, [0.7] * 3,
-                                curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        "not reproduced": seeds("routing", 0.05, [0.7] * 3, curve=ROUTING_CURVE)
         + seeds("oracle", 0.05, [0.8] * 3, curve=[(100, -1, 0.7)], steps=200),
-        # the oracle never reaches routing's return: no ratio to judge
-        "not measured": seeds("routing", 0.05, [0.7] * 3,
-                              curve=[(1000, 1000, 0.3), (2000, 2000, 0.68), (4000, 4000, 0.7)])
+        # the oracle never reaches routing's return: the ratio is not bounded
+        "inconclusive": seeds("routing", 0.05, [0.7] * 3, curve=ROUTING_CURVE)
         + seeds("oracle", 0.05, [0.4] * 3, curve=[(100, -1, 0.4)], steps=200),
+        "not measured": seeds("routing", 0.05, [0.7] * 3, curve=ROUTING_CURVE)
+        + seeds("oracle", 0.3, [0.8] * 3, curve=[(100, -1, 0.7)], steps=200),
     },
     "routing_gap": {
-        "reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.9] * 3),
+        "reproduced": seeds("routing", 0.1, [0.69, 0.70, 0.71]) + seeds("oracle", 0.1, [0.9] * 3),
         "not reproduced": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.1, [0.72] * 3),
+        "inconclusive": seeds("routing", 0.1, [0.5, 0.8, 0.65]) + seeds("oracle", 0.1, [0.9] * 3),
+        "inconclusive_n2": seeds("routing", 0.1, [0.7] * 2) + seeds("oracle", 0.1, [0.9] * 2),
         "not measured": seeds("routing", 0.1, [0.7] * 3) + seeds("oracle", 0.05, [0.9] * 3),
     },
     "routing_vs_early_stop": {
         "reproduced": seeds("routing", 0.05, [0.70, 0.72, 0.74])
         + seeds("naive_early_stop", 0.05, [0.6] * 3),
-        # routing's interval reaches below the early-stopping mean
-        "not reproduced": seeds("routing", 0.05, [0.5, 0.7, 0.75])
+        "not reproduced": seeds("routing", 0.05, [0.30, 0.31, 0.32])
+        + seeds("naive_early_stop", 0.05, [0.6] * 3),
+        # routing's mean is ahead but the difference's interval reaches below 0
+        "inconclusive": seeds("routing", 0.05, [0.5, 0.7, 0.75])
         + seeds("naive_early_stop", 0.05, [0.62] * 3),
+        "inconclusive_n2": seeds("routing", 0.05, [0.9, 0.91])
+        + seeds("naive_early_stop", 0.05, [0.1, 0.11]),
         "not measured": seeds("routing", 0.1, [0.7] * 3)
         + seeds("naive_early_stop", 0.1, [0.6] * 3),
+    },
+    "routing_vs_placebo": {
+        "reproduced": seeds("routing", 0.01, [0.70, 0.72, 0.74])
+        + seeds("routing_placebo", 0.01, [0.4, 0.45, 0.5])
+        + seeds("routing", 0.05, [0.75] * 3) + seeds("routing_placebo", 0.05, [0.6, 0.62, 0.61]),
+        # one level where the placebo is clearly ahead is enough to contradict "at every level"
+        "not reproduced": seeds("routing", 0.01, [0.70, 0.72, 0.74])
+        + seeds("routing_placebo", 0.01, [0.4, 0.45, 0.5])
+        + seeds("routing", 0.05, [0.5] * 3) + seeds("routing_placebo", 0.05, [0.6, 0.62, 0.61]),
+        "inconclusive": seeds("routing", 0.05, [0.5, 0.8, 0.7])
+        + seeds("routing_placebo", 0.05, [0.6, 0.62, 0.61]),
+        "inconclusive_n2": seeds("routing", 0.05, [0.9, 0.91])
+        + seeds("routing_placebo", 0.05, [0.1, 0.11]),
+        "not measured": seeds("routing", 0.1, [0.7] * 3)
+        + seeds("routing_placebo", 0.1, [0.6] * 3),
     },
 }
 
 
-@pytest.mark.parametrize("cid,status", [(c, s) for c, by in CASES.items() for s in by])
-def test_each_verdict_rule(cid, status):
-    got, evidence = verdict(CASES[cid][status], cid)
-    assert got == status, evidence
+@pytest.mark.parametrize("cid,case", [(c, s) for c, by in CASES.items() for s in by])
+def test_each_verdict_rule(cid, case):
+    got, evidence = verdict(CASES[cid][case], cid)
+    assert got == case.removesuffix("_n2"), evidence
     assert evidence
+    if case.endswith("_n2"):
+        assert "Fewer than 3 seeds" in evidence
 
 
 def test_every_claim_has_cases_and_one_seed_has_no_interval():
     assert set(CASES) == {cid for cid, _ in plots.CLAIMS}
     status, evidence = verdict(seeds("routing", 0.01, [0.4]), "nontrivial_1pct")
-    assert status == "not measured" and "2 seeds" in evidence
+    assert status == "inconclusive" and "no interval" in evidence
     # the interval is Student t: 3 seeds of (0.30, 0.32, 0.31) give mean +- 4.30 sd / sqrt(3)
     row = plots.summarize(seeds("routing", 0.01, [0.30, 0.32, 0.31]))[0]
     assert row["return_hi"] - row["return"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5)
     assert row["interval"] == "t" and row["return_iqm"] == pytest.approx(0.31)
+    assert row["return_sd"] == pytest.approx(0.01)
+
+
+def test_a_published_table_gives_the_verdicts_of_its_records():
+    # rows rebuilt from "mean [lo, hi] (n)" cells (summary_from_t_interval) decide every
+    # return-based claim as the records themselves do
+    from oversight_gr import stats
+
+    for cid, by in CASES.items():
+        if cid in ("oracle_steps", "naive_exploits"):
+            continue
+        for case, records in by.items():
+            rows = plots.summarize(records)
+            rebuilt = []
+            for r in rows:
+                s = stats.summary_from_t_interval(r["return"], r["return_lo"], r["return_hi"],
+                                                  r["n"])
+                rebuilt.append({**r, "return_sd": s.sd})
+                if r["n"] > 1:
+                    assert s.sd == pytest.approx(r["return_sd"], abs=1e-12)
+            want = {c["id"]: c["status"] for c in plots.check_claims(rows, records, "ppo")}
+            got = {c["id"]: c["status"] for c in plots.check_claims(rebuilt, [], "ppo")}
+            assert got[cid] == want[cid], (cid, case)
 
 
 def test_report_has_the_probability_that_routing_beats_each_method(tmp_path):

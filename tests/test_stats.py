@@ -79,3 +79,48 @@ def test_probability_of_improvement_counts_pairs_and_its_exact_interval():
     big = stats.probability_of_improvement(np.arange(12.0), np.arange(12.0) - 4)
     assert big.method == "stratified bootstrap" and big.lo < big.p < big.hi
     assert math.isnan(stats.probability_of_improvement([], [1.0]).p)
+
+
+def test_summary_intervals_equal_the_intervals_of_the_values():
+    from oversight_gr.stats import (summary_from_t_interval, summary_interval, summary_of,
+                                    t_interval, welch_interval, welch_summary_interval)
+
+    a, b = [0.61, 0.72, 0.55, 0.70, 0.66], [0.31, 0.52, 0.48]
+    for level in (0.9, 0.95):
+        got, want = welch_summary_interval(summary_of(a), summary_of(b), level), \
+            welch_interval(a, b, level)
+        assert (got.mean, got.lo, got.hi) == pytest.approx((want.mean, want.lo, want.hi))
+        got, want = summary_interval(summary_of(a), level), t_interval(a, level)
+        assert (got.lo, got.hi) == pytest.approx((want.lo, want.hi))
+    # a published "mean [lo, hi] (n)" gives back the sd it was made from
+    ci = t_interval(a)
+    assert summary_from_t_interval(ci.mean, ci.lo, ci.hi, 5).sd == pytest.approx(
+        summary_of(a).sd)
+
+
+def test_verdict_rules():
+    from oversight_gr.stats import (Interval, Summary, combine_verdicts, verdict_above,
+                                    verdict_equivalent, verdict_within)
+
+    def ci(lo, hi, n=5):
+        return Interval((lo + hi) / 2, lo, hi, n, "t")
+
+    assert verdict_above(ci(0.1, 0.2), 0.05) == "reproduced"
+    assert verdict_above(ci(-0.1, 0.2), 0.05) == "inconclusive"
+    assert verdict_above(ci(-0.1, 0.0), 0.05) == "not reproduced"
+    assert verdict_above(ci(0.1, 0.2, n=2), 0.05) == "inconclusive"  # too few seeds
+    assert verdict_above(ci(float("nan"), float("nan")), 0.05) == "inconclusive"
+    assert verdict_within(ci(0.15, 0.25), 0.1, 0.3) == "reproduced"
+    assert verdict_within(ci(0.25, 0.35), 0.1, 0.3) == "inconclusive"
+    assert verdict_within(ci(0.31, 0.35), 0.1, 0.3) == "not reproduced"
+    # equivalence: two one-sided tests = the 90% interval inside the margin
+    same = Summary(0.70, 0.01, 5)
+    assert verdict_equivalent(same, Summary(0.71, 0.01, 5), 0.05)[0] == "reproduced"
+    assert verdict_equivalent(same, Summary(0.90, 0.01, 5), 0.05)[0] == "not reproduced"
+    assert verdict_equivalent(Summary(0.70, 0.3, 5), Summary(0.71, 0.3, 5), 0.05)[0] == \
+        "inconclusive"
+    assert verdict_equivalent(same, Summary(0.71, 0.01, 5), 0.05)[1].hi < 0.05
+    assert combine_verdicts(["reproduced", "reproduced"]) == "reproduced"
+    assert combine_verdicts(["reproduced", "inconclusive"]) == "inconclusive"
+    assert combine_verdicts(["inconclusive", "not reproduced"]) == "not reproduced"
+    assert combine_verdicts([]) == "inconclusive"
