@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -34,14 +33,10 @@ HEADER = (
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's machine name elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name and its bf16 units (:func:`oversight_gr.precision.cpu_description`)."""
+    from oversight_gr.precision import cpu_description
+
+    return cpu_description()
 
 
 def read_sections(path: Path) -> dict[str, str]:

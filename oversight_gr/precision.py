@@ -53,3 +53,32 @@ def precision_context(precision: str, device: torch.device | str) -> Iterator[No
             yield
     else:
         yield
+
+
+#: /proc/cpuinfo flags of CPU units that compute bf16 matrix products natively; where none is
+#: present, bf16_matmul runs float32 kernels
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and whether it has bf16 matrix units (``lscpu``'s flags), e.g.
+    ``"Intel(R) Xeon(R) Processor (bf16 units: amx_bf16, avx512_bf16)"``: fp32 kernels, and so
+    long trajectories, differ between such CPUs, so every quoted figure names it."""
+    import platform
+
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    if not flags:
+        return name
+    units = [f for f in BF16_FLAGS if f in flags]
+    return f"{name} ({'bf16 units: ' + ', '.join(units) if units else 'no bf16 units'})"

@@ -69,12 +69,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    print(f"{'steer':<8} {'return':>7} {'P(diamond)':>10} {'P(ghost)':>9} "
+    print(f"{'steer':<8} {'return [95% interval]':>24} {'P(diamond)':>10} {'P(ghost)':>9} "
           f"{'P(ghost|closer,unseen)':>23} {'length':>7} {'episodes':>9}")
     for steer, m in metrics.items():
-        print(f"{steer:<8} {m['stepwise_return']:7.3f} {m['p_diamond']:10.3f} {m['p_ghost']:9.3f} "
+        ret = f"{m['stepwise_return']:.3f}"
+        if "stepwise_return_lo" in m:  # records written before 2026-12-07 have none
+            ret += f" [{m['stepwise_return_lo']:.3f}, {m['stepwise_return_hi']:.3f}]"
+        print(f"{steer:<8} {ret:>24} {m['p_diamond']:10.3f} {m['p_ghost']:9.3f} "
               f"{m['p_ghost_closer_unseen']:16.3f} (n={m['n_closer_unseen']:>4}) "
               f"{m['mean_length']:7.2f} {m['n_episodes']:9d}")
+    print("(the interval: 95% Student t over the evaluation's environments, each an independent "
+          "window of episodes)")
 
 
 def _load(run_dir: str):
@@ -98,21 +103,26 @@ def _load(run_dir: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from oversight_gr.agents.evaluation import evaluate
+    from oversight_gr.agents.evaluation import eval_seed, evaluate
 
     trainer = _load(args.run_dir)
     cfg = trainer.cfg
     p = cfg.oversight_prob if args.oversight_prob is None else args.oversight_prob
+    # the run's own evaluation protocol unless told otherwise, so a finished run's figure is
+    # reproduced exactly
+    seed = eval_seed(cfg.seed) if args.seed is None else args.seed
+    num_envs = cfg.eval_envs if args.num_envs is None else args.num_envs
     steers = ("diamond", "none", "ghost") if args.steer == "all" else (args.steer,)
     if cfg.method_spec.policy != "moe" and steers != ("none",):
         steers = ("none",)
-    metrics = {s: evaluate(trainer.policy, p, s, num_envs=args.num_envs, seed=args.seed,
-                           size=cfg.size, max_episode_steps=cfg.max_episode_steps).as_dict()
+    metrics = {s: evaluate(trainer.policy, p, s, num_envs=num_envs, seed=seed, size=cfg.size,
+                           max_episode_steps=cfg.max_episode_steps, gamma=cfg.gamma).as_dict()
                for s in steers}
-    print(f"{cfg.method} ({cfg.algo}) at oversight {p:g}, {trainer.env_steps} env steps")
+    print(f"{cfg.method} ({cfg.algo}) at oversight {p:g}, {trainer.env_steps} env steps; "
+          f"evaluation seed {seed}, {num_envs} environments")
     _print_metrics(metrics)
     if args.references:
-        print_references(p, cfg.size, args.num_envs, args.seed)
+        print_references(p, cfg.size, num_envs, seed)
     return 0
 
 
@@ -144,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from oversight_gr.agents.trainer import Trainer
     from oversight_gr.config import check_output_dir
     from oversight_gr.agents.run import write_json_atomic
+    from oversight_gr.precision import cpu_description
 
     settings = {k: v for k, v in (("oversight_prob", args.oversight_prob),
                                   ("total_env_steps", args.env_steps)) if v is not None}
@@ -170,11 +181,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      + f" {sum(ret) / len(ret):7.3f}  {pg:22.3f}")
     table = "\n".join(lines)
     gap = summary["gap"]
+    lo, hi = gap["interval"]
+    interval = (f"95% Welch interval over seeds [{lo:+.3f}, {hi:+.3f}]" if lo == lo
+                else "no interval with one seed")
     verdict = (f"routing (steered) minus the better baseline ({gap['best_baseline']}): mean "
-               f"{gap['mean_gap']:+.3f}; routing ahead of both baselines on {gap['ahead']} of "
-               f"{gap['seeds']} seeds")
+               f"{gap['mean_gap']:+.3f}, {interval}; routing ahead of both baselines on "
+               f"{gap['ahead']} of {gap['seeds']} seeds ({cpu_description()}; "
+               f"{summary['wall_seconds']:.0f} s)")
     if gap["mean_gap"] <= 0:
         verdict = "routing is NOT ahead at these settings. " + verdict
+    elif not lo > 0:
+        verdict = "routing's lead is NOT clear of zero at these settings. " + verdict
     print()
     print("steered ground-truth return (routing: gate fixed to the diamond expert)")
     print(table)
@@ -220,8 +237,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="oversight level to evaluate at (default: the run's)")
     p.add_argument("--steer", choices=("diamond", "ghost", "none", "all"), default="all",
                    help="fix the gate to 1 (diamond), 0 (ghost), learn it (none), or all three")
-    p.add_argument("--num-envs", type=int, default=512, help="evaluation environments (512)")
-    p.add_argument("--seed", type=int, default=12345, help="evaluation seed")
+    p.add_argument("--num-envs", type=_positive, default=None,
+                   help="evaluation environments (default: the run's eval_envs, as in its own "
+                   "final evaluation)")
+    p.add_argument("--seed", type=_non_negative, default=None,
+                   help="evaluation seed (default: the run's own, 10000 + its training seed, "
+                   "so a finished run's figure is reproduced)")
     p.add_argument("--references", action="store_true",
                    help="also print the optimal and diamond-seeker reference returns")
     p.set_defaults(func=cmd_eval)

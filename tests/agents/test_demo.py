@@ -14,6 +14,11 @@ def test_gap_against_the_better_baseline_and_seeds_ahead():
     assert gap["mean_gap"] == pytest.approx(0.5 - 1.25 / 3)
     assert gap["per_seed_gap"] == pytest.approx([0.2, -0.05, -0.3])  # vs each seed's best
     assert gap["ahead"] == 1 and gap["seeds"] == 3
+    # the mean gap's interval over seeds: Welch's, routing's runs against the best baseline's
+    from scipy import stats
+
+    ci = stats.ttest_ind([0.7, 0.6, 0.2], [0.5, 0.65, 0.1], equal_var=False).confidence_interval()
+    assert gap["interval"] == pytest.approx([ci.low, ci.high])
 
 
 def test_schedule_puts_routing_alone_when_there_are_workers():
