@@ -293,7 +293,8 @@ def _cat(xs: list[Tensor]) -> Tensor:
 class Trainer:
     """Train one method on OversightGrid: one run, or a group of runs side by side.
 
-    Same seed, same numbers on CPU; a run inside a group follows the same random numbers and
+    Same seed, same numbers in fp32 on one CPU model and torch build (another CPU's float32
+    kernels round differently); a run inside a group follows the same random numbers and
     updates as alone (see the module docstring).
 
     Args:
