@@ -36,7 +36,7 @@ def section(summary: dict, command: str, load: tuple[float, float],
         "",
         f"Command: `{command}` ({cpu_name()}, torch 1 thread per worker, 2 workers; load "
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end). Settings (the demo's "
-        f"embedded default, applied to every method): "
+        f"embedded default, applied to every method unless a method is named): "
         + ", ".join(f"{k}={v}" for k, v in s.items()) + ". Seeds "
         f"{seeds[0]}-{seeds[-1]}, none chosen. Steered ground-truth return (routing: gate fixed "
         "to the diamond expert; baselines: the policy as trained).",
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds that no setting was chosen on)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--from-summary", default=None, metavar="SUMMARY_JSON",
+                    help="write the section from the summary.json of a finished `oversight-gr "
+                    "demo` (no training; its seeds, settings and wall time are the demo's)")
     ap.add_argument("--section", default="demo_seeds", help="docs/RESULTS.md section (and "
                     "docs/SECTION.json); another name keeps a second setting beside the default")
     ap.add_argument("--oversight-prob", type=float, default=None, help="override the demo's")
@@ -88,10 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python benchmarks/demo_seeds.py " + shlex.join(given)
     load0 = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
-        summary = run_demo(args.seeds, args.first_seed, Path(tmp), args.workers, **overrides)
-    summary.pop("records")
-    md = section(summary, command.strip(), (load0, os.getloadavg()[0]), args.section)
+    if args.from_summary:
+        summary = json.loads(Path(args.from_summary).read_text())
+        command = summary.get("command", "oversight-gr demo") + f" (read by `{command.strip()}`)"
+        load0 = summary.get("load", [math.nan])[0]
+    else:
+        with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
+            summary = run_demo(args.seeds, args.first_seed, Path(tmp), args.workers,
+                               **overrides)
+        summary.pop("records")
+    load1 = summary.get("load", [math.nan, math.nan])[1] if args.from_summary else \
+        os.getloadavg()[0]
+    md = section(summary, command.strip(), (load0, load1), args.section)
     print(md)
     if not args.no_write:
         out = RESULTS.parent / f"{args.section}.json"

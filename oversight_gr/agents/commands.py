@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -167,7 +170,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{cfg.total_env_steps:,} env steps per run, seeds {seeds[0]}-{seeds[-1]} (each "
           f"method's seeds trained together), PPO, hidden {cfg.hidden}, {cfg.num_envs} envs; "
           f"{args.workers} worker process(es); run directory {run_dir}", flush=True)
+    load = [os.getloadavg()[0]]
     summary = run_demo(args.seeds, args.first_seed, run_dir, args.workers, **settings)
+    summary["load"] = load + [os.getloadavg()[0]]  # other work on the machine, start and end
+    summary["command"] = shlex.join(["oversight-gr", *sys.argv[1:]])
+    summary["cpu"] = cpu_description()
     records = summary.pop("records")
     methods = summary["methods"]
     header = (f"{'method':<10} {'env steps':>10} " + " ".join(f"{'seed ' + str(s):>7}"

@@ -23,16 +23,24 @@ from typing import Any
 from oversight_gr.agents.run import run_training, steered_mode
 from oversight_gr.agents.trainer import TrainConfig
 
-__all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "demo_configs", "run_demo", "gap_summary"]
+__all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "DEMO_METHOD_SETTINGS", "demo_configs", "run_demo",
+           "gap_summary"]
 
 DEMO_METHODS = ("routing", "naive", "filtering")
 #: the demo's embedded default (TrainConfig fields applied identically to every method), chosen
-#: from measurements: the ``standard`` sweep's learning curves (docs/RESULTS.md,
-#: "oversight_sweep_standard") put the largest gap at 2M env steps at p = 0.025, where naive's
-#: exploit has formed and data filtering has had too few overseen episodes to catch up (at
-#: p = 0.05 filtering is level with routing by 2M); checked over five seeds in "demo_seeds"
-DEMO_SETTINGS: dict[str, Any] = {"oversight_prob": 0.025, "total_env_steps": 2_000_000,
+#: from the ``standard`` sweep's learning curves (docs/RESULTS.md, "oversight_sweep_standard",
+#: 5 seeds, routing at sharpness 6): at p = 0.01 its seed means pass 2M env steps at about 0.50
+#: for routing (0.40 at 1M, 0.56 at 2.5M), 0.04 for naive (its exploit formed from the start)
+#: and 0.20 for filtering (0.12 / 0.25), a gap of about 0.3; at p = 0.025, the demo's level
+#: before 2026-12-07, about 0.17, with naive's exploit still forming on some seeds (on an Intel
+#: Xeon with AMX routing was ahead on 3 of fresh seeds 5-9 there: docs/RESULTS.md, section
+#: "demo_seeds_fresh_p025")
+DEMO_SETTINGS: dict[str, Any] = {"oversight_prob": 0.01, "total_env_steps": 2_000_000,
                                  "num_envs": 512, "hidden": 64, "gate_balance": True}
+#: settings of one method only, as the ``standard`` preset's ``method_train`` (the baselines do
+#: not read them): routing's unlabelled sharpness 6, the standard preset's (docs/RESULTS.md,
+#: "routing_sharpness": +0.106 over PPO's default 3 at 1% on 10 seeds)
+DEMO_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"routing": {"unlabelled_sharpness": 6.0}}
 #: learning-curve points per run (eval_every = total_env_steps / CURVE_POINTS unless given)
 CURVE_POINTS = 6
 #: seeds per method: the demo's claim (gap, seeds ahead) needs at least five to carry on any CPU
@@ -42,7 +50,7 @@ DEMO_SEEDS = 5
 
 def demo_configs(method: str, seeds: list[int], **settings: Any) -> list[TrainConfig]:
     """One method's runs: the demo settings, overridden by ``settings``, one config per seed."""
-    fields = {**DEMO_SETTINGS, **settings}
+    fields = {**DEMO_SETTINGS, **DEMO_METHOD_SETTINGS.get(method, {}), **settings}
     fields.setdefault("eval_every", max(fields["total_env_steps"] // CURVE_POINTS, 1))
     return [TrainConfig(method=method, seed=s, **fields) for s in seeds]
 
@@ -136,6 +144,8 @@ def run_demo(seeds: int = DEMO_SEEDS, first_seed: int = 0, run_dir: str | Path |
         }
     cfg = demo_configs("routing", seed_list[:1], **settings)[0]
     shown = {k: getattr(cfg, k) for k in (*DEMO_SETTINGS, "eval_every", "algo")}
+    shown.update({f"{m} {k}": getattr(demo_configs(m, seed_list[:1], **settings)[0], k)
+                  for m in methods for k in DEMO_METHOD_SETTINGS.get(m, {})})
     return {
         "methods": summary_methods,
         "settings": shown,
