@@ -28,13 +28,14 @@ TARGET_GAP, TARGET_AHEAD = 0.15, 4
 
 
 def section(summary: dict, command: str, load: tuple[float, float],
-            name: str = "demo_seeds") -> str:
+            name: str = "demo_seeds", source: str = "") -> str:
     s, gap = summary["settings"], summary["gap"]
     seeds = summary["seeds"]
     lines = [
         f"## The demo's claim over five seeds ({name})",
         "",
-        f"Command: `{command}` ({cpu_name()}, torch 1 thread per worker, 2 workers; load "
+        f"Command: `{command}`{source} ({summary.get('cpu') or cpu_name()}, torch 1 thread per "
+        f"worker, 2 workers; load "
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end). Settings (the demo's "
         f"embedded default, applied to every method unless a method is named): "
         + ", ".join(f"{k}={v}" for k, v in s.items()) + ". Seeds "
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     if args.from_summary:
         summary = json.loads(Path(args.from_summary).read_text())
-        command = summary.get("command", "oversight-gr demo") + f" (read by `{command.strip()}`)"
+        source = f", written into this section by `{command.strip()}`"
+        command = summary.get("command", "oversight-gr demo")
         load0 = summary.get("load", [math.nan])[0]
     else:
         with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.pop("records")
     load1 = summary.get("load", [math.nan, math.nan])[1] if args.from_summary else \
         os.getloadavg()[0]
-    md = section(summary, command.strip(), (load0, load1), args.section)
+    md = section(summary, command.strip(), (load0, load1), args.section,
+                 source if args.from_summary else "")
     print(md)
     if not args.no_write:
         out = RESULTS.parent / f"{args.section}.json"
