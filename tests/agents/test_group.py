@@ -105,9 +105,12 @@ def test_a_run_inside_a_group_gets_its_own_gradient_under_bf16_matmul(method, al
     g_stats, g_grads = loss_and_grads(group, batch)
     a_stats, a_grads = loss_and_grads(alone, [x[1] for x in batch])
     assert g_grads.keys() == a_grads.keys()
+    # each loss is a mean of O(1) terms (normalised advantages, log-probabilities), so it is
+    # accurate to the tolerance in absolute terms too (PPO's first policy loss is a mean of
+    # terms that sum to ~0)
     for k in ("policy", "value", "entropy", "gate"):
         assert float(g_stats[k][1]) == pytest.approx(float(a_stats[k][0]), rel=BF16_GRAD_RTOL,
-                                                     abs=1e-6), k
+                                                     abs=BF16_GRAD_RTOL), k
     for name, want in a_grads.items():
         if want.norm() == 0:  # e.g. the gate of a single-expert policy
             assert g_grads[name][1].norm() == 0, name
