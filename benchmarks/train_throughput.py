@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
-from oversight_gr.agents.methods import train_mask  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
 PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
@@ -109,17 +108,13 @@ def gradient_agreement(args) -> list[str]:
                        **{**SIZE, **PAPER_REINFORCE, **(TINY if args.tiny else {})})
     ref = Trainer(base)
     ref.single_pass = False
-    ro = ref.collect()
-    adv, returns = ref.advantages(ro)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    batch = [flat(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                               train_mask(ref.method, ro.labels))]
+    batch = ref.rollout_batch(ref.collect())
 
     def grad(precision: str) -> torch.Tensor:
         tr = Trainer(dataclasses.replace(base, precision=precision))
         tr.policy.load_state_dict(ref.policy.state_dict())
         tr.value.load_state_dict(ref.value.state_dict())
-        loss, _ = tr.loss(*batch)
+        loss, _ = tr.loss(batch)
         loss.backward()
         params = list(tr.policy.parameters()) + list(tr.value.parameters())
         return torch.cat([p.grad.flatten() for p in params]).double()

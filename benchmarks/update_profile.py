@@ -7,11 +7,8 @@ hidden 64) is one rollout plus 64 minibatch steps. One minibatch step is timed w
 parts, each part as its own loop over the same 16 minibatches of one rollout, interleaved
 repeat by repeat, median of the repeats:
 
-- ``step``: the routed loss, its backward, clipping and Adam (what the update runs 64 times:
-  ``Trainer.learn_minibatch``, with the written-out backward of
-  :mod:`oversight_gr.agents.backprop` where it applies);
-- ``autograd step``: the same step with the loss's ``backward()`` through autograd's graph (the
-  same gradients bit for bit);
+- ``step``: the routed loss, its backward through autograd, clipping and Adam (what the
+  update runs 64 times: ``Trainer.learn_minibatch``);
 - ``loss forward``: the loss without autograd;
 - ``networks``: experts, gate, value and heads, forward and backward of a plain sum (no
   objective, no routing weights);
@@ -22,9 +19,8 @@ repeat by repeat, median of the repeats:
   same maths removes;
 - ``clip + Adam``: gradient-norm clipping and the fused Adam step on the gradients of a step.
 
-From these: the objective and routing (autograd step - networks - clip + Adam), and everything
-that is not arithmetic (step - matmul floor). The whole update is timed both ways,
-interleaved. Batching R runs into one group (``Trainer([cfg, ...])``) removes per-operation
+From these: the objective and routing (step - networks - clip + Adam), and everything
+that is not arithmetic (step - matmul floor). Batching R runs into one group (``Trainer([cfg, ...])``) removes per-operation
 overhead but not arithmetic, so ``step / matmul floor`` bounds its speed-up of the update
 (Amdahl). The step is also timed at twice the samples, which splits it into a fixed part (per
 operation: what a group shares) and a part that grows with the samples (arithmetic and memory
@@ -58,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.methods import train_mask  # noqa: E402
+from oversight_gr.agents.losses import Minibatch  # noqa: E402
 from oversight_gr.agents.networks import mlp_forward  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -77,17 +73,13 @@ def _seconds(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def minibatches(trainer: Trainer) -> list[list[torch.Tensor]]:
+def minibatches(trainer: Trainer) -> list[Minibatch]:
     """The 16 minibatches of one fresh rollout, each ``[R, N, ...]`` (unshuffled slices)."""
-    ro = trainer.collect()
-    adv, returns = trainer.advantages(ro)
-    mask = train_mask(trainer.method, ro.labels)
-    full = [trainer.per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                                         mask)]
-    n = full[0].shape[1]
+    full = trainer.rollout_batch(trainer.collect())
+    n = full.obs.shape[1]
     k = trainer.cfg.resolved("minibatches")
     mb = n // k
-    return [[x[:, i * mb:(i + 1) * mb] for x in full] for i in range(k)]
+    return [full.rows(i * mb, (i + 1) * mb) for i in range(k)]
 
 
 #: the matrix-multiply operators the floor records and replays
@@ -150,24 +142,20 @@ def parts(trainer: Trainer) -> dict:
     """name -> function(minibatch) for the timed parts of one minibatch step."""
     p, pv = trainer._policy_p, trainer._value_p
 
-    def step(b):  # what the update runs (the written-out backward where it applies)
+    def step(b):  # what the update runs
         trainer.learn_minibatch(b)
-
-    def autograd_step(b):  # the same step through autograd's graph
-        loss, _ = trainer.loss(*b)
-        trainer._step(loss)
 
     def forward(b):
         with torch.no_grad():
-            trainer.loss(*b)
+            trainer.loss(b)
 
     def networks(b):
-        x = trainer._x(b[0])
+        x = trainer._x(b.obs)
         out = trainer.mix(trainer.features(x))
         (out.logits.sum() + trainer.values(x).sum() + out.gate.sum()).backward()
 
     def mlps(b):
-        x = trainer._x(b[0])
+        x = trainer._x(b.obs)
         (mlp_forward(x, p, "expert_diamond").sum() + mlp_forward(x, p, "expert_ghost").sum()
          + mlp_forward(x, pv, "net.0").sum()).backward()
 
@@ -176,7 +164,7 @@ def parts(trainer: Trainer) -> dict:
             trainer._clip(trainer.cfg.resolved("max_grad_norm"))
         trainer.optimizer.step()
 
-    return {"step": step, "autograd step": autograd_step, "loss forward": forward,
+    return {"step": step, "loss forward": forward,
             "networks": networks, "MLPs": mlps, "clip + Adam": clip_adam}
 
 
@@ -256,11 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
                       num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                       device=args.device, threads=args.threads)
-    trainer, autograd = Trainer(cfg), Trainer(cfg)
-    autograd.manual_backward = False
-    (collect_s, learn_s), (collect_a, learn_a) = update_times([trainer, autograd], args.updates)
+    trainer = Trainer(cfg)
+    [(collect_s, learn_s)] = update_times([trainer], args.updates)
     batches = minibatches(trainer)
-    n = batches[0][0].shape[1]
+    n = batches[0].obs.shape[1]
     funcs = parts(trainer)
     calls = record_matmuls(funcs["step"], batches[0])
     funcs["matmul floor"] = matmul_floor(calls, device)
@@ -282,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ms = {k: v * 1e3 for k, v in t.items()}
     derived = {
-        "objective and routing (autograd step - networks - clip + Adam)":
-            ms["autograd step"] - ms["networks"] - ms["clip + Adam"],
+        "objective and routing (step - networks - clip + Adam)":
+            ms["step"] - ms["networks"] - ms["clip + Adam"],
         "gate, heads and mixture (networks - MLPs)": ms["networks"] - ms["MLPs"],
         "not arithmetic (step - matmul floor)": ms["step"] - ms["matmul floor"],
     }
@@ -294,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
                     if fixed > 0 and per_sample > 0 else float("nan"))  # nan: noise at tiny sizes
     per_update = collect_s + learn_s
     sps = cfg.num_envs * cfg.rollout_steps / per_update
-    sps_a = cfg.num_envs * cfg.rollout_steps / (collect_a + learn_a)
     group_x = args.group * a_s / g_s
     command = shlex.join(["python", "benchmarks/update_profile.py",
                           *(sys.argv[1:] if argv is None else argv)])
@@ -308,11 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         f"PPO routing, hidden {cfg.hidden}, {cfg.num_envs} envs x {cfg.rollout_steps} steps per "
         f"update = {steps} minibatch steps of {n:,} samples. Whole update (median of "
         f"{args.updates}): collect {collect_s:.3f} s + learn {learn_s:.3f} s = "
-        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**"
-        + (f"; with autograd's backward instead of the written-out one (`Trainer."
-           f"manual_backward = False`, the same gradients bit for bit), interleaved: collect "
-           f"{collect_a:.3f} s + learn {learn_a:.3f} s, {sps_a:,.0f} env steps/s: the written-out "
-           f"backward is **{sps / sps_a:.2f}x**." if trainer.manual_backward else "."),
+        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**.",
         "",
         "One minibatch step, by part (median of "
         f"{args.repeats} interleaved repeats over the rollout's {len(batches)} minibatches):",
@@ -320,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "| part | ms per minibatch step | share of the step |",
         "|---|---:|---:|",
     ]
-    for k in ("step", "autograd step", "loss forward", "networks", "MLPs", "matmul floor",
+    for k in ("step", "loss forward", "networks", "MLPs", "matmul floor",
               "clip + Adam"):
         lines.append(f"| {k} | {ms[k]:.3f} | {ms[k] / ms['step']:.0%} |")
     for k, v in derived.items():
