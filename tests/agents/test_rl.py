@@ -169,6 +169,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resumed_run_has_no_duplicated_curve_points_and_accumulates_wall_time(tmp_path):
     """A kill between an evaluation and the next checkpoint: the resumed run drops the curve
     points past its checkpoint and evaluates them again; the wall time carries over."""
@@ -275,6 +276,7 @@ def test_steering_fixes_the_gate_to_one_expert():
         single(obs, steer="left")
 
 
+@pytest.mark.slow
 def test_short_learning_run_steered_routing_beats_random():
     cfg = TrainConfig(method="routing", oversight_prob=0.5, num_envs=128, rollout_steps=32,
                       hidden=32, total_env_steps=128 * 32 * 40, seed=0)
@@ -287,6 +289,7 @@ def test_short_learning_run_steered_routing_beats_random():
     assert steered.p_diamond > 0.6
 
 
+@pytest.mark.slow
 def test_cli_train_eval_steer_roundtrip(tmp_path):
     run = tmp_path / "run"
     base = [sys.executable, "-m", "oversight_gr.cli"]

@@ -539,6 +539,7 @@ def test_sb3_features_work(tmp_path):
 
 
 # -- learning ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_small_budget_learning_steers_to_the_diamond():
     """Full oversight, 31k env steps: steered to the diamond expert the policy mostly reaches
     the diamond (random: return about -0.01), steered to the ghost expert mostly the ghost."""
