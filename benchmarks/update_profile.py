@@ -32,6 +32,12 @@ them alone in this run).
     python benchmarks/update_profile.py --tiny            # a few seconds (dry run)
 
 Writes section ``update_profile_<cpu|gpu>`` of docs/RESULTS.md.
+
+``--compile MODE ...`` instead times the minibatch step with the opt-in compiled loss
+(``trainer.loss = torch.compile(trainer.loss, mode=MODE, dynamic=False)``: the same definition,
+its backward derived by AOTAutograd) against the eager step, interleaved, and the two kernels
+that explain the difference on CPU: a ReLU that also writes the boolean mask its backward
+reads, and the comparison alone, eager and compiled (section ``compile_<cpu|gpu>``).
 """
 
 from __future__ import annotations
@@ -199,6 +205,69 @@ def update_times(trainers: list[Trainer], updates: int) -> list[tuple[float, flo
     return [(statistics.median(c), statistics.median(v)) for c, v in zip(cs, ls)]
 
 
+def compiled_step(cfg: TrainConfig, modes: list[str], repeats: int, device: torch.device):
+    """Median ms per minibatch step, eager and with the loss compiled in each mode, interleaved
+    (one trainer per mode, the same minibatches), and each mode's compile seconds."""
+    trainers = {"eager": Trainer(cfg)}
+    for mode in modes:
+        trainers[mode] = Trainer(cfg)
+        trainers[mode].loss = torch.compile(trainers[mode].loss, dynamic=False,
+                                            mode=None if mode == "default" else mode)
+    batches = minibatches(trainers["eager"])
+    compile_s = {}
+    for name, tr in trainers.items():
+        compile_s[name], _ = _seconds(device, lambda tr=tr: tr.learn_minibatch(batches[0]))
+    jobs = {name: (tr.learn_minibatch, batches) for name, tr in trainers.items()}
+    return {k: v * 1e3 for k, v in time_parts(device, jobs, repeats).items()}, compile_s
+
+
+def mask_kernels(device: torch.device, calls: int = 300) -> dict[str, float]:
+    """Microseconds per call of a ReLU that also returns the boolean mask ``relu(x) <= 0`` (what
+    the compiled forward saves for each ReLU's backward) and of the comparison alone, on one
+    ``[1024, 64]`` activation, eager and compiled."""
+    x = torch.randn(1024, 64, device=device)
+
+    def relu_and_mask(t):
+        r = torch.relu(t)
+        return r, r <= 0
+
+    def mask(t):
+        return t <= 0
+
+    out = {}
+    for name, f in (("ReLU + boolean mask", relu_and_mask), ("boolean mask alone", mask)):
+        c = torch.compile(f, dynamic=False)
+        c(x)
+        for label, g in (("eager", f), ("compiled", c)):
+            g(x)
+            seconds, _ = _seconds(device, lambda g=g: [g(x) for _ in range(calls)])
+            out[f"{name}, {label}"] = seconds / calls * 1e6
+    return out
+
+
+def compile_report(cfg: TrainConfig, args, device: torch.device, command: str) -> str:
+    t0 = time.time()
+    ms, compile_s = compiled_step(cfg, args.compile, args.repeats, device)
+    kernels = mask_kernels(device)
+    lines = [
+        f"`{command}` on "
+        f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
+        f"{args.threads} thread(s), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.time() - t0:.0f} s.", "",
+        f"PPO routing, hidden {cfg.hidden}, minibatch steps of "
+        f"{cfg.num_envs * cfg.rollout_steps // cfg.resolved('minibatches'):,} samples: the "
+        f"eager step against `trainer.loss = torch.compile(trainer.loss, mode=..., "
+        f"dynamic=False)` (median of {args.repeats} interleaved repeats over one rollout's "
+        f"minibatches; the first step's time includes compiling):", "",
+        "| step | ms per minibatch step | vs eager | first step (s) |", "|---|---:|---:|---:|"]
+    for name, v in ms.items():
+        lines.append(f"| {name} | {v:.3f} | {ms['eager'] / v:.2f}x | {compile_s[name]:.1f} |")
+    lines += ["", "Why (one `[1024, 64]` activation, microseconds per call):", "",
+              "| kernel | us per call |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in kernels.items()]
+    return "\n".join(lines)
+
+
 def group_speedup(cfg: TrainConfig, args) -> tuple[float, float]:
     """Seconds per update of R runs of ``cfg`` (``--group-envs`` envs each, seeds x oversight
     levels) as one group and of one of them alone, medians, interleaved."""
@@ -230,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="small sizes, a dry run")
     ap.add_argument("--section", default=None, help="default update_profile_<cpu|gpu>")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--compile", nargs="+", metavar="MODE", default=None,
+                    help="instead of the profile: time the step with the loss compiled in these "
+                    "torch.compile modes ('default', 'max-autotune-no-cudagraphs', ...) against "
+                    "eager (section compile_<cpu|gpu>)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.hidden, args.num_envs, args.rollout_steps = 16, 64, 8
@@ -244,6 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
                       num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                       device=args.device, threads=args.threads)
+    if args.compile:
+        command = shlex.join(["python", "benchmarks/update_profile.py",
+                              *(sys.argv[1:] if argv is None else argv)])
+        text = compile_report(cfg, args, device, command)
+        print(text)
+        if not args.no_write:
+            section = f"compile_{'gpu' if device.type == 'cuda' else 'cpu'}"
+            update_section(section, f"## The minibatch step under torch.compile ({section})"
+                           f"\n\n{text}\n")
+            print(f"wrote section {section}")
+        return 0
     trainer = Trainer(cfg)
     [(collect_s, learn_s)] = update_times([trainer], args.updates)
     batches = minibatches(trainer)

@@ -28,7 +28,11 @@ single pass, one run or a group, ends in the same pure function,
 :class:`~oversight_gr.agents.losses.Minibatch`; the actor's forward is
 :func:`oversight_gr.agents.networks.policy_features` / ``policy_mix``, the same code the
 ``MoEPolicy`` and ``SingleExpertPolicy`` modules run; autograd takes the gradient. Editing either
-changes what trains, on every device and precision.
+changes what trains, on every device and precision. A faster path must be derived from that
+definition, not written beside it: ``trainer.loss = torch.compile(trainer.loss)`` (opt-in)
+makes the minibatch steps run the same loss compiled, its backward derived by AOTAutograd;
+benchmarks/update_profile.py ``--compile`` times it against eager (docs/RESULTS.md,
+``compile_cpu``: slower than eager on the CPU measured, hence not the default).
 
 Single-pass REINFORCE (one epoch, one minibatch: the paper's setting) does not run the networks a
 second time for the update. The rollout keeps the autograd graph of every step's expert outputs,
