@@ -8,11 +8,12 @@ precisions (bf16_matmul, bf16 autocast), and for REINFORCE's single-pass update 
 two-pass one. The paper's code takes 0.45-0.56 s per routing update on this machine (PAPER.md);
 that figure is quoted, not re-run. Section train_throughput_<cpu|gpu> of docs/RESULTS.md.
 
-Part 3 (``--vs-ref REV``): this trainer against the trainer of git revision REV (its trainer.py
-and networks.py are read with ``git show`` into temporary modules at benchmark time; nothing of
-them is kept in the package), updates interleaved one by one, median seconds per update and its
-collect / learn split, for PPO at hidden 64 (the default run: 512 envs x 32 steps, 4 epochs x
-16 minibatches) and REINFORCE at paper size (section trainer_vs_ref_<cpu|gpu>).
+Part 3 (``--vs-ref REV``): this trainer against the trainer of git revision REV, its default
+path and (where REV has the switch) its ``manual_backward = False`` path: REV's package is
+extracted with ``git archive`` into a temporary folder, each trainer runs in its own process,
+updates interleaved one by one, median seconds per update and its collect / learn split, for
+PPO at hidden 64 (the default run: 512 envs x 32 steps, 4 epochs x 16 minibatches) and
+REINFORCE at paper size (section trainer_vs_ref_<cpu|gpu>).
 
 Part 2 (learning): PPO routing at p=0.1 for --learn-seconds wall clock, evaluating the steered
 policy every --eval-every env steps: when it first reaches 0.7, and whether it stays there
@@ -20,16 +21,17 @@ policy every --eval-every env steps: when it first reaches 0.7, and whether it s
 
     python benchmarks/train_throughput.py                 # CPU, 1 thread, writes docs/RESULTS.md
     python benchmarks/train_throughput.py --device cuda --num-envs 4096
-    python benchmarks/train_throughput.py --vs-ref 541e364 --skip-throughput --skip-learning
+    python benchmarks/train_throughput.py --vs-ref 9518d0f --skip-throughput --skip-learning
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
-from oversight_gr.agents.methods import train_mask  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
 PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
@@ -109,17 +110,13 @@ def gradient_agreement(args) -> list[str]:
                        **{**SIZE, **PAPER_REINFORCE, **(TINY if args.tiny else {})})
     ref = Trainer(base)
     ref.single_pass = False
-    ro = ref.collect()
-    adv, returns = ref.advantages(ro)
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    batch = [flat(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                               train_mask(ref.method, ro.labels))]
+    batch = ref.rollout_batch(ref.collect())
 
     def grad(precision: str) -> torch.Tensor:
         tr = Trainer(dataclasses.replace(base, precision=precision))
         tr.policy.load_state_dict(ref.policy.state_dict())
         tr.value.load_state_dict(ref.value.state_dict())
-        loss, _ = tr.loss(*batch)
+        loss, _ = tr.loss(batch)
         loss.backward()
         params = list(tr.policy.parameters()) + list(tr.value.parameters())
         return torch.cat([p.grad.flatten() for p in params]).double()
@@ -170,23 +167,63 @@ def learning(args) -> tuple[list[str], dict]:
     return rows, summary
 
 
-def reference_trainer(rev: str):
-    """The ``Trainer`` class of git revision ``rev`` (its trainer.py and networks.py), loaded
-    from ``git show`` into temporary modules."""
+#: one timing worker: builds a Trainer from the package tree at argv[1] and runs one full update
+#: (collect + learn) per line read from stdin, printing [total, collect, learn] seconds
+WORKER = r"""
+import json, sys, time
+root, fields, variant = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, root)
+import oversight_gr
+if not oversight_gr.__file__.startswith(root):
+    raise SystemExit(f"imported {oversight_gr.__file__}, not the tree at {root}")
+from oversight_gr.agents.trainer import TrainConfig, Trainer
+trainer = Trainer(TrainConfig(**fields))
+if variant == "autograd":  # a revision with the written-out backward, switched off
+    if not hasattr(trainer, "manual_backward"):
+        raise SystemExit(f"the trainer at {root} has no manual_backward switch")
+    trainer.manual_backward = False
+print("ready", flush=True)
+for _ in sys.stdin:
+    t0 = time.perf_counter()
+    ro = trainer.collect(graph=trainer.single_pass)
+    t1 = time.perf_counter()
+    trainer.update(ro)
+    t2 = time.perf_counter()
+    print(json.dumps([t2 - t0, t1 - t0, t2 - t1]), flush=True)
+"""
+
+
+def reference_tree(rev: str) -> Path:
+    """The package of git revision ``rev``, extracted (``git archive``) into a temporary
+    folder; nothing of it enters this checkout."""
     root = Path(__file__).resolve().parent.parent
-    tmp = Path(tempfile.mkdtemp(prefix="ref_trainer_"))
-    for name in ("networks", "trainer"):
-        src = subprocess.run(["git", "show", f"{rev}:oversight_gr/agents/{name}.py"], cwd=root,
-                             check=True, capture_output=True, text=True).stdout
-        src = src.replace("from oversight_gr.agents.networks import", "from _ref_networks import")
-        (tmp / f"_ref_{name}.py").write_text(src)
-    sys.path.insert(0, str(tmp))
-    for name in ("networks", "trainer"):
-        spec = importlib.util.spec_from_file_location(f"_ref_{name}", tmp / f"_ref_{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"_ref_{name}"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_ref_trainer"].Trainer, sys.modules["_ref_trainer"].TrainConfig
+    tmp = Path(tempfile.mkdtemp(prefix=f"ref_{rev}_"))
+    archive = subprocess.run(["git", "archive", rev, "oversight_gr"], cwd=root, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    return tmp
+
+
+class _Worker:
+    """A timing subprocess (:data:`WORKER`) holding one trainer."""
+
+    def __init__(self, root: Path, fields: dict, variant: str, cwd: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(root), json.dumps(fields), variant],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"timing worker for {root} ({variant}) did not start")
+
+    def update(self) -> list[float]:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 VS_REF = [("PPO routing, hidden 64 (default)", dict(method="routing", algo="ppo")),
@@ -195,29 +232,39 @@ VS_REF = [("PPO routing, hidden 64 (default)", dict(method="routing", algo="ppo"
 
 
 def vs_reference(args) -> list[str]:
-    """Interleaved per-update timing of this trainer and the reference revision's."""
-    RefTrainer, RefConfig = reference_trainer(args.vs_ref)
+    """Interleaved per-update timing, each trainer in its own process: revision REV's default
+    path, REV with ``manual_backward = False`` (its autograd path), and this checkout."""
+    ref_root = reference_tree(args.vs_ref)
+    try:
+        return _vs_reference(args, ref_root)
+    finally:
+        shutil.rmtree(ref_root, ignore_errors=True)
+
+
+def _vs_reference(args, ref_root: Path) -> list[str]:
+    here = Path(__file__).resolve().parent.parent
+    variants = {"ref": (ref_root, "default"), "ref autograd": (ref_root, "autograd"),
+                "this": (here, "default")}
     rows = []
     for label, fields in VS_REF:
         fields = dict(device=args.device, threads=args.threads, **fields)
-        trainers = {"ref": RefTrainer(RefConfig(**fields)), "new": Trainer(TrainConfig(**fields))}
-        times: dict[str, list] = {k: [] for k in trainers}
+        workers = {k: _Worker(root, fields, v, ref_root) for k, (root, v) in variants.items()}
+        times: dict[str, list] = {k: [] for k in workers}
+        names = list(workers)
         for i in range(args.updates + 2):
-            for k, tr in trainers.items():
-                t0 = time.perf_counter()
-                ro = tr.collect(graph=tr.single_pass)
-                t1 = time.perf_counter()
-                tr.update(ro)
-                t2 = time.perf_counter()
+            for k in names[i % len(names):] + names[:i % len(names)]:  # rotate the order
+                t = workers[k].update()
                 if i >= 2:  # warm-up
-                    times[k].append((t2 - t0, t1 - t0, t2 - t1))
+                    times[k].append(t)
+        for w in workers.values():
+            w.close()
         med = {k: [statistics.median(x[j] for x in v) for j in range(3)]
                for k, v in times.items()}
-        n = trainers["new"].cfg.num_envs * trainers["new"].cfg.rollout_steps
-        ref, new = med["ref"], med["new"]
-        rows.append(f"| {label} | {ref[0]:.3f} ({ref[1]:.3f} + {ref[2]:.3f}) | {n / ref[0]:,.0f} "
-                    f"| {new[0]:.3f} ({new[1]:.3f} + {new[2]:.3f}) | {n / new[0]:,.0f} | "
-                    f"{ref[0] / new[0]:.2f}x |")
+        n = fields.get("num_envs", 512) * fields.get("rollout_steps", 32)
+        cells = " | ".join(f"{m[0]:.3f} ({m[1]:.3f} + {m[2]:.3f}) | {n / m[0]:,.0f}"
+                           for m in med.values())
+        rows.append(f"| {label} | {cells} | {med['ref'][0] / med['this'][0]:.2f}x | "
+                    f"{med['ref autograd'][0] / med['this'][0]:.2f}x |")
         print(rows[-1], flush=True)
     return rows
 
@@ -295,13 +342,18 @@ def main() -> int:
         rows = vs_reference(args)
         md = header + [
             f"### This trainer against revision {args.vs_ref}'s (one run, R = 1)", "",
-            f"Updates interleaved (reference, this, reference, ...), median of {args.updates} "
+            f"Three trainers, each in its own process: {args.vs_ref}'s default path, "
+            f"{args.vs_ref} with `manual_backward = False` (its autograd path) and this "
+            f"checkout (the package of {args.vs_ref} extracted with `git archive`). Updates "
+            f"interleaved one by one (the order rotating each round), median of {args.updates} "
             f"after 2 warm-up updates each; seconds per update = collect + learn. 1-min load "
             f"average {load:.1f} on {os.cpu_count()} cores at the start (a shared machine: "
-            f"absolute times vary between repeats, the ratio of interleaved runs less).", "",
-            f"| config | {args.vs_ref}: s/update (collect + learn) | env steps/s | this: s/update "
-            "(collect + learn) | env steps/s | speed-up |", "|---|---|---|---|---|---|",
-            *rows, ""]
+            f"absolute times vary between repeats, the ratio of interleaved runs less). The "
+            f"last two columns are this checkout's env steps/s over each reference's.", "",
+            f"| config | {args.vs_ref}: s/update (collect + learn) | env steps/s | "
+            f"{args.vs_ref} autograd: s/update | env steps/s | this: s/update | env steps/s | "
+            f"vs {args.vs_ref} | vs {args.vs_ref} autograd |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
         if not args.no_write:
             section = f"trainer_vs_ref_{dev}"
             update_section(section, f"## Trainer against a previous revision ({section})\n\n"

@@ -7,11 +7,8 @@ hidden 64) is one rollout plus 64 minibatch steps. One minibatch step is timed w
 parts, each part as its own loop over the same 16 minibatches of one rollout, interleaved
 repeat by repeat, median of the repeats:
 
-- ``step``: the routed loss, its backward, clipping and Adam (what the update runs 64 times:
-  ``Trainer.learn_minibatch``, with the written-out backward of
-  :mod:`oversight_gr.agents.backprop` where it applies);
-- ``autograd step``: the same step with the loss's ``backward()`` through autograd's graph (the
-  same gradients bit for bit);
+- ``step``: the routed loss, its backward through autograd, clipping and Adam (what the
+  update runs 64 times: ``Trainer.learn_minibatch``);
 - ``loss forward``: the loss without autograd;
 - ``networks``: experts, gate, value and heads, forward and backward of a plain sum (no
   objective, no routing weights);
@@ -22,9 +19,8 @@ repeat by repeat, median of the repeats:
   same maths removes;
 - ``clip + Adam``: gradient-norm clipping and the fused Adam step on the gradients of a step.
 
-From these: the objective and routing (autograd step - networks - clip + Adam), and everything
-that is not arithmetic (step - matmul floor). The whole update is timed both ways,
-interleaved. Batching R runs into one group (``Trainer([cfg, ...])``) removes per-operation
+From these: the objective and routing (step - networks - clip + Adam), and everything
+that is not arithmetic (step - matmul floor). Batching R runs into one group (``Trainer([cfg, ...])``) removes per-operation
 overhead but not arithmetic, so ``step / matmul floor`` bounds its speed-up of the update
 (Amdahl). The step is also timed at twice the samples, which splits it into a fixed part (per
 operation: what a group shares) and a part that grows with the samples (arithmetic and memory
@@ -36,6 +32,12 @@ them alone in this run).
     python benchmarks/update_profile.py --tiny            # a few seconds (dry run)
 
 Writes section ``update_profile_<cpu|gpu>`` of docs/RESULTS.md.
+
+``--compile MODE ...`` instead times the minibatch step with the opt-in compiled loss
+(``trainer.loss = torch.compile(trainer.loss, mode=MODE, dynamic=False)``: the same definition,
+its backward derived by AOTAutograd) against the eager step, interleaved, and the two kernels
+that explain the difference on CPU: a ReLU that also writes the boolean mask its backward
+reads, and the comparison alone, eager and compiled (section ``compile_<cpu|gpu>``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.methods import train_mask  # noqa: E402
+from oversight_gr.agents.losses import Minibatch  # noqa: E402
 from oversight_gr.agents.networks import mlp_forward  # noqa: E402
 from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -77,17 +79,13 @@ def _seconds(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def minibatches(trainer: Trainer) -> list[list[torch.Tensor]]:
+def minibatches(trainer: Trainer) -> list[Minibatch]:
     """The 16 minibatches of one fresh rollout, each ``[R, N, ...]`` (unshuffled slices)."""
-    ro = trainer.collect()
-    adv, returns = trainer.advantages(ro)
-    mask = train_mask(trainer.method, ro.labels)
-    full = [trainer.per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                                         mask)]
-    n = full[0].shape[1]
+    full = trainer.rollout_batch(trainer.collect())
+    n = full.obs.shape[1]
     k = trainer.cfg.resolved("minibatches")
     mb = n // k
-    return [[x[:, i * mb:(i + 1) * mb] for x in full] for i in range(k)]
+    return [full.rows(i * mb, (i + 1) * mb) for i in range(k)]
 
 
 #: the matrix-multiply operators the floor records and replays
@@ -150,24 +148,20 @@ def parts(trainer: Trainer) -> dict:
     """name -> function(minibatch) for the timed parts of one minibatch step."""
     p, pv = trainer._policy_p, trainer._value_p
 
-    def step(b):  # what the update runs (the written-out backward where it applies)
+    def step(b):  # what the update runs
         trainer.learn_minibatch(b)
-
-    def autograd_step(b):  # the same step through autograd's graph
-        loss, _ = trainer.loss(*b)
-        trainer._step(loss)
 
     def forward(b):
         with torch.no_grad():
-            trainer.loss(*b)
+            trainer.loss(b)
 
     def networks(b):
-        x = trainer._x(b[0])
+        x = trainer._x(b.obs)
         out = trainer.mix(trainer.features(x))
         (out.logits.sum() + trainer.values(x).sum() + out.gate.sum()).backward()
 
     def mlps(b):
-        x = trainer._x(b[0])
+        x = trainer._x(b.obs)
         (mlp_forward(x, p, "expert_diamond").sum() + mlp_forward(x, p, "expert_ghost").sum()
          + mlp_forward(x, pv, "net.0").sum()).backward()
 
@@ -176,7 +170,7 @@ def parts(trainer: Trainer) -> dict:
             trainer._clip(trainer.cfg.resolved("max_grad_norm"))
         trainer.optimizer.step()
 
-    return {"step": step, "autograd step": autograd_step, "loss forward": forward,
+    return {"step": step, "loss forward": forward,
             "networks": networks, "MLPs": mlps, "clip + Adam": clip_adam}
 
 
@@ -211,6 +205,82 @@ def update_times(trainers: list[Trainer], updates: int) -> list[tuple[float, flo
     return [(statistics.median(c), statistics.median(v)) for c, v in zip(cs, ls)]
 
 
+def compiled_step(cfg: TrainConfig, modes: list[str], repeats: int, device: torch.device):
+    """Median ms per minibatch step, eager and with the loss compiled in each mode, interleaved
+    (one trainer per mode, the same minibatches), and each mode's compile seconds."""
+    trainers = {"eager": Trainer(cfg)}
+    for mode in modes:
+        trainers[mode] = Trainer(cfg)
+        trainers[mode].loss = torch.compile(trainers[mode].loss, dynamic=False,
+                                            mode=None if mode == "default" else mode)
+    batches = minibatches(trainers["eager"])
+    compile_s = {}
+    for name, tr in trainers.items():
+        compile_s[name], _ = _seconds(device, lambda tr=tr: tr.learn_minibatch(batches[0]))
+    jobs = {name: (tr.learn_minibatch, batches) for name, tr in trainers.items()}
+    return {k: v * 1e3 for k, v in time_parts(device, jobs, repeats).items()}, compile_s
+
+
+def mask_kernels(device: torch.device, calls: int = 300) -> dict[str, float]:
+    """Microseconds per call of a ReLU that also returns the boolean mask ``relu(x) <= 0`` (what
+    the compiled forward saves for each ReLU's backward) and of the comparison alone, on one
+    ``[1024, 64]`` activation, eager and compiled."""
+    x = torch.randn(1024, 64, device=device)
+
+    def relu_and_mask(t):
+        r = torch.relu(t)
+        return r, r <= 0
+
+    def mask(t):
+        return t <= 0
+
+    out = {}
+    for name, f in (("ReLU + boolean mask", relu_and_mask), ("boolean mask alone", mask)):
+        c = torch.compile(f, dynamic=False)
+        c(x)
+        for label, g in (("eager", f), ("compiled", c)):
+            g(x)
+            seconds, _ = _seconds(device, lambda g=g: [g(x) for _ in range(calls)])
+            out[f"{name}, {label}"] = seconds / calls * 1e6
+    return out
+
+
+def compile_report(cfg: TrainConfig, args, device: torch.device, command: str) -> str:
+    t0 = time.time()
+    ms, compile_s = compiled_step(cfg, args.compile, args.repeats, device)
+    kernels = mask_kernels(device)
+    lines = [
+        f"`{command}` on "
+        f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
+        f"{args.threads} thread(s), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.time() - t0:.0f} s.", "",
+        f"PPO routing, hidden {cfg.hidden}, minibatch steps of "
+        f"{cfg.num_envs * cfg.rollout_steps // cfg.resolved('minibatches'):,} samples: the "
+        f"eager step against `trainer.loss = torch.compile(trainer.loss, mode=..., "
+        f"dynamic=False)` (median of {args.repeats} interleaved repeats over one rollout's "
+        f"minibatches; the first step's time includes compiling):", "",
+        "| step | ms per minibatch step | vs eager | first step (s) |", "|---|---:|---:|---:|"]
+    for name, v in ms.items():
+        lines.append(f"| {name} | {v:.3f} | {ms['eager'] / v:.2f}x | {compile_s[name]:.1f} |")
+    lines += ["", "Why (one `[1024, 64]` activation, microseconds per call):", "",
+              "| kernel | us per call |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in kernels.items()]
+    extra = RELUS * (kernels["boolean mask alone, compiled"]
+                     - kernels["boolean mask alone, eager"]) / 1e3
+    slowest = max(ms[m] for m in args.compile)
+    lines += ["", f"The compiled forward saves, for each ReLU's backward, the boolean mask of "
+              f"where it was zero, written by a generated kernel; routing's networks have "
+              f"{RELUS} ReLUs (two per expert, gate and value net), so about {RELUS} x the "
+              f"mask's extra cost = {extra:.1f} ms per step, against the compiled step's "
+              f"{slowest - ms['eager']:.1f} ms over eager at most. First-step times count "
+              f"compiling with inductor's on-disk cache as earlier runs left it."]
+    return "\n".join(lines)
+
+
+#: ReLUs in the routing method's networks: two per expert, two in the gate, two in the value net
+RELUS = 8
+
+
 def group_speedup(cfg: TrainConfig, args) -> tuple[float, float]:
     """Seconds per update of R runs of ``cfg`` (``--group-envs`` envs each, seeds x oversight
     levels) as one group and of one of them alone, medians, interleaved."""
@@ -242,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="small sizes, a dry run")
     ap.add_argument("--section", default=None, help="default update_profile_<cpu|gpu>")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--compile", nargs="+", metavar="MODE", default=None,
+                    help="instead of the profile: time the step with the loss compiled in these "
+                    "torch.compile modes ('default', 'max-autotune-no-cudagraphs', ...) against "
+                    "eager (section compile_<cpu|gpu>)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.hidden, args.num_envs, args.rollout_steps = 16, 64, 8
@@ -256,11 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(method="routing", algo="ppo", oversight_prob=0.1, hidden=args.hidden,
                       num_envs=args.num_envs, rollout_steps=args.rollout_steps,
                       device=args.device, threads=args.threads)
-    trainer, autograd = Trainer(cfg), Trainer(cfg)
-    autograd.manual_backward = False
-    (collect_s, learn_s), (collect_a, learn_a) = update_times([trainer, autograd], args.updates)
+    if args.compile:
+        command = shlex.join(["python", "benchmarks/update_profile.py",
+                              *(sys.argv[1:] if argv is None else argv)])
+        text = compile_report(cfg, args, device, command)
+        print(text)
+        if not args.no_write:
+            section = f"compile_{'gpu' if device.type == 'cuda' else 'cpu'}"
+            update_section(section, f"## The minibatch step under torch.compile ({section})"
+                           f"\n\n{text}\n")
+            print(f"wrote section {section}")
+        return 0
+    trainer = Trainer(cfg)
+    [(collect_s, learn_s)] = update_times([trainer], args.updates)
     batches = minibatches(trainer)
-    n = batches[0][0].shape[1]
+    n = batches[0].obs.shape[1]
     funcs = parts(trainer)
     calls = record_matmuls(funcs["step"], batches[0])
     funcs["matmul floor"] = matmul_floor(calls, device)
@@ -282,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ms = {k: v * 1e3 for k, v in t.items()}
     derived = {
-        "objective and routing (autograd step - networks - clip + Adam)":
-            ms["autograd step"] - ms["networks"] - ms["clip + Adam"],
+        "objective and routing (step - networks - clip + Adam)":
+            ms["step"] - ms["networks"] - ms["clip + Adam"],
         "gate, heads and mixture (networks - MLPs)": ms["networks"] - ms["MLPs"],
         "not arithmetic (step - matmul floor)": ms["step"] - ms["matmul floor"],
     }
@@ -294,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
                     if fixed > 0 and per_sample > 0 else float("nan"))  # nan: noise at tiny sizes
     per_update = collect_s + learn_s
     sps = cfg.num_envs * cfg.rollout_steps / per_update
-    sps_a = cfg.num_envs * cfg.rollout_steps / (collect_a + learn_a)
     group_x = args.group * a_s / g_s
     command = shlex.join(["python", "benchmarks/update_profile.py",
                           *(sys.argv[1:] if argv is None else argv)])
@@ -308,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         f"PPO routing, hidden {cfg.hidden}, {cfg.num_envs} envs x {cfg.rollout_steps} steps per "
         f"update = {steps} minibatch steps of {n:,} samples. Whole update (median of "
         f"{args.updates}): collect {collect_s:.3f} s + learn {learn_s:.3f} s = "
-        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**"
-        + (f"; with autograd's backward instead of the written-out one (`Trainer."
-           f"manual_backward = False`, the same gradients bit for bit), interleaved: collect "
-           f"{collect_a:.3f} s + learn {learn_a:.3f} s, {sps_a:,.0f} env steps/s: the written-out "
-           f"backward is **{sps / sps_a:.2f}x**." if trainer.manual_backward else "."),
+        f"{per_update:.3f} s, **{sps:,.0f} env steps/s**.",
         "",
         "One minibatch step, by part (median of "
         f"{args.repeats} interleaved repeats over the rollout's {len(batches)} minibatches):",
@@ -320,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "| part | ms per minibatch step | share of the step |",
         "|---|---:|---:|",
     ]
-    for k in ("step", "autograd step", "loss forward", "networks", "MLPs", "matmul floor",
+    for k in ("step", "loss forward", "networks", "MLPs", "matmul floor",
               "clip + Adam"):
         lines.append(f"| {k} | {ms[k]:.3f} | {ms[k] / ms['step']:.0%} |")
     for k, v in derived.items():

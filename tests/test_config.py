@@ -119,8 +119,6 @@ def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
     is bounded by SEED_LIMIT, far below."""
     import dataclasses
 
-    import torch
-
     from oversight_gr.agents.trainer import TrainConfig
     from oversight_gr.config import SEED_LIMIT
     from oversight_gr.lm.steering import SteerConfig
@@ -128,10 +126,6 @@ def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
     from oversight_gr.vision.commands import Table2Config
     from oversight_gr.vision.split import TrainConfig as SplitConfig
 
-    torch.manual_seed(2**63)
-    wrapped = torch.rand(1)
-    torch.manual_seed(0)
-    assert torch.equal(wrapped, torch.rand(1))  # why the bound exists
     for cls, name in ((TrainConfig, "seed"), (SweepConfig, "first_seed"),
                       (Table2Config, "seed"), (SplitConfig, "seed"), (SteerConfig, "seed")):
         assert {f.name for f in dataclasses.fields(cls)} >= {name}

@@ -49,19 +49,23 @@ def finished(tmp_path_factory):
     return sweep
 
 
-def test_presets_match_the_issue():
-    paper = SweepConfig(preset="paper")
-    assert set(paper.preset_value("methods")) == {"routing", "naive", "filtering", "oracle"}
-    assert paper.preset_value("oversight") == (0.003, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
-    assert paper.preset_value("seeds") >= 5
-    cfg = build_specs(paper)[0].cfg
-    assert (cfg.algo, cfg.hidden, cfg.bootstrap, cfg.lr) == ("reinforce", 256, False, None)
-    assert cfg.resolved("lr") == 5e-5
-    assert cfg.total_env_steps == 20_000 * 512 * 32
-    assert len(build_specs(paper)) == 4 * 8 * paper.preset_value("seeds")
-    quick = SweepConfig()
-    assert len(quick.preset_value("oversight")) == 3 and quick.preset_value("seeds") == 3
-    assert PRESETS["quick"]["train"]["total_env_steps"] <= 500_000
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_its_full_grid_seed_major_with_one_key_per_run(preset):
+    """A preset's sweep is every (seed, algo, level, method) once, whole seeds first, each run
+    trained with the preset's settings and named by a key of its own."""
+    sweep = SweepConfig(preset=preset, first_seed=3)
+    specs = build_specs(sweep)
+    seeds = range(3, 3 + sweep.preset_value("seeds"))
+    grid = {(s, a, float(p), m) for s in seeds for a in sweep.preset_value("algos")
+            for p in sweep.preset_value("oversight") for m in sweep.preset_value("methods")}
+    got = [(sp.cfg.seed, sp.cfg.algo, sp.cfg.oversight_prob, sp.cfg.method) for sp in specs]
+    assert len(got) == len(grid) and set(got) == grid
+    assert [g[0] for g in got] == sorted(g[0] for g in got)  # seed-major
+    assert len({sp.key for sp in specs}) == len(specs)
+    assert all(sp.key == config_key(sp.cfg) for sp in specs)
+    for sp in specs:
+        for name, value in sweep.train_fields(sp.cfg.method).items():
+            assert getattr(sp.cfg, name) == value, (sp.label, name)
 
 
 def test_a_presets_method_settings_reach_only_that_method_and_the_command_line_wins():

@@ -35,6 +35,11 @@ __all__ = [
     "SingleExpertPolicy",
     "ValueNet",
     "RouteWeights",
+    "PolicyArch",
+    "policy_fold",
+    "policy_features",
+    "policy_gate",
+    "policy_mix",
 ]
 
 #: what the gate sees: the paper's full observation, or everything but the oversight plane
@@ -185,6 +190,62 @@ def value_forward(x: Tensor, p: Params) -> Tensor:
     return _layer(mlp_forward(x, p, "net.0"), p, "net.1").squeeze(-1)
 
 
+# -- the actor's forward: one dispatch for the modules and the trainer ------------------------------
+class PolicyArch(NamedTuple):
+    """What the actor's functional forward needs besides its parameters.
+
+    ``kind`` is ``"moe"`` (:class:`MoEPolicy`) or ``"single"`` (:class:`SingleExpertPolicy`);
+    ``size``, ``gate_input`` and ``constant_gate`` as for :class:`MoEPolicy`."""
+
+    kind: str
+    size: int
+    gate_input: str = "full"
+    constant_gate: float | None = None
+
+    @property
+    def learned_gate(self) -> bool:
+        """Whether the gate is a function of the parameters (an MoE without a constant gate)."""
+        return self.kind == "moe" and self.constant_gate is None
+
+
+def policy_fold(arch: PolicyArch, p: Params) -> tuple[Tensor, Tensor] | None:
+    """The folded first gate layer (:func:`fold_gate_layer`), None without a learned gate;
+    compute it once per block of forwards whose parameters do not change."""
+    return fold_gate_layer(p, arch.gate_input) if arch.learned_gate else None
+
+
+def policy_features(arch: PolicyArch, x: Tensor, p: Params, fold=None,
+                    steer: str = "none") -> MoEFeatures | Tensor:
+    """The actor's features on the flattened observation ``x [..., N, C]``: the experts' outputs
+    and the gate (MoE; ``steer`` fixes the gate, ``fold`` is :func:`policy_fold`'s result,
+    computed here when not given) or the single expert's body output."""
+    if arch.kind != "moe":
+        if steer not in STEER:
+            raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
+        return mlp_forward(x, p, "body")
+    return moe_features(x, p, steer_gate(steer, x.shape[:-1], x.device,
+                                         lambda: policy_gate(arch, x, p, fold)))
+
+
+def policy_gate(arch: PolicyArch, x: Tensor, p: Params, fold=None) -> Tensor:
+    """An MoE's unsteered gate ``[..., N]`` on ``x [..., N, C]``: the constant, or
+    :func:`gate_forward` with ``fold`` (:func:`policy_fold`'s result, computed when not given)."""
+    if arch.constant_gate is not None:
+        return torch.full(x.shape[:-1], float(arch.constant_gate), device=x.device)
+    return gate_forward(x, p, policy_fold(arch, p) if fold is None else fold, arch.size,
+                        arch.gate_input)
+
+
+def policy_mix(arch: PolicyArch, feats: MoEFeatures | Tensor, p: Params,
+               route: RouteWeights | None = None) -> MoEOutput:
+    """Logits ``[..., N, 4]`` and gate ``[..., N]`` from :func:`policy_features`' result:
+    the routed mixture (:func:`moe_mix`) or the single expert's head (gate NaN; ``route`` has
+    nothing to route there)."""
+    if arch.kind != "moe":
+        return single_mix(feats, p)
+    return moe_mix(feats, p, route)
+
+
 class MoEPolicy(nn.Module):
     """Two-expert first-layer MoE actor.
 
@@ -210,6 +271,7 @@ class MoEPolicy(nn.Module):
         c = 4 * size * size
         self.size, self.hidden, self.gate_input = size, hidden, gate_input
         self.constant_gate = constant_gate
+        self.arch = PolicyArch("moe", size, gate_input, constant_gate)
         self.expert_diamond = _mlp(c, hidden)
         self.expert_ghost = _mlp(c, hidden)
         self.gate_conv = nn.Conv2d(4, 4, kernel_size=1)
@@ -222,18 +284,15 @@ class MoEPolicy(nn.Module):
 
     def gate_value(self, obs: Tensor) -> Tensor:
         """``[B]`` gate in [0, 1]."""
-        return self._gate(obs.float().flatten(1), self.params())
+        p = self.params()
+        return policy_gate(self.arch, obs.float().flatten(1), p, self._folded_gate_layer(p))
 
-    def _gate(self, x: Tensor, p: Params) -> Tensor:
-        """Gate from the flattened observation ``x`` ``[B, C]`` (:func:`gate_forward`)."""
-        if self.constant_gate is not None:
-            return torch.full(x.shape[:-1], float(self.constant_gate), device=x.device)
-        return gate_forward(x, p, self._folded_gate_layer(p), self.size, self.gate_input)
-
-    def _folded_gate_layer(self, p: Params) -> tuple[Tensor, Tensor]:
-        """:func:`fold_gate_layer` of this module. Without autograd (evaluation, figures) the
+    def _folded_gate_layer(self, p: Params) -> tuple[Tensor, Tensor] | None:
+        """:func:`policy_fold` of this module. Without autograd (evaluation, figures) the
         result is cached until a parameter changes (tracked by the parameters' in-place version
         counters and storage)."""
+        if not self.arch.learned_gate:
+            return None
         tensors = tuple(p[n] for n in ("gate_mlp.0.0.weight", "gate_mlp.0.0.bias",
                                        "gate_conv.weight", "gate_conv.bias"))
         key = None
@@ -242,21 +301,21 @@ class MoEPolicy(nn.Module):
             cached = getattr(self, "_gate_fold_cache", None)
             if cached is not None and cached[0] == key:
                 return cached[1]
-        folded = fold_gate_layer(p, self.gate_input)
+        folded = policy_fold(self.arch, p)
         if key is not None:
             self._gate_fold_cache = (key, folded)
         return folded
 
     def features(self, obs: Tensor, steer: str = "none") -> MoEFeatures:
-        """The two experts' hidden outputs and the gate (everything before the mixture)."""
-        x = obs.float().flatten(1)
+        """The two experts' hidden outputs and the gate (everything before the mixture;
+        :func:`policy_features`)."""
         p = self.params()
-        return moe_features(x, p, steer_gate(steer, x.shape[:-1], x.device,
-                                             lambda: self._gate(x, p)))
+        fold = self._folded_gate_layer(p) if steer == "none" else None
+        return policy_features(self.arch, obs.float().flatten(1), p, fold, steer)
 
     def mix(self, feats: MoEFeatures, route: RouteWeights | None = None) -> MoEOutput:
-        """Routed mixture and shared head on precomputed :meth:`features` (:func:`moe_mix`)."""
-        return moe_mix(feats, self.params(), route)
+        """Routed mixture and shared head on precomputed :meth:`features` (:func:`policy_mix`)."""
+        return policy_mix(self.arch, feats, self.params(), route)
 
     def forward(
         self, obs: Tensor, route: RouteWeights | None = None, steer: str = "none"
@@ -271,18 +330,18 @@ class SingleExpertPolicy(nn.Module):
     def __init__(self, size: int = 5, hidden: int = 256):
         super().__init__()
         self.size, self.hidden = size, hidden
+        self.arch = PolicyArch("single", size)
         self.body = _mlp(4 * size * size, hidden)
         self.head = nn.Linear(hidden, 4)
 
     def features(self, obs: Tensor, steer: str = "none") -> Tensor:
-        """The body's hidden output ``[B, H]``."""
-        if steer not in STEER:
-            raise ValueError(f"steer must be one of {STEER}, got {steer!r}")
-        return mlp_forward(obs.float().flatten(1), dict(self.named_parameters()), "body")
+        """The body's hidden output ``[B, H]`` (:func:`policy_features`)."""
+        return policy_features(self.arch, obs.float().flatten(1), dict(self.named_parameters()),
+                               steer=steer)
 
     def mix(self, feats: Tensor, route: RouteWeights | None = None) -> MoEOutput:
         """The head on precomputed :meth:`features` (``route`` has nothing to route here)."""
-        return single_mix(feats, dict(self.named_parameters()))
+        return policy_mix(self.arch, feats, dict(self.named_parameters()), route)
 
     def forward(self, obs: Tensor, route: RouteWeights | None = None, steer: str = "none"):
         return self.mix(self.features(obs, steer), route)

@@ -27,13 +27,17 @@ How routing enters SB3, through its extension points:
 * a callback that RoutedPPO adds in front of the user's callbacks reads ``infos`` / ``dones``
   after every env step and hands them to the buffer;
 * ``PPO.train`` is not copied. ``RoutedPPO.train`` only wraps it in a context in which the
-  policy's ``evaluate_actions`` looks up the route labels of the minibatch it is given (the
-  buffer remembers the observation tensor of the minibatch it yielded last and the lookup
-  checks identity, so a minibatch is never paired with another's labels) and passes them as
-  :class:`~oversight_gr.agents.networks.RouteWeights` (rows of
-  :data:`~oversight_gr.agents.methods.ROUTES`) to the MoE forward. The gate's BCE term is added
-  to PPO's loss by :func:`add_to_loss` on the returned log-probabilities: the forward value is
-  unchanged, and backprop through PPO's loss also backpropagates ``gate_loss_coef * BCE``.
+  policy's ``evaluate_actions`` looks up the minibatch it is given in the buffer (the buffer
+  remembers the observation tensor of the minibatch it yielded last and the lookup checks
+  identity, so a minibatch is never paired with another's labels), runs the routed forward
+  (route labels as :class:`~oversight_gr.agents.networks.RouteWeights`, rows of
+  :data:`~oversight_gr.agents.methods.ROUTES`) and computes the native trainer's objective,
+  :func:`~oversight_gr.agents.losses.routed_objective`, with PPO's coefficients (clip range,
+  entropy and value coefficients, per-minibatch advantage normalisation, value clipping) and the
+  gate's BCE. The values, log-probabilities and entropy it returns are detached, and the
+  objective reaches PPO's loss by :func:`add_to_loss` on the log-probabilities: PPO's own loss
+  keeps its value (and its logged statistics and ``target_kl`` stop), while its backward
+  pass is exactly the objective's gradient.
 
 Gate steering (``policy.steer = "diamond" | "ghost" | "none"``, alias ``"learned"`` for
 ``"none"``, or ``with policy.steered(...)``) applies to ``predict`` and so to
@@ -63,6 +67,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from torch import Tensor
 
+from oversight_gr.agents.losses import Minibatch, ObjectiveConfig, routed_objective
 from oversight_gr.agents.methods import (
     ROUTE_BOTH,
     ROUTE_DIAMOND,
@@ -75,6 +80,7 @@ from oversight_gr.agents.methods import (
 from oversight_gr.agents.networks import (
     GATE_INPUTS,
     STEER,
+    MoEOutput,
     MoEPolicy,
     ValueNet,
     orthogonal_init,
@@ -220,12 +226,17 @@ class RoutedRolloutBuffer(RolloutBuffer):
         self._last_batch = RoutedRolloutBufferSamples(*base, route_labels=labels)
         return self._last_batch
 
-    def labels_for(self, obs: Tensor) -> Tensor | None:
-        """Route labels of the minibatch whose observation tensor is ``obs`` (by identity)."""
+    def batch_for(self, obs: Tensor) -> RoutedRolloutBufferSamples | None:
+        """The minibatch whose observation tensor is ``obs`` (by identity), else None."""
         batch = self._last_batch
         if batch is not None and obs is batch.observations:
-            return batch.route_labels
+            return batch
         return None
+
+    def labels_for(self, obs: Tensor) -> Tensor | None:
+        """Route labels of the minibatch whose observation tensor is ``obs`` (by identity)."""
+        batch = self.batch_for(obs)
+        return None if batch is None else batch.route_labels
 
 
 class RouteRecorder(BaseCallback):
@@ -298,10 +309,12 @@ class RoutedMoEPolicy(ActorCriticPolicy):
         # set by RoutedPPO: during learn the rollout uses the learned gate; during train the
         # minibatch's route labels come from this source
         self._learning = False
-        self._route_source: Callable[[Tensor], Tensor | None] | None = None
-        self._gate_loss_coef = 0.0
+        self._route_source: Callable[[Tensor], RoutedRolloutBufferSamples | None] | None = None
+        self._objective: ObjectiveConfig | None = None
         self._unlabelled_sharpness = 1.0
         self._unlabelled_gate_grad = 1.0
+        self._normalize_advantage = False
+        self._clip_range_vf: float | None = None
         self._gate_losses: list[Tensor] = []
 
     def _build(self, lr_schedule) -> None:
@@ -370,34 +383,42 @@ class RoutedMoEPolicy(ActorCriticPolicy):
         """Values, log-probabilities and entropy; routed when RoutedPPO is training.
 
         Inside ``RoutedPPO.train`` the minibatch's route labels scale the gradients into the
-        two experts and the gate, and ``gate_loss_coef * gate_bce`` is added to the loss."""
-        labels = None
-        if self._route_source is not None:
-            labels = self._route_source(obs)
-            if labels is None:
-                raise RuntimeError(
-                    "evaluate_actions got a batch the rollout buffer did not yield; RoutedPPO "
-                    "needs the minibatch's observation tensor to look up its route labels"
-                )
-        routing = labels is not None
-        if routing:
-            # the native trainer's rule: the gate (detached inside route_weights) shapes how
-            # unlabelled steps reach the experts when the sharpness is not 1
-            feats = self.actor.features(obs)
-            out = self.actor.mix(feats, route_weights(
-                labels, feats.gate, self._unlabelled_gate_grad, self._unlabelled_sharpness))
-        else:
+        two experts and the gate, and PPO's loss backpropagates the native objective
+        (:func:`~oversight_gr.agents.losses.routed_objective`, gate BCE included) instead of its
+        own terms (see the module docstring)."""
+        if self._route_source is None:
             out = self.actor(obs, steer=self._rollout_steer())
-        dist = self.action_dist.proba_distribution(action_logits=out.logits)
-        log_prob = dist.log_prob(actions)
-        entropy = dist.entropy()
-        values = self.critic(obs).unsqueeze(-1)
-        if routing and self._gate_loss_coef > 0:
-            gl = gate_bce(out.gate, labels)
-            if gl is not None and gl.requires_grad:
-                self._gate_losses.append(gl.detach())
-                log_prob = add_to_loss(log_prob, self._gate_loss_coef * gl)
-        return values, log_prob, entropy
+            dist = self.action_dist.proba_distribution(action_logits=out.logits)
+            return self.critic(obs).unsqueeze(-1), dist.log_prob(actions), dist.entropy()
+        batch = self._route_source(obs)
+        if batch is None:
+            raise RuntimeError(
+                "evaluate_actions got a batch the rollout buffer did not yield; RoutedPPO "
+                "needs the minibatch's observation tensor to look up its route labels"
+            )
+        # the native trainer's rule: the gate (detached inside route_weights) shapes how
+        # unlabelled steps reach the experts when the sharpness is not 1
+        feats = self.actor.features(obs)
+        out = self.actor.mix(feats, route_weights(
+            batch.route_labels, feats.gate, self._unlabelled_gate_grad,
+            self._unlabelled_sharpness))
+        values = pred = self.critic(obs)
+        if self._clip_range_vf is not None:  # PPO's value clipping, on the prediction
+            pred = batch.old_values + torch.clamp(values - batch.old_values,
+                                                  -self._clip_range_vf, self._clip_range_vf)
+        adv = batch.advantages
+        if self._normalize_advantage and len(adv) > 1:  # PPO's per-minibatch normalisation
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        mb = Minibatch(obs, actions, batch.old_log_prob, adv, batch.returns, batch.route_labels,
+                       torch.ones_like(adv)).unsqueeze()
+        objective = self._objective
+        loss, stats = routed_objective(MoEOutput(out.logits[None], out.gate[None]), pred[None],
+                                       mb, objective)
+        if objective.gate_loss and bool((batch.route_labels != ROUTE_BOTH).any()):
+            self._gate_losses.append(stats["gate"][0])
+        dist = self.action_dist.proba_distribution(action_logits=out.logits.detach())
+        log_prob = add_to_loss(dist.log_prob(actions), loss)
+        return values.detach().unsqueeze(-1), log_prob, dist.entropy()
 
     def get_distribution(self, obs: Tensor):
         return self.action_dist.proba_distribution(action_logits=self.logits(obs))
@@ -408,22 +429,29 @@ class RoutedMoEPolicy(ActorCriticPolicy):
     @contextlib.contextmanager
     def routed_training(
         self,
-        source: Callable[[Tensor], Tensor | None],
-        gate_loss_coef: float,
+        source: Callable[[Tensor], RoutedRolloutBufferSamples | None],
+        objective: ObjectiveConfig,
         unlabelled_sharpness: float = 1.0,
         unlabelled_gate_grad: float = 1.0,
+        normalize_advantage: bool = False,
+        clip_range_vf: float | None = None,
     ) -> Iterator[list[Tensor]]:
-        """Within the block, ``evaluate_actions`` routes by ``source(obs)`` with
-        :func:`~oversight_gr.agents.methods.route_weights` (``unlabelled_sharpness``,
-        ``unlabelled_gate_grad`` as there); yields the list that collects each minibatch's gate
-        loss."""
-        self._route_source, self._gate_loss_coef, self._gate_losses = source, gate_loss_coef, []
+        """Within the block, ``evaluate_actions`` looks its minibatch up by ``source(obs)``,
+        routes it with :func:`~oversight_gr.agents.methods.route_weights`
+        (``unlabelled_sharpness``, ``unlabelled_gate_grad`` as there) and trains on
+        :func:`~oversight_gr.agents.losses.routed_objective` under ``objective`` (advantages
+        normalised per minibatch with ``normalize_advantage``; values clipped to
+        ``clip_range_vf`` around the rollout's as PPO does); yields the list that collects each
+        minibatch's gate loss."""
+        self._route_source, self._objective, self._gate_losses = source, objective, []
         self._unlabelled_sharpness = float(unlabelled_sharpness)
         self._unlabelled_gate_grad = float(unlabelled_gate_grad)
+        self._normalize_advantage = bool(normalize_advantage)
+        self._clip_range_vf = clip_range_vf
         try:
             yield self._gate_losses
         finally:
-            self._route_source = None
+            self._route_source = self._objective = None
 
 
 def policy_fn(model_or_policy: RoutedPPO | RoutedMoEPolicy, steer: str | None = None):
@@ -577,10 +605,18 @@ class RoutedPPO(PPO):
             self.policy._learning = False
 
     def train(self) -> None:
-        """``PPO.train`` with the rollout's route labels reaching ``evaluate_actions``."""
+        """``PPO.train`` with the rollout's minibatches reaching ``evaluate_actions``, whose
+        routed objective is what ``PPO.train``'s backward pass differentiates."""
+        progress = self._current_progress_remaining
+        objective = ObjectiveConfig(
+            "ppo", float(self.clip_range(progress)), float(self.ent_coef), float(self.vf_coef),
+            gate_loss=self.gate_loss_coef > 0 and self.policy.actor.arch.learned_gate,
+            gate_loss_coef=self.gate_loss_coef)
+        clip_range_vf = (None if self.clip_range_vf is None
+                         else float(self.clip_range_vf(progress)))
         with self.policy.routed_training(
-            self.rollout_buffer.labels_for, self.gate_loss_coef, self.unlabelled_sharpness,
-            self.unlabelled_gate_grad,
+            self.rollout_buffer.batch_for, objective, self.unlabelled_sharpness,
+            self.unlabelled_gate_grad, self.normalize_advantage, clip_range_vf,
         ) as gate_losses:
             super().train()
         if gate_losses:

@@ -22,6 +22,18 @@ batched matrix multiplies, tested). A one-run trainer keeps its parameters in or
 (``trainer.policy``, ``trainer.value``); a group's are stacked leaves, and
 :meth:`Trainer.unstack` copies run r out into modules.
 
+**One objective.** Every update, PPO's minibatch steps, REINFORCE's two-pass update and its
+single pass, one run or a group, ends in the same pure function,
+:func:`oversight_gr.agents.losses.routed_objective`, over a typed
+:class:`~oversight_gr.agents.losses.Minibatch`; the actor's forward is
+:func:`oversight_gr.agents.networks.policy_features` / ``policy_mix``, the same code the
+``MoEPolicy`` and ``SingleExpertPolicy`` modules run; autograd takes the gradient. Editing either
+changes what trains, on every device and precision. A faster path must be derived from that
+definition, not written beside it: ``trainer.loss = torch.compile(trainer.loss)`` (opt-in)
+makes the minibatch steps run the same loss compiled, its backward derived by AOTAutograd;
+benchmarks/update_profile.py ``--compile`` times it against eager (docs/RESULTS.md,
+``compile_cpu``: slower than eager on the CPU measured, hence not the default).
+
 Single-pass REINFORCE (one epoch, one minibatch: the paper's setting) does not run the networks a
 second time for the update. The rollout keeps the autograd graph of every step's expert outputs,
 gate and value (the folded gate layer is computed once per window and shared by its steps);
@@ -31,13 +43,6 @@ acting and learning, so this is the same gradient as a fresh forward pass (teste
 two-pass path). It is used in fp32 and bf16_matmul, where it is faster. Under bf16 autocast the
 32 step-sized backward passes over bf16 activations are slower than one batched forward and
 backward, so there the two-pass update is used. benchmarks/train_throughput.py prints both.
-
-**The minibatch step without autograd's graph.** In fp32, the two-pass update (PPO's 64
-minibatch steps) takes each step's loss and gradient from :mod:`oversight_gr.agents.backprop`,
-which writes the backward pass out with the formulas autograd applies: the same gradients bit
-for bit (tested for every method, both algorithms, one run and a group), without recording a
-graph. ``trainer.manual_backward = False`` goes through autograd instead;
-benchmarks/update_profile.py times both.
 """
 
 from __future__ import annotations
@@ -56,8 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from oversight_gr.agents.audit import outcome_counts, training_oversight
-from oversight_gr.agents.backprop import loss_and_grads
-from oversight_gr.agents.backprop import supported as manual_backward_supported
+from oversight_gr.agents.losses import ALGOS, Minibatch, ObjectiveConfig, routed_objective
 from oversight_gr.agents.methods import (
     METHODS,
     Method,
@@ -66,13 +70,9 @@ from oversight_gr.agents.methods import (
     ROUTE_DIAMOND,
     ROUTE_GHOST,
     episode_labels,
-    gate_bce_rows,
     paper_axis_steps,
-    masked_mean,
     placebo_outcomes,
     method_reward,
-    policy_terms,
-    ppo_diagnostics,
     route_labels,
     route_weights,
     train_mask,
@@ -82,17 +82,14 @@ from oversight_gr.agents.networks import (
     MoEFeatures,
     MoEOutput,
     MoEPolicy,
+    PolicyArch,
     RouteWeights,
     SingleExpertPolicy,
     ValueNet,
-    fold_gate_layer,
-    gate_forward,
-    mlp_forward,
-    moe_features,
-    moe_mix,
     orthogonal_init,
-    single_mix,
-    steer_gate,
+    policy_features,
+    policy_fold,
+    policy_mix,
     value_forward,
 )
 from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
@@ -105,7 +102,6 @@ __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "gr
 
 log = logging.getLogger(__name__)
 
-ALGOS = ("ppo", "reinforce")
 #: per-algorithm defaults for fields left at None. REINFORCE is the paper's setting; PPO's
 #: gate-loss coefficient 0.3 was tuned here (0.01 left the gate unseparated under PPO), and its
 #: unlabelled sharpness 3 was measured better than the paper's 1 (docs/RESULTS.md, "sharpness").
@@ -365,10 +361,11 @@ class Trainer:
         self.single_pass = (cfg.algo == "reinforce" and cfg.resolved("update_epochs") == 1
                             and cfg.resolved("minibatches") == 1 and cfg.precision != "bf16")
         self._modules: dict[int, tuple[nn.Module, ValueNet]] = {}
-        #: the two-pass update's minibatch steps take their gradients from
-        #: :mod:`oversight_gr.agents.backprop` (bit-identical to autograd's, faster) where it
-        #: covers the configuration; tests and benchmarks may turn it off
-        self.manual_backward = manual_backward_supported(self)
+        m = self.method
+        #: the actor's architecture, read by the one functional forward it shares with the
+        #: modules (:func:`~oversight_gr.agents.networks.policy_features`)
+        self.arch = PolicyArch(m.policy, cfg.size, cfg.gate_input,
+                               m.constant_gate if m.policy == "moe" else None)
 
     # -- one run's modules ---------------------------------------------------------------------
     @property
@@ -446,31 +443,16 @@ class Trainer:
     def fold(self) -> tuple[Tensor, Tensor] | None:
         """The folded first gate layer of every run (None without a learned gate); compute it
         once per block of forwards whose parameters do not change."""
-        if self.method.policy != "moe" or self.method.constant_gate is not None:
-            return None
-        return fold_gate_layer(self._policy_p, self.cfg.gate_input)
+        return policy_fold(self.arch, self._policy_p)
 
     def features(self, x: Tensor, fold=None, steer: str = "none") -> MoEFeatures | Tensor:
-        """The actor's features on ``x [R, N, C]``: experts and gate (MoE) or body output."""
-        p = self._policy_p
-        if self.method.policy != "moe":
-            return mlp_forward(x, p, "body")
-        const = self.method.constant_gate
-        shape, dev = x.shape[:-1], x.device
-
-        def learned() -> Tensor:
-            if const is not None:
-                return torch.full(shape, float(const), device=dev)
-            f = self.fold() if fold is None else fold
-            return gate_forward(x, p, f, self.cfg.size, self.cfg.gate_input)
-
-        return moe_features(x, p, steer_gate(steer, shape, dev, learned))
+        """The actor's features on ``x [R, N, C]``: experts and gate (MoE) or body output
+        (:func:`~oversight_gr.agents.networks.policy_features`)."""
+        return policy_features(self.arch, x, self._policy_p, fold, steer)
 
     def mix(self, feats, route: RouteWeights | None = None) -> MoEOutput:
         """Logits ``[R, N, 4]`` and gate ``[R, N]`` (NaN for single-expert methods)."""
-        if self.method.policy != "moe":
-            return single_mix(feats, self._policy_p)
-        return moe_mix(feats, self._policy_p, route)
+        return policy_mix(self.arch, feats, self._policy_p, route)
 
     def values(self, x: Tensor) -> Tensor:
         """``[R, N]`` state values of every run."""
@@ -592,41 +574,29 @@ class Trainer:
                           cfg.unlabelled_gate_grad, cfg.resolved("unlabelled_sharpness"))
         return RouteWeights(*(t.view(route_lbl.shape) for t in w))
 
-    def loss(self, obs, actions, old_logp, adv, returns, labels, mask) -> tuple[Tensor, dict]:
+    @property
+    def objective_config(self) -> ObjectiveConfig:
+        """The coefficients of the routed objective under ``self.cfg``."""
+        cfg = self.cfg
+        return ObjectiveConfig(cfg.algo, cfg.clip_coef, cfg.resolved("ent_coef"), cfg.vf_coef,
+                               self.method.gate_loss, cfg.resolved("gate_loss_coef"),
+                               cfg.gate_balance)
+
+    def loss(self, batch: Minibatch) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps ``[R, N, ...]`` (shared by PPO and REINFORCE):
-        the sum over runs of each run's mean loss, and per-run ``[R]`` statistics. A one-run
-        trainer also takes one run's ``[N, ...]`` batch."""
-        if obs.ndim == 4:  # one run's flat batch
-            obs, actions, old_logp, adv, returns, labels, mask = (
-                t.unsqueeze(0) for t in (obs, actions, old_logp, adv, returns, labels, mask))
-        route_lbl = route_labels(labels)
+        the forward pass with the batch's route weights, then
+        :func:`~oversight_gr.agents.losses.routed_objective` (the sum over runs of each run's
+        mean loss, and per-run ``[R]`` statistics). A one-run trainer also takes one run's
+        ``[N, ...]`` batch."""
+        if batch.obs.ndim == 4:  # one run's flat batch
+            batch = batch.unsqueeze()
         with self.autocast():
-            x = self._x(obs)
+            x = self._x(batch.obs)
             feats = self.features(x)
             gate = feats.gate if isinstance(feats, MoEFeatures) else None
-            out = self.mix(feats, self._route(route_lbl, gate))
+            out = self.mix(feats, self._route(batch.route, gate))
             values = self.values(x)
-        return self.objective(out, values, actions, old_logp, adv, returns, route_lbl, mask)
-
-    def objective(self, out, values, actions, old_logp, adv, returns, route_lbl, mask):
-        """Policy-gradient, value, entropy and gate terms from the networks' outputs (all
-        ``[R, N]``): the sum over runs of each run's mean loss, and per-run statistics."""
-        cfg = self.cfg
-        pg, entropy, logp = policy_terms(out.logits, actions, old_logp, adv, cfg.algo,
-                                         cfg.clip_coef, with_logp=True)
-        pg_loss = masked_mean(pg, mask, dim=-1)
-        v_loss = masked_mean((values.float() - returns) ** 2, mask, dim=-1)
-        ent = masked_mean(entropy, mask, dim=-1)
-        total = pg_loss + cfg.vf_coef * v_loss - cfg.resolved("ent_coef") * ent
-        gate_loss = torch.zeros_like(total)
-        if self.method.gate_loss:
-            # 0 for a run without overseen steps
-            gate_loss = gate_bce_rows(out.gate, route_lbl, cfg.gate_balance)
-            total = total + cfg.resolved("gate_loss_coef") * gate_loss
-        approx_kl, clipfrac = ppo_diagnostics(logp.detach(), old_logp, mask, cfg.clip_coef)
-        stats = {"policy": pg_loss.detach(), "value": v_loss.detach(), "entropy": ent.detach(),
-                 "gate": gate_loss.detach(), "approx_kl": approx_kl, "clipfrac": clipfrac}
-        return total.sum(), stats
+        return routed_objective(out, values, batch, self.objective_config)
 
     def _clip(self, max_norm: float) -> None:
         """Gradient-norm clipping, each run by its own norm."""
@@ -638,27 +608,17 @@ class Trainer:
         coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, [coef.view(-1, *[1] * (g.ndim - 1)) for g in grads])
 
-    def learn_minibatch(self, batch: Sequence[Tensor]) -> dict[str, Tensor]:
-        """One optimiser step on a batch ``(obs, actions, old_logp, adv, returns, labels,
-        mask)`` of ``[R, N, ...]`` tensors; returns the per-run ``[R]`` statistics.
-
-        With :attr:`manual_backward` the loss and its gradient come from
-        :func:`oversight_gr.agents.backprop.loss_and_grads` (the same gradient as autograd's, bit
-        for bit, without recording a graph); otherwise from :meth:`loss` and ``backward()``."""
-        if not self.manual_backward:
-            loss, stats = self.loss(*batch)
-            self._step(loss)
-            return stats
-        _, stats, grads = loss_and_grads(self, *batch)
-        for name, p in self.params.items():
-            p.grad = grads.get(name)  # None where autograd gives none (a constant gate's layers)
-        self._clip_and_step()
+    def learn_minibatch(self, batch: Minibatch) -> dict[str, Tensor]:
+        """One optimiser step on a :class:`~oversight_gr.agents.losses.Minibatch` of
+        ``[R, N, ...]`` tensors (:meth:`loss`, autograd's backward, clipping, Adam); returns the
+        per-run ``[R]`` statistics."""
+        loss, stats = self.loss(batch)
+        self._step(loss)
         return stats
 
     def _step(self, loss: Tensor) -> None:
-        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        with backward_context(cfg.precision):
+        with backward_context(self.cfg.precision):
             loss.backward()
         self._clip_and_step()
 
@@ -686,27 +646,17 @@ class Trainer:
             frac = 1.0 - self.updates / max(self.num_updates, 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = frac * cfg.resolved("lr")
-        adv, returns = self.advantages(ro)
-        mask = train_mask(self.method, ro.labels)
+        batch = self.rollout_batch(ro)
         if ro.graph is not None:
             if not self.single_pass:
                 raise ValueError("a rollout with a graph needs single-pass REINFORCE (algo "
                                  "'reinforce', update_epochs 1, minibatches 1)")
-            loss, stats = self._single_pass_loss(ro, adv, returns, mask)
+            loss, stats = self._single_pass_loss(ro, batch)
             ro.graph = None  # the graph is consumed by this backward pass
             self._step(loss)
             self.updates += 1
             return self._per_run_result(stats, 1)
-        per_run = self.per_run
-        batch = [per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                                      mask)]
-        if cfg.algo == "ppo":  # normalise each run's advantages over its trained steps
-            adv, m = batch[3], batch[6]
-            count = m.sum(-1, keepdim=True)
-            mean = (adv * m).sum(-1, keepdim=True) / count.clamp_min(1.0)
-            var = ((adv - mean) ** 2 * m).sum(-1, keepdim=True) / (count - 1)
-            batch[3] = torch.where(count > 0, (adv - mean) / (var.sqrt() + 1e-8), adv)
-        n = batch[0].shape[1]
+        n = batch.obs.shape[1]
         minibatches = cfg.resolved("minibatches")
         mb = n // minibatches
         offsets = torch.arange(self.R, device=self.device).unsqueeze(1) * n
@@ -719,19 +669,39 @@ class Trainer:
                 perm = torch.stack([torch.randperm(n, generator=g, device=self.device)
                                     for g in self.gens])
                 flat = (perm + offsets).flatten()
-                shuffled = [x.flatten(0, 1).index_select(0, flat).view(x.shape) for x in batch]
+                shuffled = Minibatch(*(x.flatten(0, 1).index_select(0, flat).view(x.shape)
+                                       for x in batch))
             else:  # one minibatch is the whole rollout: no shuffle (its order does not matter)
                 shuffled = batch
             for start in range(0, mb * minibatches, mb):
-                stats = self.learn_minibatch([x[:, start:start + mb] for x in shuffled])
+                stats = self.learn_minibatch(shuffled.rows(start, start + mb))
                 for k, v in stats.items():
                     sums[k] = sums[k] + v if k in sums else v
                 count += 1
         self.updates += 1
         return self._per_run_result(sums, count)
 
-    def _single_pass_loss(self, ro: Rollout, adv: Tensor, returns: Tensor, mask: Tensor):
-        """The routed loss from the rollout's stored per-step graphs (no second forward)."""
+    def rollout_batch(self, ro: Rollout) -> Minibatch:
+        """The rollout as one :class:`~oversight_gr.agents.losses.Minibatch` ``[R, T * B, ...]``
+        (each run's steps, time-major): route labels, the method's training mask, and for PPO
+        each run's advantages normalised over its trained steps."""
+        adv, returns = self.advantages(ro)
+        mask = train_mask(self.method, ro.labels)
+        per_run = self.per_run
+        if self.cfg.algo == "ppo":  # normalise each run's advantages over its trained steps
+            a, m = per_run(adv), per_run(mask)
+            count = m.sum(-1, keepdim=True)
+            mean = (a * m).sum(-1, keepdim=True) / count.clamp_min(1.0)
+            var = ((a - mean) ** 2 * m).sum(-1, keepdim=True) / (count - 1)
+            adv = torch.where(count > 0, (a - mean) / (var.sqrt() + 1e-8), a)
+        else:
+            adv = per_run(adv)
+        return Minibatch(per_run(ro.obs), per_run(ro.actions), per_run(ro.logp), adv,
+                         per_run(returns), per_run(route_labels(ro.labels)), per_run(mask))
+
+    def _single_pass_loss(self, ro: Rollout, batch: Minibatch):
+        """The routed loss from the rollout's stored per-step graphs (no second forward): the
+        routed mixture and head per step, then the same objective as :meth:`loss`."""
         R = self.R
         route_lbl = route_labels(ro.labels)
         logits, gates, values = [], [], []
@@ -743,9 +713,7 @@ class Trainer:
                 gates.append(out.gate)
                 values.append(v)
         out = MoEOutput(torch.cat(logits, 1), torch.cat(gates, 1))  # [R, T * B, ...]
-        per_run = self.per_run
-        return self.objective(out, torch.cat(values, 1), per_run(ro.actions), per_run(ro.logp),
-                              per_run(adv), per_run(returns), per_run(route_lbl), per_run(mask))
+        return routed_objective(out, torch.cat(values, 1), batch, self.objective_config)
 
     #: update statistics logged under charts/ (the rest of update's result under losses/)
     CHART_STATS = ("approx_kl", "clipfrac")

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from oversight_gr.agents.methods import (
     ROUTE_BOTH,
-    train_mask,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
     advantages_and_returns,
@@ -22,6 +21,7 @@ from oversight_gr.agents.methods import (
     route_weights,
 )
 from oversight_gr.agents.networks import MoEPolicy, SingleExpertPolicy, ValueNet
+from oversight_gr.agents.losses import Minibatch
 from oversight_gr.agents.run import run_training
 from oversight_gr.agents.trainer import TrainConfig, Trainer, check_group
 from oversight_gr.envs import GridRules
@@ -89,21 +89,17 @@ def test_a_run_inside_a_group_gets_its_own_gradient_under_bf16_matmul(method, al
     cfgs = _cfgs(method=method, algo=algo, precision="bf16_matmul")
     group, alone = Trainer(cfgs), Trainer(cfgs[1])
     assert torch.equal(_flat(*group.unstack(1)), _flat(alone.policy, alone.value))
-    ro = group.collect()
-    adv, returns = group.advantages(ro)
-    mask = train_mask(group.method, ro.labels)
-    batch = [group.per_run(x) for x in (ro.obs, ro.actions, ro.logp, adv, returns, ro.labels,
-                                        mask)]
+    batch = group.rollout_batch(group.collect())
 
     def loss_and_grads(trainer, b):
         trainer.optimizer.zero_grad(set_to_none=True)
-        loss, stats = trainer.loss(*b)
+        loss, stats = trainer.loss(b)
         with backward_context("bf16_matmul"):
             loss.backward()
         return stats, {n: p.grad.clone() for n, p in trainer.params.items() if p.grad is not None}
 
     g_stats, g_grads = loss_and_grads(group, batch)
-    a_stats, a_grads = loss_and_grads(alone, [x[1] for x in batch])
+    a_stats, a_grads = loss_and_grads(alone, Minibatch(*(x[1] for x in batch)))
     assert g_grads.keys() == a_grads.keys()
     # each loss is a mean of O(1) terms (normalised advantages, log-probabilities), so it is
     # accurate to the tolerance in absolute terms too (PPO's first policy loss is a mean of

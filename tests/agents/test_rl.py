@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from oversight_gr.agents.evaluation import evaluate
+from oversight_gr.agents.losses import Minibatch, routed_objective
 from oversight_gr.agents.methods import (
     METHODS,
     ROUTE_BOTH,
@@ -38,8 +39,8 @@ def _grad_norms(trainer, labels_value, gate_loss_coef=0.0):
     actions = ro.actions.reshape(-1)[:n]
     labels = torch.full((n,), labels_value)
     trainer.policy.zero_grad()
-    loss, _ = trainer.loss(obs, actions, ro.logp.reshape(-1)[:n], torch.randn(n),
-                           torch.randn(n), labels, torch.ones(n))
+    loss, _ = trainer.loss(Minibatch(obs, actions, ro.logp.reshape(-1)[:n], torch.randn(n),
+                                     torch.randn(n), route_labels(labels), torch.ones(n)))
     loss.backward()
     pol = trainer.policy
 
@@ -168,6 +169,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resumed_run_has_no_duplicated_curve_points_and_accumulates_wall_time(tmp_path):
     """A kill between an evaluation and the next checkpoint: the resumed run drops the curve
     points past its checkpoint and evaluates them again; the wall time carries over."""
@@ -248,16 +250,33 @@ def test_reference_policies_calibrate_the_evaluator():
     assert opt.n_episodes > 1000
 
 
-def test_steering_changes_behaviour_of_the_mixture():
+def test_steering_fixes_the_gate_to_one_expert():
+    """Steered, the policy is one expert and the shared head; unsteered, the gate's mixture of
+    the two; the trainer's logits_fn steers the same way; a single expert has nothing to steer."""
     trainer = Trainer(TrainConfig(**TINY))
-    obs = trainer.obs
-    d = trainer.policy(obs, steer="diamond").logits
-    g = trainer.policy(obs, steer="ghost").logits
-    assert not torch.allclose(d, g)
+    pol, obs = trainer.policy, trainer.obs
+    x = obs.float().flatten(1)
+    with torch.no_grad():
+        d, g = pol.head(pol.expert_diamond(x)), pol.head(pol.expert_ghost(x))
+        gate = pol.gate_value(obs).unsqueeze(-1)
+        assert torch.all((gate > 0) & (gate < 1))
+        torch.testing.assert_close(pol(obs, steer="diamond").logits, d)
+        torch.testing.assert_close(pol(obs, steer="ghost").logits, g)
+        torch.testing.assert_close(pol(obs).logits, gate * d + (1 - gate) * g)
+        batched = obs.unsqueeze(0)
+        torch.testing.assert_close(trainer.logits_fn("diamond")(batched)[0], d)
+        torch.testing.assert_close(trainer.logits_fn("ghost")(batched)[0], g)
+        torch.testing.assert_close(trainer.logits_fn()(batched)[0], pol(obs).logits)
     with pytest.raises(ValueError, match="steer"):
-        trainer.policy(obs, steer="left")
+        pol(obs, steer="left")
+    single = Trainer(TrainConfig(method="naive", **TINY)).policy
+    with torch.no_grad():
+        torch.testing.assert_close(single(obs, steer="diamond").logits, single(obs).logits)
+    with pytest.raises(ValueError, match="steer"):
+        single(obs, steer="left")
 
 
+@pytest.mark.slow
 def test_short_learning_run_steered_routing_beats_random():
     cfg = TrainConfig(method="routing", oversight_prob=0.5, num_envs=128, rollout_steps=32,
                       hidden=32, total_env_steps=128 * 32 * 40, seed=0)
@@ -270,6 +289,7 @@ def test_short_learning_run_steered_routing_beats_random():
     assert steered.p_diamond > 0.6
 
 
+@pytest.mark.slow
 def test_cli_train_eval_steer_roundtrip(tmp_path):
     run = tmp_path / "run"
     base = [sys.executable, "-m", "oversight_gr.cli"]
@@ -304,9 +324,10 @@ def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
         feats = trainer.features(x)
         feats.diamond.retain_grad()
         out = trainer.mix(feats, trainer._route(route_labels(labels), feats.gate))
-        loss, _ = trainer.objective(out, trainer.values(x), torch.zeros(1, n, dtype=torch.long),
-                                    torch.zeros(1, n), torch.ones(1, n), torch.zeros(1, n),
-                                    route_labels(labels), torch.ones(1, n))
+        batch = Minibatch(obs.unsqueeze(0), torch.zeros(1, n, dtype=torch.long),
+                          torch.zeros(1, n), torch.ones(1, n), torch.zeros(1, n),
+                          route_labels(labels), torch.ones(1, n))
+        loss, _ = routed_objective(out, trainer.values(x), batch, trainer.objective_config)
         loss.backward()
         grads[k] = feats.diamond.grad[0]
         gate = trainer.policy.gate_value(obs).detach()

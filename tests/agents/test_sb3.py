@@ -18,6 +18,11 @@ from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor  # noqa: E402
 
 from oversight_gr.agents.evaluation import evaluate  # noqa: E402
+from oversight_gr.agents.losses import (  # noqa: E402
+    Minibatch,
+    ObjectiveConfig,
+    routed_objective,
+)
 from oversight_gr.agents.methods import (  # noqa: E402
     ROUTE_BOTH,
     ROUTE_DIAMOND,
@@ -268,15 +273,10 @@ def test_gate_gets_exactly_the_bce_gradient_on_overseen_samples(label, target):
     assert _norm(g, other) == 0.0
 
 
-@pytest.mark.parametrize("routing_kw", [
-    {},  # both defaults: the native PPO default (sharpness 3, full gate gradient)
-    {"unlabelled_sharpness": 1.0, "unlabelled_gate_grad": 0.25},  # the paper's mixture, damped
-    {"unlabelled_sharpness": 2.0, "unlabelled_gate_grad": 0.0},
-])
-def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
-    """Same weights, same rollout (every route present, ratios away from 1 so clipping acts):
-    the gradient PPO.train hands to the optimizer equals the native Trainer.loss gradient, for
-    the defaults and for other unlabelled-step rules."""
+def _sb3_step_and_trainer(routing_kw, **ppo_kw):
+    """One ``RoutedPPO.train`` step (lr 0, one minibatch, every route present, ratios away from
+    1 so clipping acts) from a native trainer's weights and rollout: (the gradient PPO.train
+    hands to the optimizer, the trainer, its rollout as a one-run Minibatch, old values)."""
     from stable_baselines3.common.logger import Logger
 
     from oversight_gr.agents.trainer import TrainConfig, Trainer
@@ -290,9 +290,10 @@ def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
     gen = torch.Generator().manual_seed(0)
     adv, returns = torch.randn(T, B, generator=gen), torch.randn(T, B, generator=gen)
     old_logp = ro.logp + 0.3 * torch.randn(T, B, generator=gen)
+    old_values = ro.values + 0.3 * torch.randn(T, B, generator=gen)
 
-    model = _tiny(learning_rate=0.0, max_grad_norm=1e9, normalize_advantage=False,
-                  gate_loss_coef=0.3, ent_coef=0.01, vf_coef=0.5, clip_range=0.2, **routing_kw)
+    model = _tiny(learning_rate=0.0, max_grad_norm=1e9, gate_loss_coef=0.3, ent_coef=0.01,
+                  vf_coef=0.5, clip_range=0.2, **routing_kw, **ppo_kw)
     if not routing_kw:
         assert model.unlabelled_sharpness == trainer.cfg.resolved("unlabelled_sharpness") == 3.0
     model.policy.actor.load_state_dict(trainer.policy.state_dict())
@@ -303,6 +304,7 @@ def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
     buf.observations[:] = ro.obs.numpy()
     buf.actions[:] = ro.actions.numpy()[..., None]
     buf.log_probs[:] = old_logp.numpy()
+    buf.values[:] = old_values.numpy()
     buf.advantages[:] = adv.numpy()
     buf.returns[:] = returns.numpy()
     buf.route_labels[:] = route_labels(ro.labels).numpy()
@@ -318,17 +320,52 @@ def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
     model.policy.optimizer.step = recording_step
     model.train()
     assert len(grads) == 1
-
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    loss, _ = trainer.loss(flat(ro.obs), flat(ro.actions), flat(old_logp), flat(adv),
-                           flat(returns), flat(ro.labels), torch.ones(T * B))
-    trainer.optimizer.zero_grad()
-    loss.backward()
+    batch = Minibatch(flat(ro.obs), flat(ro.actions), flat(old_logp), flat(adv), flat(returns),
+                      flat(route_labels(ro.labels)), torch.ones(T * B))
+    return grads[0], trainer, batch, flat(old_values)
+
+
+def _assert_native_grads(trainer, sb3_grads):
     native = {f"actor.{n}": p.grad for n, p in trainer.policy.named_parameters()}
     native |= {f"critic.{n}": p.grad for n, p in trainer.value.named_parameters()}
-    assert set(native) == set(grads[0])
+    assert set(native) == set(sb3_grads)
     for name, g in native.items():
-        torch.testing.assert_close(grads[0][name], g, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(sb3_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("routing_kw", [
+    {},  # both defaults: the native PPO default (sharpness 3, full gate gradient)
+    {"unlabelled_sharpness": 1.0, "unlabelled_gate_grad": 0.25},  # the paper's mixture, damped
+    {"unlabelled_sharpness": 2.0, "unlabelled_gate_grad": 0.0},
+])
+def test_sb3_train_step_gives_the_native_routed_gradient(routing_kw):
+    """Same weights, same rollout: the gradient PPO.train hands to the optimizer equals the
+    native Trainer.loss gradient, for the defaults and for other unlabelled-step rules."""
+    grads, trainer, batch, _ = _sb3_step_and_trainer(routing_kw, normalize_advantage=False)
+    loss, _ = trainer.loss(batch)
+    trainer.optimizer.zero_grad()
+    loss.backward()
+    _assert_native_grads(trainer, grads)
+
+
+def test_sb3_minibatch_normalisation_and_value_clipping_reach_the_objective():
+    """PPO's per-minibatch advantage normalisation and value clipping act on the inputs of the
+    routed objective: its gradient with normalised advantages and clipped values is SB3's."""
+    grads, trainer, batch, old_values = _sb3_step_and_trainer(
+        {}, normalize_advantage=True, clip_range_vf=0.05)
+    adv = batch.advantages
+    batch = batch._replace(advantages=(adv - adv.mean()) / (adv.std() + 1e-8)).unsqueeze()
+    x = trainer._x(batch.obs)
+    feats = trainer.features(x)
+    out = trainer.mix(feats, trainer._route(batch.route, feats.gate))
+    values = trainer.values(x)
+    clipped = old_values + (values - old_values).clamp(-0.05, 0.05)
+    assert not torch.equal(clipped, values)  # the clipping acts on some steps
+    loss, _ = routed_objective(out, clipped, batch, trainer.objective_config)
+    trainer.optimizer.zero_grad()
+    loss.backward()
+    _assert_native_grads(trainer, grads)
 
 
 def test_rollout_advantage_normalisation_matches_the_native_one():
@@ -368,7 +405,8 @@ def test_add_to_loss_adds_the_extra_term_once():
 def test_evaluate_actions_refuses_a_batch_without_labels():
     model = _tiny()
     obs = torch.zeros(4, 4, 5, 5)
-    with model.policy.routed_training(lambda o: None, 0.3):
+    objective = ObjectiveConfig("ppo", 0.2, 0.0, 0.5, gate_loss=True, gate_loss_coef=0.3)
+    with model.policy.routed_training(lambda o: None, objective):
         with pytest.raises(RuntimeError, match="did not yield"):
             model.policy.evaluate_actions(obs, torch.zeros(4))
 
@@ -501,6 +539,7 @@ def test_sb3_features_work(tmp_path):
 
 
 # -- learning ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_small_budget_learning_steers_to_the_diamond():
     """Full oversight, 31k env steps: steered to the diamond expert the policy mostly reaches
     the diamond (random: return about -0.01), steered to the ghost expert mostly the ghost."""
