@@ -33,6 +33,7 @@ part, and two writers never share a temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +48,8 @@ __all__ = [
     "FORMATS",
     "REQUIRED",
     "RecordError",
+    "WriteError",
+    "remove_stale_temps",
     "versions",
     "write_atomic",
     "write_json_atomic",
@@ -97,22 +100,82 @@ def versions() -> dict[str, str]:
     }
 
 
+class WriteError(OSError):
+    """A file that could not be written (disk full, read-only, a name too long, ...): an
+    ``OSError`` (same ``errno``) whose message is one line naming the file, the reason, and
+    that the file's previous content, if any, is unchanged."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # alive (someone else's), or not a pid we can judge: leave its file alone
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temporary files :func:`write_atomic` left beside ``path`` when its writer was
+    killed (SIGKILL, power loss) mid-write: ``.NAME.PID.*.tmp`` whose process is gone. Returns
+    the removed paths. Temporary files of live writers are left alone."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file atomically: ``write(fh)`` fills a temporary file in the target's folder
     (named with the pid and a random suffix, so concurrent writers never share one), which is
-    fsynced and renamed over ``path``; the folder is fsynced too. Returns ``path``."""
+    fsynced and renamed over ``path``; the folder is fsynced too. Returns ``path``.
+
+    This is the package's one path for saving results and checkpoints. Temporary files left by
+    killed writers of the same target are removed first (:func:`remove_stale_temps`). Any
+    failure removes this writer's temporary file, leaves the previous ``path`` (the last good
+    state) as it was, and an ``OSError`` (disk full, read-only folder, a name too long, ...)
+    becomes :class:`WriteError`, one line naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                               suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            before = ("its previous content is unchanged" if _exists(path)
+                      else "nothing was written")
+            raise WriteError(exc.errno, f"could not write {_short(path)} "
+                             f"({exc.strerror or type(exc).__name__}); {before}") from exc
         raise
     try:  # make the rename itself durable; not every platform can open a folder
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -125,6 +188,22 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a component that is a file, ...
+        return False
+
+
+def _short(path: Path | str, limit: int = 300) -> str:
+    """``path`` for a one-line message: a path longer than ``limit`` characters is shortened in
+    the middle."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
 
 
 def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:

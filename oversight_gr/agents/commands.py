@@ -56,12 +56,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.set_postfix(post, refresh=False)
         bar.refresh()
 
-    record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
-                          checkpoint_every=args.checkpoint_every, on_change=args.on_change,
-                          progress=progress)
-    if bars:
-        bars[0].close()
-    else:
+    try:
+        record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
+                              checkpoint_every=args.checkpoint_every, on_change=args.on_change,
+                              progress=progress)
+    finally:  # closed before any error or interrupt message, which then stands on its own line
+        if bars:
+            bars[0].close()
+    if not bars:
         print(f"{run_dir} already holds this finished run; its results are unchanged")
     print(f"run directory: {run_dir}")
     _print_metrics(record["metrics"])
