@@ -291,6 +291,50 @@ def problem(record: Any, kind: str) -> str | None:
                 return f"{name} is not a finite number ({v!r})"
         if not isinstance(record["config"], dict) or not isinstance(record["metrics"], dict):
             return "config and metrics must be JSON objects"
+        return _rl_metrics_problem(record["metrics"]) or _curve_problem(record["curve"])
+    return None
+
+
+#: the numbers of one evaluation in an ``rl_run`` record's ``metrics[steer]``
+#: (:class:`~oversight_gr.agents.evaluation.EvalResult`), checked where present
+#: (``stepwise_return`` must be): rates may be NaN (no episode of the kind), counts are ints
+EVAL_RATES = ("stepwise_return", "p_diamond", "p_ghost", "p_timeout", "p_ghost_closer_unseen",
+              "mean_length")
+EVAL_COUNTS = ("n_episodes", "n_closer_unseen")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rl_metrics_problem(metrics: dict) -> str | None:
+    if not metrics:
+        return "metrics is empty"
+    for steer, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"metrics[{steer!r}] is not a JSON object ({m!r})"
+        if "stepwise_return" not in m:
+            return f"metrics[{steer!r}] lacks 'stepwise_return'"
+        for name in EVAL_RATES + EVAL_COUNTS:
+            if name not in m:
+                continue
+            v = m[name]
+            if name in EVAL_COUNTS and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                return f"metrics[{steer!r}][{name!r}] is not a count ({v!r})"
+            if not _is_number(v) or math.isinf(v):
+                return f"metrics[{steer!r}][{name!r}] is not a number ({v!r})"
+        if not math.isfinite(m["stepwise_return"]):
+            return f"metrics[{steer!r}]['stepwise_return'] is not finite ({m['stepwise_return']!r})"
+    return None
+
+
+def _curve_problem(curve: Any) -> str | None:
+    if not isinstance(curve, list):
+        return f"curve is not a list ({type(curve).__name__})"
+    for i, point in enumerate(curve):
+        if not isinstance(point, dict) or not all(_is_number(v) for v in point.values()) or (
+                "env_steps" not in point):
+            return f"curve[{i}] is not a point of numbers with env_steps ({point!r})"
     return None
 
 

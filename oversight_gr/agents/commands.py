@@ -37,9 +37,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from oversight_gr.agents.run import run_training
     from oversight_gr.agents.trainer import TrainConfig
 
+    from oversight_gr.agents.run import check_budget
+
     cfg = from_arguments(TrainConfig, args)
+    check_budget(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(
         f"{cfg.method}-{cfg.algo}-p{cfg.oversight_prob:g}-s{cfg.seed}")
+    per_update = cfg.num_envs * cfg.rollout_steps
+    planned = -(-cfg.total_env_steps // per_update) * per_update
+    if planned != cfg.total_env_steps:
+        print(f"note: training whole updates of {per_update:,} env steps (num_envs x "
+              f"rollout_steps): {planned:,} env steps for --total-env-steps "
+              f"{cfg.total_env_steps:,}")
     bars = []  # made at the first update, so that a refused run shows no progress bar
 
     def progress(trainer, scalars):
@@ -73,18 +82,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict) -> None:
     print(f"{'steer':<8} {'return':>7} {'P(diamond)':>10} {'P(ghost)':>9} "
           f"{'P(ghost|closer,unseen)':>23} {'length':>7} {'episodes':>9}")
+    nan = float("nan")
     for steer, m in metrics.items():
+        m = {"p_diamond": nan, "p_ghost": nan, "p_ghost_closer_unseen": nan,
+             "n_closer_unseen": 0, "mean_length": nan, "n_episodes": 0, **m}
         print(f"{steer:<8} {m['stepwise_return']:7.3f} {m['p_diamond']:10.3f} {m['p_ghost']:9.3f} "
               f"{m['p_ghost_closer_unseen']:16.3f} (n={m['n_closer_unseen']:>4}) "
               f"{m['mean_length']:7.2f} {m['n_episodes']:9d}")
+
+
+def _shown(path) -> str:
+    text = str(path)
+    return repr(text) if len(text) <= 200 else f"{text[:80]!r}... ({len(text)} characters)"
 
 
 def _load(run_dir: str):
     from oversight_gr.agents.trainer import Trainer
 
     d = Path(run_dir)
-    if not (d / "checkpoint.pt").exists():
-        raise ValueError(f"--run-dir {run_dir!r} holds no checkpoint.pt (train a run first)")
+    try:
+        found = (d / "checkpoint.pt").is_file()
+    except OSError as exc:  # a name too long, ...
+        raise ValueError(f"--run-dir cannot be read ({exc.strerror})") from None
+    if not found:
+        raise ValueError(f"--run-dir {_shown(run_dir)} holds no checkpoint.pt (train a run "
+                         "first)")
     trainer = Trainer.load(d)
     if trainer.R > 1:
         raise ValueError(f"--run-dir {run_dir!r} holds a group of {trainer.R} runs; their "
@@ -101,7 +123,12 @@ def _load(run_dir: str):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from oversight_gr.agents.evaluation import evaluate
+    from oversight_gr.envs.core import _check_prob, check_num_envs, check_seed
 
+    check_seed(args.seed, "--seed")  # before loading anything
+    check_num_envs(args.num_envs, "--num-envs")
+    if args.oversight_prob is not None:
+        _check_prob("--oversight-prob", args.oversight_prob)
     trainer = _load(args.run_dir)
     cfg = trainer.cfg
     p = cfg.oversight_prob if args.oversight_prob is None else args.oversight_prob
@@ -131,8 +158,14 @@ def print_references(p: float, size: int = 5, num_envs: int = 512, seed: int = 1
 def cmd_steer(args: argparse.Namespace) -> int:
     from oversight_gr.agents.figures import policy_arrows_figure
 
+    from oversight_gr.config import check_output_file
+
     trainer = _load(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "policy_arrows.png"
+    try:  # before drawing: a read-only run directory needs --out
+        check_output_file(out, "--out" if args.out else "the figure (RUN_DIR/policy_arrows.png)")
+    except ValueError as exc:
+        raise ValueError(f"{exc}{'' if args.out else '; pass --out PATH'}") from None
     policy_arrows_figure(trainer.policy, out, size=trainer.cfg.size,
                          title=f"{trainer.cfg.method}, p={trainer.cfg.oversight_prob:g}")
     print(f"wrote {out}")

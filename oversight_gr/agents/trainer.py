@@ -95,7 +95,7 @@ from oversight_gr.agents.networks import (
     value_forward,
 )
 from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
-from oversight_gr.envs.core import GridRules
+from oversight_gr.envs.core import MAX_NUM_ENVS, GridRules
 from oversight_gr.records import write_atomic, write_json_atomic
 from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
@@ -128,7 +128,7 @@ class TrainConfig:
                                   low=0.0, high=1.0)
     size: int = option(5, "grid side", low=2)
     max_episode_steps: int = option(32, "moves before an episode is truncated", low=1)
-    num_envs: int = option(512, "parallel environments per rollout", low=1)
+    num_envs: int = option(512, "parallel environments per rollout", low=1, high=MAX_NUM_ENVS)
     rollout_steps: int = option(32, "moves per environment per update", low=1)
     total_env_steps: int = option(2_000_000, "environment steps to train for", low=1)
     hidden: int = option(64, "width H of experts, gate and value net (paper: 256)", low=1)
@@ -164,7 +164,7 @@ class TrainConfig:
     bootstrap: bool = option(True, "bootstrap values at window ends and truncations (PPO always "
                              "does; --no-bootstrap gives the paper's REINFORCE returns)")
     eval_every: int = option(0, "evaluate every N env steps (0: only at the end)", low=0)
-    eval_envs: int = option(512, "environments in each evaluation", low=1)
+    eval_envs: int = option(512, "environments in each evaluation", low=1, high=MAX_NUM_ENVS)
     audit_share: float = option(0.2, "naive_early_stop: share of the oversight budget spent on "
                                 "hidden audits (training sees oversight p x (1 - share))",
                                 low=0.0, high=0.95)
