@@ -176,3 +176,164 @@ def test_a_lost_curve_json_does_not_shorten_the_resumed_curve(tmp_path):
     (tmp_path / "curve.json").unlink()
     resumed = run_training(cfg, tmp_path, tensorboard=False)
     assert [p["env_steps"] for p in resumed["curve"]] == [32, 64, 96, 128]
+
+
+# -- compute wasted ---------------------------------------------------------------------------------
+SWEEP = dict(preset="quick", seeds=1, num_envs=8, total_env_steps=512, hidden=8, eval_envs=8,
+             eval_every=0, algos=("reinforce",))
+
+
+def test_grid_repeats_are_scheduled_once(tmp_path):
+    """`--oversight 0.1 0.1` / `--methods naive naive` (9518d0f: trained twice, "2 of 2 runs
+    done"; with --workers 2 the repeat collided on the run's lock)."""
+    from oversight_gr.sweep import SweepConfig, build_specs, run_sweep
+
+    sweep = SweepConfig(**SWEEP, methods=("naive", "naive"), oversight=(0.1, 0.1),
+                        out=str(tmp_path))
+    specs = build_specs(sweep)
+    assert len(specs) == 1
+    outcomes = list(run_sweep(sweep, specs + specs))  # a caller's repeats too
+    assert [o.status for o in outcomes] == ["done"]
+
+
+def test_a_budget_below_one_update_is_refused_and_a_rounded_one_stated(tmp_path, capsys):
+    """9518d0f: --total-env-steps 100 trained 16,384 steps without a word."""
+    from oversight_gr.cli import main
+    from oversight_gr.sweep import SweepConfig, run_sweep
+
+    with pytest.raises(ValueError, match=r"total_env_steps 100 is less than one update .*"
+                       r"512 x 32 = 16,384"):
+        run_training(TrainConfig(total_env_steps=100), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"total_env_steps 100 is less than one update"):
+        next(run_sweep(SweepConfig(**{**SWEEP, "total_env_steps": 100}, out=str(tmp_path))))
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--total-env-steps", "100", "--run-dir", str(tmp_path / "b")])
+    assert exc.value.code == 2 and not (tmp_path / "b").exists()
+    assert "total_env_steps 100 is less than one update" in capsys.readouterr().err
+    assert main(["train", "--run-dir", str(tmp_path / "c"), "--num-envs", "8",
+                 "--rollout-steps", "4", "--hidden", "8", "--eval-envs", "8",
+                 "--total-env-steps", "40", "--no-tensorboard"]) == 0
+    assert "note: training whole updates of 32 env steps (num_envs x rollout_steps): 64 env " \
+        "steps for --total-env-steps 40" in capsys.readouterr().out
+
+
+def test_num_envs_is_bounded_by_a_message_naming_it(capsys):
+    """9518d0f: --num-envs 10**9 tried to allocate 8 GB (train, gym.make_vec)."""
+    import gymnasium as gym
+
+    from oversight_gr.cli import main
+
+    with pytest.raises(ValueError, match=r"TrainConfig.num_envs must be in \[1, 1048576\]"):
+        TrainConfig(num_envs=10**9)
+    with pytest.raises(ValueError, match=r"num_envs must be an int in \[1, 1,048,576\], got "
+                       r"1000000000"):
+        gym.make_vec("OversightGrid-v0", num_envs=10**9)
+    with pytest.raises(SystemExit):
+        main(["eval", "--run-dir", "nowhere", "--num-envs", str(10**9)])
+    assert "--num-envs must be an int in [1, 1,048,576]" in capsys.readouterr().err
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_seeds_are_checked_naming_the_argument(capsys):
+    """9518d0f: reset(seed=2**64) "Overflow when unpacking long long"; reset(seed=2**32 + 5)
+    silently played seed 5's episodes."""
+    import gymnasium as gym
+    import numpy as np
+
+    from oversight_gr.cli import main
+
+    env = gym.make("OversightGrid-v0")
+    vec = gym.make_vec("OversightGrid-v0", num_envs=3)
+    for seed in (2**64, 2**32 + 5, -1):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32 - 1\]"):
+            env.reset(seed=seed)
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*32 - 1\]"):
+            vec.reset(seed=seed)
+    a, _ = env.reset(seed=np.int64(7))  # a numpy integer is an integer
+    b, _ = env.reset(seed=7)
+    assert (a == b).all()
+    with pytest.raises(SystemExit):
+        main(["eval", "--run-dir", "nowhere", "--seed", str(46 * 10**21)])
+    assert "--seed must be an int in [0, 2**32 - 1]" in capsys.readouterr().err
+
+
+def test_strings_and_bools_are_not_numbers_and_numpy_ints_are_ints():
+    import gymnasium as gym
+    import numpy as np
+
+    for bad in ("0.1", True):  # 9518d0f stored them as 0.1 and 1.0
+        with pytest.raises(ValueError, match="oversight_prob must be a number"):
+            gym.make("OversightGrid-v0", oversight_prob=bad)
+        with pytest.raises(ValueError, match="TrainConfig.oversight_prob must be a number"):
+            TrainConfig(oversight_prob=bad)
+    env = gym.make("OversightGrid-v0", size=np.arange(8)[6])  # 9518d0f: refused
+    assert env.observation_space.shape == (4, 6, 6)
+    cfg = TrainConfig(size=np.int64(6), seed=np.int32(3), oversight_prob=np.float32(0.5))
+    assert cfg.to_dict()["size"] == 6 and type(cfg.size) is int and type(cfg.seed) is int
+    json.dumps(cfg.to_dict())
+    from oversight_gr.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match=r"SweepConfig.oversight\[0\] must be a number"):
+        SweepConfig(oversight=("0.1",))
+
+
+def test_a_sweep_override_that_is_not_a_number_names_the_field():
+    """9518d0f: "invalid literal for int() with base 10: 'abc'"."""
+    from oversight_gr.sweep import SweepConfig
+
+    with pytest.raises(ValueError, match=r"SweepConfig.train: total_env_steps must be an int, "
+                       r"got 'abc'"):
+        SweepConfig(train=("total_env_steps=abc",))
+    with pytest.raises(ValueError, match=r"SweepConfig.train: lr must be a number, got 'x'"):
+        SweepConfig(train=("lr=x",))
+
+
+def test_a_hand_edited_claim_is_named_in_the_message(tmp_path):
+    """A claim of a live pid without a start time (pid 1) is left alone, and the message
+    names the claim file to delete (9518d0f: it did not)."""
+    from oversight_gr.sweep import SweepConfig, _HOST, build_specs, claim_path, run_sweep
+
+    sweep = SweepConfig(**SWEEP, methods=("naive",), oversight=(0.1,), out=str(tmp_path))
+    (spec,) = build_specs(sweep)
+    path = claim_path(tmp_path, spec.key)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"pid": 1, "host": _HOST}))
+    (outcome,) = run_sweep(sweep)
+    assert outcome.status == "claimed"
+    assert f"if no sweep is running it, delete {path}" in outcome.error
+
+
+def test_results_json_metrics_of_the_wrong_type_are_refused_naming_the_file(tmp_path):
+    """9518d0f: the record check passed, then TypeError while printing or plotting."""
+    cfg = _cfg(total_env_steps=PER_UPDATE)
+    run_training(cfg, tmp_path, tensorboard=False)
+    path = tmp_path / "results.json"
+    record = json.loads(path.read_text())
+    for steer, field, bad in [("none", "p_diamond", "0.5"), ("none", "n_episodes", 1.5),
+                              ("none", "stepwise_return", None)]:
+        broken = json.loads(json.dumps(record))
+        broken["metrics"]["diamond" if "diamond" in broken["metrics"] else steer][field] = bad
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=rf"results.json: not a usable rl_run record "
+                           rf"\(metrics\[.*\]\[{field!r}\] is not a"):
+            run_training(cfg, tmp_path, tensorboard=False)
+    assert records.problem({**record, "curve": [{"env_steps": "1"}]}, "rl_run") is not None
+
+
+def test_a_full_disk_while_storing_a_sweep_record_stops_cleanly_and_loses_nothing(
+        tmp_path, monkeypatch):
+    """9518d0f: a raw OSError; the first run's record lost and the second never ran."""
+    from oversight_gr.sweep import SweepConfig, build_specs, record_path, run_sweep
+
+    sweep = SweepConfig(**SWEEP, methods=("naive", "filtering"), oversight=(0.1,),
+                        out=str(tmp_path), checkpoint_every=1)
+    first, second = build_specs(sweep)
+    disk = _FullDisk(monkeypatch, f"{first.key}.json")
+    disk.armed = True
+    with pytest.raises(records.WriteError, match=r"sweep stopped: could not write .*No space "
+                       r"left on device.*checkpoint in .* is kept and resumes it"):
+        list(run_sweep(sweep))
+    assert _temps(tmp_path) == [] and not record_path(tmp_path, first.key).exists()
+    disk.armed = False
+    outcomes = {o.spec.key: o.status for o in run_sweep(sweep)}
+    assert outcomes == {first.key: "done", second.key: "done"}
