@@ -337,3 +337,89 @@ def test_a_full_disk_while_storing_a_sweep_record_stops_cleanly_and_loses_nothin
     disk.armed = False
     outcomes = {o.spec.key: o.status for o in run_sweep(sweep)}
     assert outcomes == {first.key: "done", second.key: "done"}
+
+
+# -- every subcommand, every bad output path: one clean line ------------------------------------------
+def _leaf_commands(parser, prefix=()):
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _leaf_commands(sub, prefix + (name,))
+
+
+#: each subcommand's arguments with one output path ({P}: a folder, {F}: a file) and the
+#: cheapest settings that would otherwise run; a subcommand missing here fails the test below
+TINY_TRAIN = ["--num-envs", "8", "--rollout-steps", "4", "--total-env-steps", "32", "--hidden",
+              "8", "--eval-envs", "8"]
+OUTPUT_ARGS = {
+    ("train",): [["--run-dir", "{P}", *TINY_TRAIN]],
+    ("eval",): [["--run-dir", "{P}"]],
+    ("steer",): [["--run-dir", "{RUN}", "--out", "{F}"], ["--run-dir", "{RO_RUN}"]],
+    ("demo",): [["--run-dir", "{P}", "--env-steps", "64", "--seeds", "1", "--workers", "1"]],
+    ("sweep",): [["--out", "{P}", "--seeds", "1", "--num-envs", "8", "--total-env-steps", "512",
+                  "--quiet", "--no-report"]],
+    ("vision", "table2"): [["--out", "{P}"]],
+    ("lm", "era"): [["--out", "{P}"], ["--out", "{GOOD}", "--figure", "{F}"]],
+    ("lm", "steer"): [["--json", "{F}"]],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_places(tmp_path_factory):
+    """Places no output can go: under a regular file, a name too long, a path too long, and a
+    read-only folder (a read-only tmpfs as root, where permissions do not bind; else 0o555)."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "a_file").write_text("x")
+    ro = root / "ro"
+    ro.mkdir()
+    cfg = TrainConfig(**{**TINY, "total_env_steps": PER_UPDATE})
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(ro)],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("root, and cannot mount a read-only tmpfs")
+    Trainer(cfg).save(ro / "run")
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    else:
+        os.chmod(ro / "run", 0o555)
+        os.chmod(ro, 0o555)
+    good = root / "good"
+    Trainer(cfg).save(good / "run")
+    places = {"under a file": root / "a_file" / "out",
+              "name too long": root / ("n" * 300),
+              "path too long": root.joinpath(*["d" * 200] * 25),
+              "read-only": ro / "out"}
+    yield places, good, ro / "run"
+    if mounted:
+        subprocess.run(["umount", str(ro)])
+    else:
+        os.chmod(ro, 0o755)
+        os.chmod(ro / "run", 0o755)
+
+
+def test_every_subcommand_refuses_an_unusable_output_path_in_one_line(bad_places, capsys):
+    from oversight_gr.cli import build_parser, main
+
+    places, good, ro_run = bad_places
+    assert set(_leaf_commands(build_parser())) == set(OUTPUT_ARGS)  # every subcommand covered
+    for command, variants in OUTPUT_ARGS.items():
+        for variant in variants:
+            fixed = not any("{P}" in a or "{F}" in a for a in variant)
+            for what, place in ({"read-only run dir": ro_run} if fixed else places).items():
+                argv = [*command] + [a.format(P=place, F=place / "x.png", RUN=good / "run",
+                                              RO_RUN=ro_run, GOOD=good / "era")
+                                     for a in variant]
+                with pytest.raises(SystemExit) as exc:
+                    main(argv)
+                err = capsys.readouterr().err.strip()
+                assert exc.value.code in (1, 2), (argv, what, err)
+                lines = [line for line in err.splitlines() if "warning" not in line]
+                assert len(lines) == 1 and lines[0].startswith("oversight-gr: error: "), (
+                    command, what, err)
+                assert "Traceback" not in err
