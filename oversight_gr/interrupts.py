@@ -15,11 +15,14 @@ the outermost caller (a sweep driving runs in its own process) decides when to s
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 
 __all__ = ["Interrupted", "StopRequest", "deferred_interrupt"]
+
+log = logging.getLogger(__name__)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,6 +61,9 @@ def deferred_interrupt() -> Iterator[StopRequest]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         state["requested"] = True
+        log.warning("Ctrl-C: stopping at the next safe point (after the update in progress, "
+                    "with a checkpoint where there is a run directory); Ctrl-C again stops "
+                    "at once")
 
     signal.signal(signal.SIGINT, handler)
     _active = state

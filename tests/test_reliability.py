@@ -423,3 +423,35 @@ def test_every_subcommand_refuses_an_unusable_output_path_in_one_line(bad_places
                 assert len(lines) == 1 and lines[0].startswith("oversight-gr: error: "), (
                     command, what, err)
                 assert "Traceback" not in err
+
+
+def test_train_into_a_run_whose_config_json_lacks_a_field_names_it(tmp_path):
+    cfg = _cfg()
+    old = cfg.to_dict()
+    del old["gate_input"]
+    tmp_path.joinpath("config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"config.json lacks fields \['gate_input'\]"):
+        run_training(cfg, tmp_path)
+
+
+def test_sweep_ctrl_c_says_what_is_kept(tmp_path, monkeypatch, capsys):
+    """One worker: the run in flight stops at its next update with a checkpoint; the line
+    names the records kept and how the runs in flight resume."""
+    from oversight_gr import sweep as sweep_module
+    from oversight_gr.cli import main
+
+    def ctrl_c(_work_dir):
+        return lambda trainer, _scalars: os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(sweep_module, "_progress_reporter", ctrl_c)
+    argv = ["sweep", "--out", str(tmp_path), "--methods", "naive", "filtering", "--oversight",
+            "0.1", "--seeds", "1", "--num-envs", "8", "--total-env-steps", "512", "--hidden",
+            "8", "--eval-envs", "8", "--eval-every", "0", "--algos", "reinforce",
+            "--checkpoint-every", "1", "--quiet", "--no-report"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "sweep interrupted: 0 of 2 runs have records" in err and "checkpoints in" in err
+    assert list((tmp_path / "work").glob("*/checkpoint.pt"))
+    assert not list((tmp_path / "claims").glob("*.json"))  # released for the next start
