@@ -34,6 +34,7 @@ part, and two writers never share a temporary file.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -146,9 +147,10 @@ def glob_escape(name: str) -> str:
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: ``write(fh)`` fills a temporary file in the target's folder
-    (named with the pid and a random suffix, so concurrent writers never share one), which is
-    fsynced and renamed over ``path``; the folder is fsynced too. Returns ``path``.
+    """Write a file atomically: ``write(fh)`` fills an in-memory buffer whose bytes go to a
+    temporary file in the target's folder (named with the pid and a random suffix, so
+    concurrent writers never share one), which is fsynced and renamed over ``path``; the
+    folder is fsynced too. Returns ``path``.
 
     This is the package's one path for saving results and checkpoints. Temporary files left by
     killed writers of the same target are removed first (:func:`remove_stale_temps`). Any
@@ -156,6 +158,11 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     state) as it was, and an ``OSError`` (disk full, read-only folder, a name too long, ...)
     becomes :class:`WriteError`, one line naming the file."""
     path = Path(path)
+    # serialised in memory first: a writer such as torch.save turns the file system's error
+    # (ENOSPC) into its own (RuntimeError "unexpected pos"); plain bytes keep the OSError
+    buf = io.BytesIO()
+    write(buf)
+    data = buf.getbuffer()
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +170,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                    suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -455,3 +455,24 @@ def test_sweep_ctrl_c_says_what_is_kept(tmp_path, monkeypatch, capsys):
     assert "sweep interrupted: 0 of 2 runs have records" in err and "checkpoints in" in err
     assert list((tmp_path / "work").glob("*/checkpoint.pt"))
     assert not list((tmp_path / "claims").glob("*.json"))  # released for the next start
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_training_onto_a_really_full_tmpfs_is_one_clean_error(tmp_path):
+    """torch.save reports a full disk as RuntimeError("unexpected pos ..."): the checkpoint is
+    serialised in memory first, so the OSError reaches the one error path (9518d0f: a raw
+    traceback)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "filler").write_bytes(b"x" * 150_000)
+        cfg = TrainConfig(**{**TINY, "hidden": 64, "total_env_steps": 2 * PER_UPDATE})
+        with pytest.raises(records.WriteError, match=r"checkpoint.pt \(No space left on device"
+                           r"\).*no checkpoint had been written"):
+            run_training(cfg, mnt / "run", tensorboard=False)
+        assert _temps(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)])
