@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -653,8 +654,19 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
         record.pop("trainer", None)
         return {"ok": True, "record": record}
     except Exception as exc:  # a failed run is reported, the sweep goes on
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return _failure(exc)
+
+
+#: errors of the output's file system after which every later run would fail the same way
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    failure = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+               "traceback": traceback.format_exc()}
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        failure["disk"] = str(exc)  # the driver stops the sweep: the next runs would fail too
+    return failure
 
 
 def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = None,
@@ -672,8 +684,7 @@ def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = No
                                progress=_progress_reporter(work_dir))
         return [{"ok": True, "record": r} for r in records]
     except Exception as exc:  # a failed group is reported, the sweep goes on
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return _failure(exc)
 
 
 def _execute_indexed(args: tuple[int, list[dict[str, Any]], list[str], int, bool]
@@ -885,6 +896,11 @@ def run_sweep(
                 if not result["ok"]:
                     release_run(out, spec.key)
                     held.discard(spec.key)
+                    if "disk" in result:  # a full disk: every later run would fail the same way
+                        raise records.WriteError(errno.ENOSPC, f"sweep stopped: {spec.label} "
+                                                 f"failed: {result['disk']}; the records "
+                                                 "already stored are kept; make room and run "
+                                                 "the same command to resume")
                     yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
                         "traceback", ""))
                     continue

@@ -476,3 +476,18 @@ def test_training_onto_a_really_full_tmpfs_is_one_clean_error(tmp_path):
         assert _temps(mnt) == []
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_a_run_that_cannot_save_for_a_full_disk_stops_the_sweep(tmp_path, monkeypatch):
+    """The run's own checkpoint cannot be written: the sweep stops (the next runs would fail
+    the same way after training) instead of training them all for nothing."""
+    from oversight_gr.sweep import SweepConfig, run_sweep
+
+    sweep = SweepConfig(**SWEEP, methods=("naive", "filtering"), oversight=(0.1,),
+                        out=str(tmp_path), checkpoint_every=1)
+    disk = _FullDisk(monkeypatch, "checkpoint.pt")
+    disk.armed = True
+    with pytest.raises(records.WriteError, match=r"sweep stopped: naive/reinforce/p=0.1/seed=0 "
+                       r"failed: could not write .*No space left on device"):
+        list(run_sweep(sweep))
+    assert not list((tmp_path / "claims").glob("*.json"))
