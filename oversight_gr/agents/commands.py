@@ -186,6 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from oversight_gr.agents.demo import demo_configs
 
     cfg = demo_configs("routing", [args.first_seed], **settings)[0]  # checks the settings
+    from oversight_gr.agents.run import check_budget
+
+    try:  # --env-steps below one update: refused before any run starts
+        check_budget(cfg)
+    except ValueError as exc:
+        raise ValueError(f"--env-steps: {exc}") from None
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(f"demo: {' vs '.join(DEMO_METHODS)} at oversight p={cfg.oversight_prob:g}, "
           f"{cfg.total_env_steps:,} env steps per run, seeds {seeds[0]}-{seeds[-1]} (each "
