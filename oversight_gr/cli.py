@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 import oversight_gr
+from oversight_gr.interrupts import Interrupted
 
 #: modules providing subcommands, in the order --help lists them
 SUBCOMMAND_MODULES = (
@@ -91,9 +92,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:
-        parser.exit(2, f"oversight-gr: error: {exc}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "oversight-gr: interrupted; finished work has been saved\n")
+        parser.exit(2, f"oversight-gr: error: {_one_line(exc)}\n")
+    except OSError as exc:  # an output path that cannot be written, a full disk, ...
+        parser.exit(1, f"oversight-gr: error: {_os_error(exc)}\n")
+    except KeyboardInterrupt as exc:
+        # an Interrupted says what was kept; a bare Ctrl-C came where nothing could be checked
+        said = _one_line(exc) if isinstance(exc, Interrupted) and str(exc) else (
+            "interrupted; work in progress since the last save is lost (finished results and "
+            "checkpoints already written are kept)")
+        parser.exit(130, f"oversight-gr: {said}\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")).strip()
+    return text if len(text) <= 2000 else text[:1000] + " ... " + text[-500:]
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an ``OSError``: our :class:`~oversight_gr.records.WriteError` says it all;
+    a raw one is given its reason and the (shortened) file it concerns."""
+    from oversight_gr.records import WriteError, _short
+
+    if isinstance(exc, WriteError) or exc.strerror is None:
+        return _one_line(exc)
+    where = f" ({_short(exc.filename)})" if exc.filename is not None else ""
+    return f"{exc.strerror}{where}"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 SEED_LIMIT = 2**31 - 1
 
 __all__ = ["SEED_LIMIT", "option", "validate", "add_arguments", "from_arguments", "to_dict", "check_device",
-           "check_output_dir"]
+           "check_output_dir", "check_output_file"]
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None,
@@ -61,18 +62,19 @@ def validate(cfg: Any) -> None:
             raise ValueError(f"{type(cfg).__name__}.{f.name} must not be None")
         base = _base_type(tp)
         origin = typing.get_origin(base)
-        if base is bool and not isinstance(value, bool):
-            raise ValueError(f"{type(cfg).__name__}.{f.name} must be true or false, got {value!r}")
-        if base is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{type(cfg).__name__}.{f.name} must be an int, got {value!r}")
-        if base is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a number, got {value!r}")
-        if base is str and not isinstance(value, str):
-            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a string, got {value!r}")
-        if origin in (tuple, list) and not isinstance(value, (tuple, list)):
-            raise ValueError(f"{type(cfg).__name__}.{f.name} must be a sequence, got {value!r}")
+        name = f"{type(cfg).__name__}.{f.name}"
+        if origin in (tuple, list):
+            if not isinstance(value, (tuple, list)):
+                raise ValueError(f"{name} must be a sequence, got {value!r}")
+            inner = typing.get_args(base)[0] if typing.get_args(base) else Any
+            values = [_typed(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+            if any(type(a) is not type(b) for a, b in zip(values, value)):
+                object.__setattr__(cfg, f.name, type(value)(values))
+        else:
+            values = [_typed(name, value, base)]
+            if type(values[0]) is not type(value):  # a numpy scalar: stored as Python's
+                object.__setattr__(cfg, f.name, values[0])
         meta = f.metadata
-        values = value if origin in (tuple, list) else [value]
         for v in values:
             # NaN passes every range check (all comparisons are False) and inf is no setting
             if isinstance(v, float) and not math.isfinite(v):
@@ -87,6 +89,31 @@ def validate(cfg: Any) -> None:
             if lo is not None and v < lo or hi is not None and v > hi:
                 rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 raise ValueError(f"{type(cfg).__name__}.{f.name} must be in {rng}, got {v!r}")
+
+
+def _typed(name: str, value: Any, tp: Any) -> Any:
+    """``value`` as a field of type ``tp`` takes it, or ValueError naming ``name``. Strings and
+    bools are not numbers; numpy integers are ints and numpy floats are numbers (returned as
+    Python's ``int`` / ``float``, so configs stay JSON-ready)."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if type(value).__name__ == "bool_":  # numpy's
+            return bool(value)
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(
+                value, numbers.Integral):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+        return value if isinstance(value, int) else int(value)
+    if tp is float:
+        if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(
+                value, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return value if isinstance(value, (int, float)) else float(value)
+    if tp is str and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def _flag(name: str) -> str:
@@ -167,23 +194,72 @@ def check_device(value: str, name: str = "device") -> Any:
     raise ValueError(f"{name} must be 'cpu', 'cuda[:N]' or 'mps', got {value!r}")
 
 
+#: room an atomic write adds to a file name for its temporary file (``.NAME.PID.RANDOM.tmp``)
+_TEMP_EXTRA = 32
+
+
+def _shown(p: Any) -> str:
+    text = str(p)
+    return repr(text) if len(text) <= 200 else repr(f"{text[:80]}...{text[-80:]}") + \
+        f" ({len(text)} characters)"
+
+
+def _check_path_lengths(p: Any, name: str, extra: int = 0) -> None:
+    """Refuse a path the operating system would refuse (a component longer than the file
+    system's NAME_MAX bytes, less ``extra`` for the last one; the whole longer than PATH_MAX),
+    naming ``name`` and the limit."""
+    import os
+
+    try:
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    full = os.fsencode(str(p.absolute()))
+    if len(full) >= path_max:
+        raise ValueError(f"{name} {_shown(p)} is too long ({len(full)} bytes; paths are at most "
+                         f"{path_max - 1} bytes here); choose a shorter path")
+    for i, part in enumerate(p.parts):
+        size = len(os.fsencode(part))
+        room = extra if i == len(p.parts) - 1 else 0  # a file's temporary name is longer
+        if size + room > name_max:
+            raise ValueError(f"{name} {_shown(p)} has a name of {size} bytes "
+                             f"({part[:40]!r}...); names are at most {name_max - room} bytes "
+                             "here; choose a shorter one")
+
+
 def check_output_dir(path: Any, name: str = "run_dir") -> Any:
     """Make sure ``path`` can hold output files before compute is spent: it is (or can be
-    created as) a writable directory. Returns the ``Path``; raises ValueError naming ``name``."""
+    created as) a writable directory, its names within the file system's limits. Returns the ``Path``; raises ValueError naming
+    ``name``, the path and the reason."""
     import os
     import tempfile
     from pathlib import Path
 
     p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{name} {str(p)!r} is an existing file, not a directory; choose "
-                         "another path")
+    _check_path_lengths(p, name)
     try:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{name} {_shown(p)} is an existing file, not a directory; choose "
+                             "another path")
         p.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=p, prefix=".write-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ValueError(f"{name} {str(p)!r} cannot be used for output ({exc.strerror or exc}); "
-                         "choose a writable path") from None
+        raise ValueError(f"{name} {_shown(p)} cannot be used for output "
+                         f"({exc.strerror or exc}); choose a writable path") from None
+    return p
+
+
+def check_output_file(path: Any, name: str = "out") -> Any:
+    """Make sure the file ``path`` can be written before compute is spent: its folder passes
+    :func:`check_output_dir` and the path is not a folder. Returns the ``Path``."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    _check_path_lengths(p, name, _TEMP_EXTRA)
+    check_output_dir(p.parent, f"the folder of {name}")
+    if p.is_dir():
+        raise ValueError(f"{name} {_shown(p)} is a directory; give a file path")
     return p

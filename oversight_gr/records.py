@@ -33,6 +33,8 @@ part, and two writers never share a temporary file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -47,6 +49,8 @@ __all__ = [
     "FORMATS",
     "REQUIRED",
     "RecordError",
+    "WriteError",
+    "remove_stale_temps",
     "versions",
     "write_atomic",
     "write_json_atomic",
@@ -97,22 +101,88 @@ def versions() -> dict[str, str]:
     }
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: ``write(fh)`` fills a temporary file in the target's folder
-    (named with the pid and a random suffix, so concurrent writers never share one), which is
-    fsynced and renamed over ``path``; the folder is fsynced too. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                               suffix=".tmp")
+class WriteError(OSError):
+    """A file that could not be written (disk full, read-only, a name too long, ...): an
+    ``OSError`` (same ``errno``) whose message is one line naming the file, the reason, and
+    that the file's previous content, if any, is unchanged."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _pid_alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # alive (someone else's), or not a pid we can judge: leave its file alone
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temporary files :func:`write_atomic` left beside ``path`` when its writer was
+    killed (SIGKILL, power loss) mid-write: ``.NAME.PID.*.tmp`` whose process is gone. Returns
+    the removed paths. Temporary files of live writers are left alone."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically: ``write(fh)`` fills an in-memory buffer whose bytes go to a
+    temporary file in the target's folder (named with the pid and a random suffix, so
+    concurrent writers never share one), which is fsynced and renamed over ``path``; the
+    folder is fsynced too. Returns ``path``.
+
+    This is the package's one path for saving results and checkpoints. Temporary files left by
+    killed writers of the same target are removed first (:func:`remove_stale_temps`). Any
+    failure removes this writer's temporary file, leaves the previous ``path`` (the last good
+    state) as it was, and an ``OSError`` (disk full, read-only folder, a name too long, ...)
+    becomes :class:`WriteError`, one line naming the file."""
+    path = Path(path)
+    # serialised in memory first: a writer such as torch.save turns the file system's error
+    # (ENOSPC) into its own (RuntimeError "unexpected pos"); plain bytes keep the OSError
+    buf = io.BytesIO()
+    write(buf)
+    data = buf.getbuffer()
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            before = ("its previous content is unchanged" if _exists(path)
+                      else "nothing was written")
+            raise WriteError(exc.errno, f"could not write {_short(path)} "
+                             f"({exc.strerror or type(exc).__name__}); {before}") from exc
         raise
     try:  # make the rename itself durable; not every platform can open a folder
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -125,6 +195,22 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a component that is a file, ...
+        return False
+
+
+def _short(path: Path | str, limit: int = 300) -> str:
+    """``path`` for a one-line message: a path longer than ``limit`` characters is shortened in
+    the middle."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
 
 
 def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
@@ -212,6 +298,50 @@ def problem(record: Any, kind: str) -> str | None:
                 return f"{name} is not a finite number ({v!r})"
         if not isinstance(record["config"], dict) or not isinstance(record["metrics"], dict):
             return "config and metrics must be JSON objects"
+        return _rl_metrics_problem(record["metrics"]) or _curve_problem(record["curve"])
+    return None
+
+
+#: the numbers of one evaluation in an ``rl_run`` record's ``metrics[steer]``
+#: (:class:`~oversight_gr.agents.evaluation.EvalResult`), checked where present
+#: (``stepwise_return`` must be): rates may be NaN (no episode of the kind), counts are ints
+EVAL_RATES = ("stepwise_return", "p_diamond", "p_ghost", "p_timeout", "p_ghost_closer_unseen",
+              "mean_length")
+EVAL_COUNTS = ("n_episodes", "n_closer_unseen")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rl_metrics_problem(metrics: dict) -> str | None:
+    if not metrics:
+        return "metrics is empty"
+    for steer, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"metrics[{steer!r}] is not a JSON object ({m!r})"
+        if "stepwise_return" not in m:
+            return f"metrics[{steer!r}] lacks 'stepwise_return'"
+        for name in EVAL_RATES + EVAL_COUNTS:
+            if name not in m:
+                continue
+            v = m[name]
+            if name in EVAL_COUNTS and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                return f"metrics[{steer!r}][{name!r}] is not a count ({v!r})"
+            if not _is_number(v) or math.isinf(v):
+                return f"metrics[{steer!r}][{name!r}] is not a number ({v!r})"
+        if not math.isfinite(m["stepwise_return"]):
+            return f"metrics[{steer!r}]['stepwise_return'] is not finite ({m['stepwise_return']!r})"
+    return None
+
+
+def _curve_problem(curve: Any) -> str | None:
+    if not isinstance(curve, list):
+        return f"curve is not a list ({type(curve).__name__})"
+    for i, point in enumerate(curve):
+        if not isinstance(point, dict) or not all(_is_number(v) for v in point.values()) or (
+                "env_steps" not in point):
+            return f"curve[{i}] is not a point of numbers with env_steps ({point!r})"
     return None
 
 

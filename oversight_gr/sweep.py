@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -60,7 +61,10 @@ from typing import Any
 
 from oversight_gr import records
 from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import ALGO_DEFAULTS, ALGOS, TrainConfig, group_key
+from oversight_gr.agents.trainer import (ALGO_DEFAULTS, ALGOS, TrainConfig, config_from_dict,
+                                         group_key)
+from oversight_gr.envs.core import MAX_NUM_ENVS
+from oversight_gr.interrupts import Interrupted, StopRequest, deferred_interrupt
 from oversight_gr.config import SEED_LIMIT, check_device, check_output_dir, option, validate
 
 __all__ = [
@@ -69,6 +73,7 @@ __all__ = [
     "RunSpec",
     "RunOutcome",
     "build_specs",
+    "unique_specs",
     "config_key",
     "record_path",
     "load_record",
@@ -183,11 +188,13 @@ class SweepConfig:
                                            choices=ALGOS)
     total_env_steps: int | None = option(None, "env steps per run; None: the preset's",
                                          low=1)
-    num_envs: int | None = option(None, "parallel envs per run; None: the preset's", low=1)
+    num_envs: int | None = option(None, "parallel envs per run; None: the preset's", low=1,
+                                  high=MAX_NUM_ENVS)
     hidden: int | None = option(None, "network width; None: the preset's", low=1)
     eval_every: int | None = option(None, "learning-curve interval in env steps, 0 = final "
                                     "only; None: the preset's", low=0)
-    eval_envs: int | None = option(None, "environments per evaluation; None: 512", low=1)
+    eval_envs: int | None = option(None, "environments per evaluation; None: 512", low=1,
+                                   high=MAX_NUM_ENVS)
     train: tuple[str, ...] = option((), "further TrainConfig fields as KEY=VALUE (e.g. "
                                     "lr=1e-4 gate_input=full)")
     device: str = option("cpu", "torch device of every run (cpu, cuda, cuda:1, ...)")
@@ -257,14 +264,14 @@ def _parse_override(item: str) -> tuple[str, Any]:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"SweepConfig.train: {key} must be true or false, got {raw!r}")
         return key, raw.lower() in ("true", "1")
-    if isinstance(current, int):
-        return key, int(raw)
     per_algo = ALGO_DEFAULTS["ppo"].get(key)  # the type of a field whose default is None
-    if isinstance(current, float) or isinstance(per_algo, float):
-        return key, float(raw)
-    if isinstance(per_algo, int):
-        return key, int(raw)
-    return key, raw
+    kind = int if isinstance(current, int) or (current is None and isinstance(per_algo, int)) \
+        else float if isinstance(current, float) or isinstance(per_algo, float) else str
+    try:
+        return key, kind(raw)
+    except ValueError:
+        what = "an int" if kind is int else "a number"
+        raise ValueError(f"SweepConfig.train: {key} must be {what}, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -302,7 +309,20 @@ def build_specs(sweep: SweepConfig) -> list[RunSpec]:
                     cfg = TrainConfig(method=method, algo=algo, oversight_prob=float(p),
                                       seed=seed, **fields[method])
                     specs.append(RunSpec(cfg, config_key(cfg)))
-    return specs
+    return unique_specs(specs)
+
+
+def unique_specs(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """``specs`` without repeats (same key: same full config), first occurrences in order. A
+    grid that names a point twice (``--oversight 0.1 0.1``, ``--methods naive naive``) trains
+    it once: a repeat would train the same run twice, or collide on its claim."""
+    seen: set[str] = set()
+    out = []
+    for spec in specs:
+        if spec.key not in seen:
+            seen.add(spec.key)
+            out.append(spec)
+    return out
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -321,11 +341,7 @@ def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
     """A stored config as a TrainConfig. Every field must be present: filling a missing field
     with today's default would credit a run to a config it never trained with when a default
     changes (as ``init`` did), so such a record is redone instead."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    missing = sorted(names - set(cfg_dict))
-    if missing:
-        raise ValueError(f"stored config lacks fields {missing}")
-    return TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
+    return config_from_dict(cfg_dict)
 
 
 def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
@@ -531,6 +547,15 @@ def claim_run(out: str | Path, key: str) -> dict[str, Any] | None:
             return None
 
 
+def claim_message(out: str | Path, key: str, holder: dict[str, Any]) -> str:
+    """One line on a live claim: who holds it, and the file to delete if that is wrong (a
+    claim copied from another machine, edited by hand, or left by a process whose pid lives on
+    in another one)."""
+    return (f"claimed by pid {holder.get('pid')} on {holder.get('host')} since "
+            f"{holder.get('claimed_at', 'an unknown time')}; if no sweep is running it, delete "
+            f"{claim_path(out, key)}")
+
+
 def release_run(out: str | Path, key: str) -> None:
     """Remove this process's claim on run ``key`` (another process's claim is left alone)."""
     path = claim_path(out, key)
@@ -631,8 +656,19 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
         record.pop("trainer", None)
         return {"ok": True, "record": record}
     except Exception as exc:  # a failed run is reported, the sweep goes on
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return _failure(exc)
+
+
+#: errors of the output's file system after which every later run would fail the same way
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    failure = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+               "traceback": traceback.format_exc()}
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        failure["disk"] = str(exc)  # the driver stops the sweep: the next runs would fail too
+    return failure
 
 
 def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = None,
@@ -650,8 +686,7 @@ def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = No
                                progress=_progress_reporter(work_dir))
         return [{"ok": True, "record": r} for r in records]
     except Exception as exc:  # a failed group is reported, the sweep goes on
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+        return _failure(exc)
 
 
 def _execute_indexed(args: tuple[int, list[dict[str, Any]], list[str], int, bool]
@@ -767,8 +802,12 @@ def run_sweep(
     yielded as ``claimed`` and left to it, and a run whose record appeared meanwhile as
     ``skipped``; a claim left by a dead process is taken over.
     """
-    specs = list(build_specs(sweep) if specs is None else specs)
+    specs = unique_specs(build_specs(sweep) if specs is None else specs)
     check_device(sweep.device, "SweepConfig.device")  # before any run starts
+    from oversight_gr.agents.run import check_budget
+
+    for spec in specs:
+        check_budget(spec.cfg)
     out = check_output_dir(sweep.out, "SweepConfig.out")
     records.write_json_atomic(out / "sweep.json", {
         "sweep": dataclasses.asdict(sweep),
@@ -795,14 +834,15 @@ def run_sweep(
 
     def claimed_jobs() -> Iterator[tuple]:
         for g, members in enumerate(groups):
+            if stop.requested:  # Ctrl-C between runs (in this process): start no other
+                raise Interrupted("sweep interrupted between runs")
             mine = []
             for i in members:
                 spec = todo[i]
                 holder = claim_run(out, spec.key)
                 if holder is not None:
-                    side.append(RunOutcome(spec, "claimed", error=(
-                        f"claimed by pid {holder.get('pid')} on {holder.get('host')} since "
-                        f"{holder.get('claimed_at')}")))
+                    side.append(RunOutcome(spec, "claimed", error=claim_message(out, spec.key,
+                                                                                holder)))
                     continue
                 held.add(spec.key)
                 path = record_path(out, spec.key)
@@ -827,7 +867,13 @@ def run_sweep(
         while side:
             yield side.pop(0)
 
+    # runs in this process answer Ctrl-C at their next update (a checkpoint with
+    # --checkpoint-every), and a run that ends meanwhile is stored before the sweep stops
+    in_process = sweep.backend == "local" and sweep.workers == 1
+    deferred = deferred_interrupt() if in_process else contextlib.nullcontext(
+        StopRequest(None, True))
     try:
+        stop = deferred.__enter__()
         if sweep.backend == "ray":
             gpus = sweep.gpus_per_run
             if gpus is None:
@@ -852,18 +898,35 @@ def run_sweep(
                 if not result["ok"]:
                     release_run(out, spec.key)
                     held.discard(spec.key)
+                    if "disk" in result:  # a full disk: every later run would fail the same way
+                        raise records.WriteError(errno.ENOSPC, f"sweep stopped: {spec.label} "
+                                                 f"failed: {result['disk']}; the records "
+                                                 "already stored are kept; make room and run "
+                                                 "the same command to resume")
                     yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
                         "traceback", ""))
                     continue
                 record = _finish_record(spec, result["record"])
-                records.write_json_atomic(record_path(out, spec.key), record)
+                try:
+                    records.write_json_atomic(record_path(out, spec.key), record)
+                except records.WriteError as exc:  # a full disk: every later record would fail
+                    kept = (f"; its checkpoint in {out / 'work' / spec.key} is kept and "
+                            "resumes it" if sweep.checkpoint_every and sweep.batch_runs == 0
+                            else "")
+                    raise records.WriteError(exc.errno, f"sweep stopped: {exc}; the run "
+                                             f"{spec.label} is not stored{kept}; the records "
+                                             "already stored are kept; make room and run the "
+                                             "same command to resume") from exc
                 shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
                 release_run(out, spec.key)
                 held.discard(spec.key)
                 yield RunOutcome(spec, "done", record)
             if sweep.batch_runs > 0 and all(r["ok"] for r in group_results):
                 shutil.rmtree(work[0], ignore_errors=True)  # records stored: drop the group's
+            if stop.requested:
+                raise Interrupted("sweep interrupted after a run ended")
         yield from drain()
     finally:
+        deferred.__exit__(None, None, None)
         for key in list(held):  # interrupted: the runs in flight are free for others again
             release_run(out, key)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from oversight_gr import plots
 from oversight_gr.config import add_arguments, from_arguments
+from oversight_gr.interrupts import Interrupted
 from oversight_gr.sweep import (
     PRESETS,
     SweepConfig,
@@ -78,9 +79,12 @@ def command(args: argparse.Namespace) -> int:
     watcher = threading.Thread(target=show_steps, daemon=True)
     if not args.quiet:
         watcher.start()
+    stored = []
     try:
         for outcome in run_sweep(sweep, specs, on_start=on_start):
             bar.update(1)
+            if outcome.status in ("done", "skipped"):
+                stored.append(outcome)
             if outcome.status == "failed":
                 failed.append(outcome)
                 bar.write(f"FAILED {outcome.spec.label}: {outcome.error.splitlines()[0]}")
@@ -90,6 +94,13 @@ def command(args: argparse.Namespace) -> int:
             elif outcome.status == "done":
                 ret = steered_metrics(outcome.record)["stepwise_return"]
                 bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
+    except KeyboardInterrupt:
+        kept = ("their checkpoints in OUT/work resume them" if sweep.checkpoint_every else
+                "their progress is lost (--checkpoint-every N keeps it)").replace(
+                    "OUT", str(sweep.out))
+        raise Interrupted(f"sweep interrupted: {len(stored)} of {len(specs)} runs have records "
+                          f"in {sweep.out}/records, which are kept; runs in flight were "
+                          f"stopped and {kept}; the same command resumes") from None
     finally:
         stop.set()
         if watcher.is_alive():

@@ -40,9 +40,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from oversight_gr.agents.run import run_training
     from oversight_gr.agents.trainer import TrainConfig
 
+    from oversight_gr.agents.run import check_budget
+
     cfg = from_arguments(TrainConfig, args)
+    check_budget(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(
         f"{cfg.method}-{cfg.algo}-p{cfg.oversight_prob:g}-s{cfg.seed}")
+    per_update = cfg.num_envs * cfg.rollout_steps
+    planned = -(-cfg.total_env_steps // per_update) * per_update
+    if planned != cfg.total_env_steps:
+        print(f"note: training whole updates of {per_update:,} env steps (num_envs x "
+              f"rollout_steps): {planned:,} env steps for --total-env-steps "
+              f"{cfg.total_env_steps:,}")
     bars = []  # made at the first update, so that a refused run shows no progress bar
 
     def progress(trainer, scalars):
@@ -59,12 +68,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.set_postfix(post, refresh=False)
         bar.refresh()
 
-    record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
-                          checkpoint_every=args.checkpoint_every, on_change=args.on_change,
-                          progress=progress)
-    if bars:
-        bars[0].close()
-    else:
+    try:
+        record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
+                              checkpoint_every=args.checkpoint_every, on_change=args.on_change,
+                              progress=progress)
+    finally:  # closed before any error or interrupt message, which then stands on its own line
+        if bars:
+            bars[0].close()
+    if not bars:
         print(f"{run_dir} already holds this finished run; its results are unchanged")
     print(f"run directory: {run_dir}")
     _print_metrics(record["metrics"])
@@ -74,7 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict) -> None:
     print(f"{'steer':<8} {'return [95% interval]':>24} {'P(diamond)':>10} {'P(ghost)':>9} "
           f"{'P(ghost|closer,unseen)':>23} {'length':>7} {'episodes':>9}")
+    nan = float("nan")
     for steer, m in metrics.items():
+        m = {"p_diamond": nan, "p_ghost": nan, "p_ghost_closer_unseen": nan,
+             "n_closer_unseen": 0, "mean_length": nan, "n_episodes": 0, **m}
         ret = f"{m['stepwise_return']:.3f}"
         if "stepwise_return_lo" in m:  # records written before 2026-12-07 have none
             ret += f" [{m['stepwise_return_lo']:.3f}, {m['stepwise_return_hi']:.3f}]"
@@ -85,12 +99,22 @@ def _print_metrics(metrics: dict) -> None:
           "window of episodes)")
 
 
+def _shown(path) -> str:
+    text = str(path)
+    return repr(text) if len(text) <= 200 else f"{text[:80]!r}... ({len(text)} characters)"
+
+
 def _load(run_dir: str):
     from oversight_gr.agents.trainer import Trainer
 
     d = Path(run_dir)
-    if not (d / "checkpoint.pt").exists():
-        raise ValueError(f"--run-dir {run_dir!r} holds no checkpoint.pt (train a run first)")
+    try:
+        found = (d / "checkpoint.pt").is_file()
+    except OSError as exc:  # a name too long, ...
+        raise ValueError(f"--run-dir cannot be read ({exc.strerror})") from None
+    if not found:
+        raise ValueError(f"--run-dir {_shown(run_dir)} holds no checkpoint.pt (train a run "
+                         "first)")
     trainer = Trainer.load(d)
     if trainer.R > 1:
         raise ValueError(f"--run-dir {run_dir!r} holds a group of {trainer.R} runs; their "
@@ -107,7 +131,14 @@ def _load(run_dir: str):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from oversight_gr.agents.evaluation import eval_seed, evaluate
+    from oversight_gr.envs.core import _check_prob, check_num_envs, check_seed
 
+    if args.seed is not None:  # before loading anything
+        check_seed(args.seed, "--seed")
+    if args.num_envs is not None:
+        check_num_envs(args.num_envs, "--num-envs")
+    if args.oversight_prob is not None:
+        _check_prob("--oversight-prob", args.oversight_prob)
     trainer = _load(args.run_dir)
     cfg = trainer.cfg
     p = cfg.oversight_prob if args.oversight_prob is None else args.oversight_prob
@@ -142,8 +173,14 @@ def print_references(p: float, size: int = 5, num_envs: int = 512, seed: int = 1
 def cmd_steer(args: argparse.Namespace) -> int:
     from oversight_gr.agents.figures import policy_arrows_figure
 
+    from oversight_gr.config import check_output_file
+
     trainer = _load(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "policy_arrows.png"
+    try:  # before drawing: a read-only run directory needs --out
+        check_output_file(out, "--out" if args.out else "the figure (RUN_DIR/policy_arrows.png)")
+    except ValueError as exc:
+        raise ValueError(f"{exc}{'' if args.out else '; pass --out PATH'}") from None
     policy_arrows_figure(trainer.policy, out, size=trainer.cfg.size,
                          title=f"{trainer.cfg.method}, p={trainer.cfg.oversight_prob:g}")
     print(f"wrote {out}")
@@ -165,6 +202,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from oversight_gr.agents.demo import demo_configs
 
     cfg = demo_configs("routing", [args.first_seed], **settings)[0]  # checks the settings
+    from oversight_gr.agents.run import check_budget
+
+    try:  # --env-steps below one update: refused before any run starts
+        check_budget(cfg)
+    except ValueError as exc:
+        raise ValueError(f"--env-steps: {exc}") from None
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(f"demo: {' vs '.join(DEMO_METHODS)} at oversight p={cfg.oversight_prob:g}, "
           f"{cfg.total_env_steps:,} env steps per run, seeds {seeds[0]}-{seeds[-1]} (each "
@@ -244,10 +287,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="oversight level to evaluate at (default: the run's)")
     p.add_argument("--steer", choices=("diamond", "ghost", "none", "all"), default="all",
                    help="fix the gate to 1 (diamond), 0 (ghost), learn it (none), or all three")
-    p.add_argument("--num-envs", type=_positive, default=None,
+    p.add_argument("--num-envs", type=int, default=None,
                    help="evaluation environments (default: the run's eval_envs, as in its own "
                    "final evaluation)")
-    p.add_argument("--seed", type=_non_negative, default=None,
+    p.add_argument("--seed", type=int, default=None,
                    help="evaluation seed (default: the run's own, 10000 + its training seed, "
                    "so a finished run's figure is reproduced)")
     p.add_argument("--references", action="store_true",

@@ -17,12 +17,14 @@ from oversight_gr.agents.audit import Auditor
 from oversight_gr.agents.rundir import config_differences, hold_run_dir, plan_run_dir
 from oversight_gr.agents.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
-from oversight_gr.records import RecordError, curve_point, make_record, read_json, versions
+from oversight_gr.interrupts import Interrupted, deferred_interrupt
+from oversight_gr.records import (RecordError, WriteError, curve_point, make_record, read_json,
+                                  versions)
 from oversight_gr.records import load as load_record
 from oversight_gr.records import write_json_atomic
 
-__all__ = ["run_training", "versions", "write_json_atomic", "eval_steers", "steered_mode",
-           "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
+__all__ = ["run_training", "check_budget", "versions", "write_json_atomic", "eval_steers",
+           "steered_mode", "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,50 @@ def _evaluate(trainer: Trainer, auditor: Auditor | None) -> list[dict[str, dict]
         return evaluate_trainer(trainer)
 
 
-def _save(trainer: Trainer, auditor: Auditor | None, run_dir: Path) -> None:
-    trainer.save(run_dir)
-    if auditor is not None:
-        auditor.save(run_dir)
+def check_budget(cfg: TrainConfig) -> None:
+    """Refuse a ``total_env_steps`` below one update (``num_envs x rollout_steps`` env steps):
+    such a run would train a whole update, many times the steps asked for. A budget that is not
+    a whole number of updates is rounded up to the next one (the record's ``env_steps`` says
+    what trained)."""
+    per_update = cfg.num_envs * cfg.rollout_steps
+    if cfg.total_env_steps < per_update:
+        raise ValueError(
+            f"total_env_steps {cfg.total_env_steps:,} is less than one update (num_envs x "
+            f"rollout_steps = {cfg.num_envs} x {cfg.rollout_steps} = {per_update:,} env steps); "
+            f"allowed: >= {per_update:,}, or lower num_envs / rollout_steps")
+
+
+def _save(trainer: Trainer, auditor: Auditor | None, run_dir: Path, curves: list,
+          saved: list[int]) -> None:
+    """Checkpoint (with the learning curves so far: a resumed run's record keeps the points
+    before its checkpoint even if ``curve.json`` is lost). ``saved[0]`` holds the env steps
+    of the last checkpoint written; a failed write names it (the last good state, kept)."""
+    try:
+        trainer.save(run_dir, extra={"curves": curves})
+        if auditor is not None:
+            auditor.save(run_dir)
+    except WriteError as exc:
+        kept = (f"the checkpoint at {saved[0]:,} env steps is kept" if saved[0] >= 0 else
+                "no checkpoint had been written")
+        raise WriteError(exc.errno, f"{exc}; {kept}, the {trainer.env_steps:,} env steps "
+                         f"trained are not saved; make room and run the same command again "
+                         "to resume") from exc
+    saved[0] = trainer.env_steps
+
+
+def _old_curve(d: Path, trainer: Trainer) -> list[dict[str, float]]:
+    """The curve of a checkpoint written before checkpoints held their curves: curve.json,
+    which must then be there and readable when points were due before the checkpoint."""
+    cfg = trainer.cfg
+    try:
+        return list(read_json(d / "curve.json"))
+    except RecordError:
+        if cfg.eval_every and trainer.env_steps >= cfg.eval_every:
+            raise ValueError(f"{d / 'curve.json'} is missing or unreadable and the checkpoint "
+                             "does not hold the learning curve (written by an older version): "
+                             "resuming would lose every point before it; pass --overwrite to "
+                             "train the run again") from None
+        return []
 
 
 def _finished(run_dir: Path, single: bool, wanted: list[dict[str, Any]]
@@ -163,16 +205,22 @@ def run_training(
         "reported_env_steps", "wall_seconds", "versions", "seed"}`` (and ``"trainer"``), or a
         list of such records (without ``"trainer"``) for a group.
     """
+    for c in [cfg] if isinstance(cfg, TrainConfig) else list(cfg):
+        if isinstance(c, TrainConfig):
+            check_budget(c)
     options = (tensorboard, checkpoint_every, on_change, progress)
-    if run_dir is None:
-        return _run_training(cfg, None, *options)
-    run_dir = check_output_dir(run_dir, "run_dir")
-    with hold_run_dir(run_dir):  # one training process per run directory
-        return _run_training(cfg, run_dir, *options)
+    with deferred_interrupt() as stop:
+        if run_dir is None:
+            return _run_training(cfg, None, *options, stop)
+        run_dir = check_output_dir(run_dir, "run_dir")
+        with hold_run_dir(run_dir):  # one training process per run directory
+            return _run_training(cfg, run_dir, *options, stop)
 
 
-def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_change, progress):
-    """:func:`run_training`'s body, with ``run_dir`` checked and held."""
+def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_change, progress,
+                  stop):
+    """:func:`run_training`'s body, with ``run_dir`` checked and held; ``stop`` is the
+    :func:`~oversight_gr.interrupts.deferred_interrupt` request (Ctrl-C)."""
     single = isinstance(cfg, TrainConfig)
     cfgs = [cfg] if single else list(cfg)
     for c in cfgs:
@@ -191,6 +239,10 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
                      "resumed", run_dir, trainer.env_steps)
     if trainer is None:
         trainer = Trainer(cfgs[0] if single else cfgs)
+        if run_dir is not None:
+            # the directory is this config's from the start: a run stopped before its first
+            # checkpoint is started again by the same command, not refused as unknown files
+            write_json_atomic(run_dir / "config.json", trainer.config_json())
     R, cfg = trainer.R, trainer.cfg
     auditor = Auditor.for_trainer(trainer)
     if auditor is not None and run_dir is not None and trainer.env_steps > 0:
@@ -202,11 +254,14 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
 
         writers = [SummaryWriter(str(d / "tb")) for d in dirs]
     curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
-    for r, d in enumerate(dirs):
-        if d is not None and (d / "curve.json").exists() and trainer.env_steps > 0:
-            # points evaluated after the checkpoint was written are re-evaluated, not repeated
-            curves[r] = [p for p in read_json(d / "curve.json")
-                         if p["env_steps"] <= trainer.env_steps]
+    if trainer.env_steps > 0:
+        # the checkpoint holds the curves up to itself (curve.json is an output, rewritten);
+        # points evaluated after the checkpoint was written are re-evaluated, not repeated
+        saved_curves = getattr(trainer, "saved_extra", {}).get("curves")
+        if not isinstance(saved_curves, list) or len(saved_curves) != R:
+            saved_curves = [_old_curve(d, trainer) for d in dirs]  # an older checkpoint
+        curves = [[p for p in c if p["env_steps"] <= trainer.env_steps] for c in saved_curves]
+    saved = [trainer.env_steps if trainer.env_steps > 0 else -1]  # last checkpoint's env steps
     wall0, t0 = trainer.wall_seconds, time.perf_counter()
 
     def reported(r: int) -> float:  # audits are env steps too
@@ -221,6 +276,19 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
                 for steer, res in ev.items():
                     w.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
                                  trainer.env_steps)
+
+    def stopped(during: str) -> Interrupted:
+        total = trainer.num_updates * cfg.num_envs * cfg.rollout_steps
+        where = f"interrupted {during} at {trainer.env_steps:,} of {total:,} env steps"
+        if run_dir is None:
+            return Interrupted(f"{where}; nothing was saved (no run directory)")
+        if saved[0] < 0:
+            return Interrupted(f"{where}; nothing was saved yet (no checkpoint in {run_dir}); "
+                               "the same command starts it again")
+        lost = (f"the {trainer.env_steps - saved[0]:,} env steps since are lost; "
+                if trainer.env_steps > saved[0] else "")
+        return Interrupted(f"{where}; {run_dir} keeps the checkpoint at {saved[0]:,} env "
+                           f"steps; {lost}the same command resumes from it")
 
     next_eval = (trainer.env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
     try:
@@ -243,16 +311,25 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
                     runs[r].update({k: v for k, v in point.items() if k.startswith("return")})
                     if dirs[r] is not None:
                         write_json_atomic(dirs[r] / "curve.json", curves[r])
-            if run_dir is not None and checkpoint_every and trainer.updates % checkpoint_every == 0:
+            if run_dir is not None and (stop.requested or checkpoint_every
+                                        and trainer.updates % checkpoint_every == 0):
                 trainer.wall_seconds = wall()
-                _save(trainer, auditor, run_dir)
+                _save(trainer, auditor, run_dir, curves, saved)
+            if stop.requested:  # Ctrl-C: stopped after the update in progress, checkpointed
+                raise stopped("during training")
             if progress is not None:
                 progress(trainer, scalars)
         if auditor is not None:
             auditor.audit()  # the final parameters are a candidate too
         trainer.wall_seconds = elapsed = wall()
+        if run_dir is not None:  # training is done: keep it before the final evaluation
+            _save(trainer, auditor, run_dir, curves, saved)
         evals = _evaluate(trainer, auditor)
         log_evals(evals)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, say what is kept
+        raise stopped("(twice)") from None
     finally:
         for w in writers:
             if w is not None:
@@ -267,9 +344,11 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
         for r, record in enumerate(records):
             record["batched"] = {**group, "position": r}
     if run_dir is not None:
-        _save(trainer, auditor, run_dir)
         for d, record in zip(dirs, records):
             write_json_atomic(d / "results.json", record)
+    if stop.requested and stop.outermost:
+        raise Interrupted(f"interrupted as the run ended; it finished"
+                          f"{f' and its results are in {run_dir}' if run_dir else ''}")
     if not single:
         return records
     records[0]["trainer"] = trainer

@@ -117,6 +117,11 @@ def plan_run_dir(run_dir: str | Path, config: dict[str, Any] | list[dict[str, An
         for name in results:  # the shorter run's records: an interrupted extension must not
             (d / name).unlink(missing_ok=True)  # later pass for the finished longer run
         return RunDirPlan("extend", d, saved)
+    lacking = [k for k in diff if isinstance(saved, dict) and k not in saved]
+    if lacking:  # as for records: never filled in with today's default
+        raise ValueError(f"{cfg_path} lacks fields {lacking} (written by an older version of "
+                         "oversight-gr), so it cannot be told whether it is this run; pass a "
+                         "new --run-dir, or --overwrite to discard the saved run")
     changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     ways = ["pass a new --run-dir"]
     if grows:

@@ -93,7 +93,7 @@ from oversight_gr.agents.networks import (
     value_forward,
 )
 from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
-from oversight_gr.envs.core import GridRules
+from oversight_gr.envs.core import MAX_NUM_ENVS, GridRules
 from oversight_gr.records import write_atomic, write_json_atomic
 from oversight_gr.precision import PRECISIONS, backward_context, precision_context
 
@@ -125,7 +125,7 @@ class TrainConfig:
                                   low=0.0, high=1.0)
     size: int = option(5, "grid side", low=2)
     max_episode_steps: int = option(32, "moves before an episode is truncated", low=1)
-    num_envs: int = option(512, "parallel environments per rollout", low=1)
+    num_envs: int = option(512, "parallel environments per rollout", low=1, high=MAX_NUM_ENVS)
     rollout_steps: int = option(32, "moves per environment per update", low=1)
     total_env_steps: int = option(2_000_000, "environment steps to train for", low=1)
     hidden: int = option(64, "width H of experts, gate and value net (paper: 256)", low=1)
@@ -161,7 +161,7 @@ class TrainConfig:
     bootstrap: bool = option(True, "bootstrap values at window ends and truncations (PPO always "
                              "does; --no-bootstrap gives the paper's REINFORCE returns)")
     eval_every: int = option(0, "evaluate every N env steps (0: only at the end)", low=0)
-    eval_envs: int = option(512, "environments in each evaluation", low=1)
+    eval_envs: int = option(512, "environments in each evaluation", low=1, high=MAX_NUM_ENVS)
     audit_share: float = option(0.2, "naive_early_stop: share of the oversight budget spent on "
                                 "hidden audits (training sees oversight p x (1 - share))",
                                 low=0.0, high=0.95)
@@ -824,11 +824,16 @@ class Trainer:
         """What ``config.json`` holds: the config (one run) or the list of configs (a group)."""
         return self.cfg.to_dict() if self.single else [c.to_dict() for c in self.cfgs]
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``checkpoint.pt`` (plain state dicts) and ``config.json`` atomically (temporary
-        names unique per writer)."""
+        names unique per writer; a failed write, such as a full disk, keeps the previous files
+        and raises :class:`~oversight_gr.records.WriteError`). ``extra``: plain data (numbers,
+        strings, lists, dicts) kept with the checkpoint, back in :attr:`saved_extra` after
+        :meth:`load`."""
         d = Path(directory)
         state = self.state_dict()
+        if extra is not None:
+            state["extra"] = extra
         write_atomic(d / "checkpoint.pt", lambda f: torch.save(state, f))
         write_json_atomic(d / "config.json", self.config_json())
         return d / "checkpoint.pt"
@@ -842,9 +847,9 @@ class Trainer:
         try:
             saved = json.loads((d / "config.json").read_text())
             if isinstance(saved, list):
-                trainer = cls([TrainConfig(**{**c, **overrides}) for c in saved])
+                trainer = cls([config_from_dict({**c, **overrides}) for c in saved])
             else:
-                trainer = cls(TrainConfig(**{**saved, **overrides}))
+                trainer = cls(config_from_dict({**saved, **overrides}))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{d / 'config.json'} is not a usable run config "
                              f"({type(exc).__name__}: {exc}){how}") from None
@@ -852,10 +857,29 @@ class Trainer:
             state = torch.load(d / "checkpoint.pt", map_location=trainer.device,
                                weights_only=True)
             trainer.load_state_dict(state)
+            extra = state.get("extra", {})
+            trainer.saved_extra = extra if isinstance(extra, dict) else {}
         except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong keys/shapes
             raise ValueError(f"{d / 'checkpoint.pt'} is not a readable checkpoint of this run "
                              f"({type(exc).__name__}: {str(exc)[:200]}){how}") from None
         return trainer
+
+
+def config_from_dict(saved: Any) -> TrainConfig:
+    """A stored config (``config.json``, a record's ``config``) as a TrainConfig. Every field
+    must be present, as for records (:mod:`oversight_gr.records`): filling a field added since
+    with today's default would credit the run to a setting it never trained with."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"a stored config is a JSON object, got {type(saved).__name__}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(names - set(saved))
+    if missing:
+        raise ValueError(f"the stored config lacks fields {missing} (written by an older "
+                         "version of oversight-gr)")
+    unknown = sorted(set(saved) - names)
+    if unknown:
+        raise ValueError(f"the stored config has fields {unknown} that TrainConfig does not")
+    return TrainConfig(**saved)
 
 
 def config_replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

@@ -22,7 +22,11 @@ outcome.
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -78,11 +82,38 @@ class RewardMode(str, enum.Enum):
 REWARD_MODES = tuple(m.value for m in RewardMode)
 
 
+#: most environments one batch holds: far above what fills a GPU at size 5, far below what
+#: would ask for more memory than a machine has (a bad value is refused, not allocated)
+MAX_NUM_ENVS = 2**20
+#: seeds are ints in [0, SEED_MAX]: torch's CPU generator keeps the low 32 bits of a seed (seed
+#: 2**32 + 5 played seed 5's episodes), so larger seeds are refused rather than aliased
+SEED_MAX = 2**32 - 1
+
+
+def _is_int(value: Any) -> bool:
+    """Python and numpy integers (``np.arange`` gives ``np.int64``); not bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int in ``[0, SEED_MAX]``, else ValueError naming ``name``."""
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an int in [0, 2**32 - 1] (larger seeds would repeat "
+                         f"smaller ones), got {seed!r}")
+    return int(seed)
+
+
+def check_num_envs(num_envs: Any, name: str = "num_envs") -> int:
+    if not _is_int(num_envs) or not 1 <= num_envs <= MAX_NUM_ENVS:
+        raise ValueError(f"{name} must be an int in [1, {MAX_NUM_ENVS:,}], got {num_envs!r}")
+    return int(num_envs)
+
+
 def _check_prob(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    # strings and bools are not probabilities ("0.1" and True once passed as 0.1 and 1.0)
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    v = float(value)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return v
@@ -108,14 +139,12 @@ def validate_env_args(
     size: int, max_episode_steps: int, oversight_prob: float, spurious_prob: float, reward_mode
 ) -> tuple[int, int, float, float, RewardMode]:
     """Check the environment's arguments; raise ValueError naming the value and what is allowed."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= MAX_SIZE:
+    if not _is_int(size) or not 2 <= size <= MAX_SIZE:
         raise ValueError(
             f"size must be an int in [2, {MAX_SIZE}] (>= 2: a grid needs at least 3 cells for "
             f"agent, ghost and diamond; <= {MAX_SIZE} keeps memory predictable), got {size!r}"
         )
-    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or (
-        max_episode_steps < 1
-    ):
+    if not _is_int(max_episode_steps) or max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be an int >= 1, got {max_episode_steps!r}")
     p = _check_prob("oversight_prob", oversight_prob)
     q = _check_prob("spurious_prob", spurious_prob)
@@ -125,7 +154,7 @@ def validate_env_args(
         raise ValueError(
             f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}"
         ) from None
-    return size, max_episode_steps, p, q, mode
+    return int(size), int(max_episode_steps), p, q, mode
 
 
 @dataclass
@@ -331,8 +360,7 @@ class GridRules:
             size, max_episode_steps, 0.0 if per_env else oversight_prob, spurious_prob,
             reward_mode
         )
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        num_envs = check_num_envs(num_envs)
         if per_env:
             p = _per_env_probs(oversight_prob, num_envs, torch.device(device))
         self.num_envs = num_envs
@@ -370,8 +398,9 @@ class GridRules:
     def seed(self, seed: int | None) -> None:
         """Reseed the rules' generator (``None`` draws a seed from the OS)."""
         if seed is None:
-            seed = int.from_bytes(__import__("os").urandom(8), "little") >> 1
-        self.generator.manual_seed(int(seed))
+            self.generator.manual_seed(int.from_bytes(__import__("os").urandom(8), "little") >> 1)
+            return
+        self.generator.manual_seed(check_seed(seed))
 
     def _build_tables(self) -> None:
         self._grid = _grid_tables(self.size, self.device)

@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
-from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
+from oversight_gr.envs.core import NUM_ACTIONS, GridRules, check_seed, validate_env_args
 from oversight_gr.envs.render import render_ansi, render_rgb
 
 __all__ = ["OversightGridEnv", "LEARNER_INFO_KEYS", "EVAL_INFO_KEYS", "check_action"]
@@ -178,6 +178,7 @@ class OversightGridEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        seed = None if seed is None else check_seed(seed)  # numpy ints too; 2**32 + 5 is not 5
         super().reset(seed=seed)
         if seed is None and self._next_obs is not None:
             # The rules started the next episode when the last one ended (same-step autoreset);

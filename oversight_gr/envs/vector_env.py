@@ -11,7 +11,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from oversight_gr.envs.core import NUM_ACTIONS, GridRules, validate_env_args
+from oversight_gr.envs.core import NUM_ACTIONS, GridRules, check_seed, validate_env_args
 from oversight_gr.envs.grid_env import observation_space, with_episode_limit
 from oversight_gr.envs.render import render_ansi, render_rgb
 
@@ -89,7 +89,8 @@ class OversightGridVectorEnv(VectorEnv):
                 f"seed must be an int or None for the native vector env (one generator drives "
                 f"all copies), got {seed!r}"
             )
-        super().reset(seed=None if seed is None else int(seed))
+        seed = None if seed is None else check_seed(seed)  # 2**32 + 5 is not seed 5
+        super().reset(seed=seed)
         self._obs = self.rules.reset(None if seed is None else int(seed)).cpu().numpy()
         return self._obs, {}
 

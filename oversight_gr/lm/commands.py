@@ -69,6 +69,11 @@ def _era(args: argparse.Namespace) -> int:
     from oversight_gr.lm import era as E  # noqa: PLC0415
     from oversight_gr.lm.model import GPTConfig  # noqa: PLC0415
 
+    from oversight_gr.config import check_output_dir, check_output_file  # noqa: PLC0415
+
+    check_output_dir(args.out, "--out")  # output paths before any training
+    if args.figure:
+        check_output_file(args.figure, "--figure")
     torch.set_num_threads(args.threads)
     cfg = from_arguments(E.ERAConfig, args)
     gpt = from_arguments(GPTConfig, args)
@@ -105,6 +110,10 @@ def _steer(args: argparse.Namespace) -> int:
     from oversight_gr.lm.model import GPTConfig  # noqa: PLC0415
     from oversight_gr.lm.steering import SteerConfig, run_steering  # noqa: PLC0415
 
+    from oversight_gr.config import check_output_file  # noqa: PLC0415
+
+    if args.json:  # before any training
+        check_output_file(args.json, "--json")
     torch.set_num_threads(args.threads)
     cfg = from_arguments(SteerConfig, args)
     era_cfg = from_arguments(ERAConfig, args)

@@ -57,7 +57,7 @@ def test_worker_processes_give_the_numbers_of_one_process():
 def test_cli_demo_writes_summary_and_figures(tmp_path, capsys):
     from oversight_gr.cli import main
 
-    assert main(["demo", "--env-steps", "1024", "--seeds", "2", "--workers", "1",
+    assert main(["demo", "--env-steps", "16384", "--seeds", "2", "--workers", "1",
                  "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "seed 0  seed 1" in out and "better baseline" in out

@@ -104,8 +104,22 @@ def test_corrupt_checkpoint_and_config_name_the_file(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"checkpoint.pt is not a readable checkpoint"):
         Trainer.load(tmp_path)
-    (tmp_path / "config.json").write_text('{"method": "routing", "hidden": "wide"}')
+    (tmp_path / "config.json").write_text(json.dumps({**cfg.to_dict(), "hidden": "wide"}))
     with pytest.raises(ValueError, match=r"config.json is not a usable run config .*hidden"):
+        Trainer.load(tmp_path)
+
+
+def test_a_config_json_lacking_a_field_is_refused_like_a_record(tmp_path):
+    """A config.json written before a field existed is not filled in with today's default
+    (which would credit the run to a setting it never trained with): refused, naming it."""
+    from oversight_gr.agents.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=64, eval_envs=8)
+    Trainer(cfg).save(tmp_path)
+    old = cfg.to_dict()
+    del old["gate_input"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"config.json .*lacks fields \['gate_input'\]"):
         Trainer.load(tmp_path)
 
 
