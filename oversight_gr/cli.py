@@ -33,6 +33,12 @@ SUBCOMMANDS = {
 }
 
 
+#: the pip extra that installs each optional dependency (pyproject.toml)
+_EXTRA_OF = {"scipy": "train", "matplotlib": "train", "tensorboard": "train", "tqdm": "train",
+             "rich": "train", "stable_baselines3": "sb3", "ray": "ray", "tokenizers": "lm",
+             "datasets": "datasets", "wandb": "tracking"}
+
+
 def _commands_of(module: str) -> tuple[str, ...]:
     return SUBCOMMANDS.get(module, ())
 
@@ -64,8 +70,10 @@ class SubcommandImportError(Exception):
         self.module, self.cause = module, cause
         missing = getattr(cause, "name", None) if isinstance(cause, ImportError) else None
         if missing and not (module == missing or module.startswith(missing + ".")):
-            what = (f"it needs the module {missing!r}, which is not installed (install "
-                    f"{missing.split('.')[0]!r}, or reinstall oversight-gr: make install)")
+            top = missing.split(".")[0]
+            extra = _EXTRA_OF.get(top, "all")
+            what = (f"it needs the module {missing!r}, which is not installed (pip install "
+                    f"\"oversight-gr[{extra}]\", or in a clone: make install)")
         else:
             first = str(cause).splitlines()[0] if str(cause) else ""
             what = f"importing it raised {type(cause).__name__}: {first}"

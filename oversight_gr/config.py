@@ -120,6 +120,34 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: the flags CleanRL's ppo.py and stable-baselines3 users type for the same fields, accepted
+#: as aliases wherever a config has the field
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "total_env_steps": ("--total-timesteps",),
+    "rollout_steps": ("--num-steps", "--n-steps"),
+    "lr": ("--learning-rate",),
+    "minibatches": ("--num-minibatches",),
+    "num_envs": ("--n-envs",),
+    "update_epochs": ("--n-epochs",),
+}
+
+
+def int_arg(text: str) -> int:
+    """An integer flag value: ``100000``, ``100_000`` or ``1e5`` (a float literal with an
+    integer value); anything else is an argparse error saying what is allowed."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value == int(value):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected an integer such as 100000 or 1e5, got {text!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """Add one flag per field of the config class ``cls`` (defaults from the class)."""
     hints = _resolved_types(cls)
@@ -132,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str
         help_text = f.metadata.get("help", "").replace("%", "%%")
         base = _base_type(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        shown = f" (default: {default})"
+        # a help text that states its own default ("(default: all)") gets no second one
+        shown = "" if "(default" in help_text else f" (default: {default})"
         if base is bool:
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
                                help=help_text + shown, **kwargs)
@@ -140,12 +169,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str
         origin = typing.get_origin(base)
         if origin in (tuple, list):
             inner = typing.get_args(base)[0] if typing.get_args(base) else str
-            kwargs.update(nargs="+", type=inner)
+            kwargs.update(nargs="+", type=int_arg if inner is int else inner)
         else:
-            kwargs["type"] = base if base in (int, float, str) else str
+            kwargs["type"] = int_arg if base is int else base if base in (float, str) else str
         if f.metadata.get("choices") is not None:
             kwargs["choices"] = list(f.metadata["choices"])
-        group.add_argument(_flag(f.name), help=help_text + shown, **kwargs)
+        group.add_argument(_flag(f.name), *FLAG_ALIASES.get(f.name, ()), help=help_text + shown,
+                           **kwargs)
 
 
 def from_arguments(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:

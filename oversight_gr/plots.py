@@ -170,6 +170,14 @@ def improvement_markdown(rows: Sequence[dict[str, Any]], algo: str,
 
 
 # -- figures ------------------------------------------------------------------------------------
+#: the steered ground-truth return lies in [-1, 1] (at most one +-1 payment per episode,
+#: discounted); P(ghost | closer, unseen) in [0, 1]. Interval bands are clipped to these: a
+#: t interval over 2-3 seeds can reach past what the metric can take.
+RETURN_RANGE = (-1.0, 1.0)
+PROBABILITY_RANGE = (0.0, 1.0)
+FIG_DPI = 150
+
+
 def _pyplot():
     import matplotlib
 
@@ -184,33 +192,82 @@ def _save(fig, stem: Path) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Date": None} if ext == "svg"
-                    else None)
+        fig.savefig(path, dpi=FIG_DPI, metadata={"Date": None} if ext == "svg" else None)
         paths.append(path)
     _pyplot().close(fig)
     return paths
 
 
+def _band(ax: Any, x: Sequence[float], lo: Sequence[float], hi: Sequence[float],
+          limits: tuple[float, float], color: str | None) -> None:
+    """A 95% interval band clipped to the metric's range; points without a finite interval
+    (one seed) are left out rather than drawn as a band of zero width."""
+    lo = np.clip(np.asarray(lo, dtype=float), *limits)
+    hi = np.clip(np.asarray(hi, dtype=float), *limits)
+    ax.fill_between(np.asarray(x, dtype=float), lo, hi, where=np.isfinite(lo) & np.isfinite(hi),
+                    color=color, alpha=0.2, lw=0)
+
+
+def _n_label(ns: Iterable[int]) -> str:
+    ns = sorted(set(ns))
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
+
+
+def _percent_axis(ax: Any, levels: Sequence[float]) -> None:
+    """Log x axis with a tick at each oversight level, labelled in percent. A label that would
+    sit closer to the previous kept one than a label's width is dropped (its tick stays, as a
+    minor tick), so neighbouring levels (20% and 30% on a 1%-50% axis) never print over each
+    other."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    levels = sorted({float(p) for p in levels if p > 0})
+    ax.set_xscale("log")
+    if not levels:
+        return
+    span = math.log10(levels[-1] / levels[0]) if len(levels) > 1 else 1.0
+    pad = 10 ** (0.06 * span)
+    ax.set_xlim(levels[0] / pad, levels[-1] * pad)
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    min_gap = 0.45 / max(width_in, 0.5) * span * 1.12  # a label ~0.45 in wide; axis in decades
+    kept: list[float] = []
+    for p in levels:
+        if not kept or math.log10(p / kept[-1]) >= min_gap:
+            kept.append(p)
+    ax.xaxis.set_major_locator(FixedLocator(kept))
+    ax.xaxis.set_minor_locator(FixedLocator([p for p in levels if p not in kept]))
+    ax.xaxis.set_major_formatter(lambda v, _pos: _pct(v))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("oversight (share of terminal cells a supervisor sees)")
+
+
+def _legend_below(fig: Any, ax: Any) -> None:
+    """The axes' legend below the plot, outside it, in as few rows as fit."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=max(min(len(labels), 3), 1),
+               fontsize=7, frameon=False)
+
+
 def plot_return_vs_oversight(rows: Sequence[dict[str, Any]], algo: str, stem: Path) -> list[Path]:
-    """Fig. 6a: final steered return vs oversight fraction (log x), mean and 95% CI."""
+    """Fig. 6a: final steered return vs oversight (log x, in %), mean and 95% CI over seeds
+    (bands clipped to the return's range [-1, 1]); the legend gives each method's seed count."""
     plt = _pyplot()
     rows = [r for r in rows if r["algo"] == algo]
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.8), layout="constrained")
     for m in sorted({r["method"] for r in rows}, key=_method_key):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["oversight"])
         x = [r["oversight"] for r in rs]
-        ax.plot(x, [r["return"] for r in rs], "o-", color=COLORS.get(m), label=m, ms=4)
-        ax.fill_between(x, [r["return_lo"] for r in rs], [r["return_hi"] for r in rs],
-                        color=COLORS.get(m), alpha=0.2, lw=0)
+        ax.plot(x, [r["return"] for r in rs], "o-", color=COLORS.get(m), ms=4,
+                label=f"{m} ({_n_label(r['n'] for r in rs)})")
+        _band(ax, x, [r["return_lo"] for r in rs], [r["return_hi"] for r in rs], RETURN_RANGE,
+              COLORS.get(m))
     ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1, label="optimal")
-    ax.set_xscale("log")
-    ax.set_xlabel("oversight fraction p")
+    _percent_axis(ax, [r["oversight"] for r in rows])
     ax.set_ylabel("steered ground-truth return")
     steps = sorted({int(r["env_steps"]) for r in rows})
-    ax.set_title(f"{algo}: return vs oversight ({', '.join(f'{s:,}' for s in steps)} steps)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"{algo}: return vs oversight ({', '.join(f'{s:,}' for s in steps)} steps; "
+                 "mean, 95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
     return _save(fig, stem)
 
 
@@ -318,11 +375,12 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], algo: str, p: float,
                          stem: Path) -> list[Path]:
     """Fig. 13: steered return vs env steps at oversight ``p`` (oracle at steps / p)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.8), layout="constrained")
     _draw_curves(ax, mean_curves(records, algo, p),
-                 f"{algo}: learning curves at {_pct(p)} oversight")
+                 f"{algo}: learning curves at {_pct(p)} oversight (mean, 95% CI)")
+    ax.set_xlabel("env steps (oracle: steps / p, equal labels)")
     ax.set_ylabel("steered ground-truth return")
-    ax.legend(fontsize=7)
+    _legend_below(fig, ax)
     return _save(fig, stem)
 
 
@@ -331,57 +389,82 @@ def _draw_curves(ax: Any, curves: dict[str, dict[str, np.ndarray]], title: str) 
         cv = curves[m]
         label = f"{m} (steps / p)" if m == "oracle" else m
         ax.plot(cv["x"], cv["mean"], ".-", color=COLORS.get(m), label=f"{label}, n={cv['n']}")
-        ax.fill_between(cv["x"], cv["lo"], cv["hi"], color=COLORS.get(m), alpha=0.2, lw=0)
-    ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1)
+        _band(ax, cv["x"], cv["lo"], cv["hi"], RETURN_RANGE, COLORS.get(m))
+    ax.axhline(OPTIMAL_RETURN, color="grey", ls=":", lw=1, label="optimal")
     ax.set_xscale("log")  # the oracle's axis is 1/p times longer
-    ax.set_xlabel("env steps (oracle: steps / p, equal labels)")
+    xs = [v for cv in curves.values() for v in cv["x"] if v > 0]
+    _steps_axis(ax, min(xs, default=1.0), max(xs, default=10.0))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
 
 
+def _si(v: float) -> str:
+    """500, 2k, 1.5M: env-step tick labels that stay short."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def _steps_axis(ax: Any, lo: float, hi: float) -> None:
+    """Log x ticks at 1-2-5 steps when the data span under two decades, else at powers of
+    ten, labelled 500 / 2k / 1M; no labels on minor ticks (they crowd a short log axis)."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    subs = (1.0, 2.0, 5.0) if math.log10(max(hi, lo * 1.001) / lo) < 2 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(lambda v, _pos: _si(v))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_learning_curves_all_levels(records: Sequence[dict[str, Any]], algo: str,
                                     levels: Sequence[float], stem: Path) -> list[Path]:
-    """Learning curves at every oversight level, one panel per level, on a shared y axis."""
+    """Learning curves at every oversight level, one panel per level, on a shared y axis; one
+    legend (the methods of every panel, with their seed counts) below the panels."""
     plt = _pyplot()
+    levels = list(levels)
     cols = min(3, len(levels))
     nrows = -(-len(levels) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.1 * nrows), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 0.6, 2.9 * nrows + 1.1),
+                             sharey=True, squeeze=False, layout="constrained")
+    legend: dict[str, Any] = {}
     for ax, p in zip(axes.flat, levels):
         _draw_curves(ax, mean_curves(records, algo, p), f"{_pct(p)} oversight")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("steered ground-truth return")
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
     for ax in list(axes.flat)[len(levels):]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right" if len(levels) % cols else "upper center",
-               fontsize=7, ncol=1 if len(levels) % cols else len(labels))
+        ax.remove()  # no empty frame where the last row is short
+    for col in range(cols):  # the lowest panel of each column says what x is
+        lowest = max(i for i in range(col, len(levels), cols))
+        axes.flat[lowest].set_xlabel("env steps (oracle: steps / p)", fontsize=8)
+    fig.supylabel("steered ground-truth return", fontsize=9)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncol=min(len(legend), 4), fontsize=7, frameon=False)
     fig.suptitle(f"{algo}: learning curves at every oversight level (mean, 95% CI over seeds)",
                  fontsize=10)
     return _save(fig, stem)
 
 
 def plot_ghost_closer_unseen(rows: Sequence[dict[str, Any]], algo: str, stem: Path) -> list[Path]:
-    """P(reach ghost | ghost closer than the diamond and unseen) vs oversight."""
+    """P(reach ghost | ghost closer than the diamond and unseen) vs oversight (log x, in %),
+    mean and 95% CI over seeds clipped to [0, 1]."""
     plt = _pyplot()
     rows = [r for r in rows if r["algo"] == algo and r["method"] in ("naive", "routing")]
-    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    fig, ax = plt.subplots(figsize=(5.0, 3.8), layout="constrained")
     for m in sorted({r["method"] for r in rows}, key=_method_key):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["oversight"])
         x = [r["oversight"] for r in rs]
         label = "routing (steered)" if m == "routing" else m
-        ax.plot(x, [r["ghost_closer_unseen"] for r in rs], "o-", color=COLORS.get(m), label=label,
-                ms=4)
-        ax.fill_between(x, [r["ghost_closer_unseen_lo"] for r in rs],
-                        [r["ghost_closer_unseen_hi"] for r in rs], color=COLORS.get(m), alpha=0.2,
-                        lw=0)
-    ax.set_xscale("log")
+        ax.plot(x, [r["ghost_closer_unseen"] for r in rs], "o-", color=COLORS.get(m), ms=4,
+                label=f"{label} ({_n_label(r['n'] for r in rs)})")
+        _band(ax, x, [r["ghost_closer_unseen_lo"] for r in rs],
+              [r["ghost_closer_unseen_hi"] for r in rs], PROBABILITY_RANGE, COLORS.get(m))
+    _percent_axis(ax, [r["oversight"] for r in rows])
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("oversight fraction p")
     ax.set_ylabel("P(ghost | ghost closer, unseen)")
-    ax.set_title(f"{algo}: going to the closer unseen ghost", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"{algo}: going to the closer unseen ghost (mean, 95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
+    _legend_below(fig, ax)
     return _save(fig, stem)
 
 

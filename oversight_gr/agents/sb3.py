@@ -488,6 +488,11 @@ class RoutedPPO(PPO):
         unlabelled_gate_grad: weight of the policy gradient into the gate on unlabelled steps
             (the native default and the paper: 1).
         n_envs, env_kwargs: used only when ``env`` is an id string.
+        threads: torch CPU threads while :meth:`learn` runs (restored afterwards); default 1.
+            Its small per-step batches lose nothing on one thread and collapse on a busy
+            machine with torch's default (one thread per core: they spin against each other
+            and against the other jobs); ``None`` keeps the process's setting. README section
+            "stable-baselines3" quotes the measurement.
 
     Advantages are normalised per minibatch, as in SB3. For the native trainer's normalisation
     over the whole rollout pass ``normalize_advantage=False,
@@ -518,8 +523,14 @@ class RoutedPPO(PPO):
         unlabelled_gate_grad: float = 1.0,
         n_envs: int = 1,
         env_kwargs: dict[str, Any] | None = None,
+        threads: int | None = 1,
         **kwargs: Any,
     ):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+        self.threads = threads
         self.route_info_key = route_info_key
         route_map = dict(DEFAULT_ROUTE_MAP if route_map is None else route_map)
         bad = {k: v for k, v in route_map.items() if v not in ROUTE_TARGETS}
@@ -597,12 +608,18 @@ class RoutedPPO(PPO):
         return super()._init_callback(CallbackList([RouteRecorder(), *callbacks]), progress_bar)
 
     def learn(self, *args: Any, **kwargs: Any):
-        """``PPO.learn``; the rollout uses the learned gate whatever ``policy.steer`` says."""
+        """``PPO.learn`` on ``threads`` torch threads; the rollout uses the learned gate whatever
+        ``policy.steer`` says."""
+        before = torch.get_num_threads()
+        threads = getattr(self, "threads", 1)  # models saved before the setting existed: 1
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.policy._learning = True
         try:
             return super().learn(*args, **kwargs)
         finally:
             self.policy._learning = False
+            torch.set_num_threads(before)
 
     def train(self) -> None:
         """``PPO.train`` with the rollout's minibatches reaching ``evaluate_actions``, whose

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,30 @@ MAX_SIZE = 128
 #: (drow, dcol) of actions 0 north, 1 east, 2 south, 3 west.
 ACTION_DELTAS = ((-1, 0), (0, 1), (1, 0), (0, -1))
 PLANES = ("agent", "ghost", "diamond", "oversight")
+
+
+# torch's CPU thread pool (GNU OpenMP) does not survive fork: a forked child whose parent ran a
+# parallel op blocks forever in its own first one. Gymnasium's AsyncVectorEnv (fork context, the
+# Linux default) builds one env in the parent, then forks workers that build and step theirs. So
+# a process forked from one that imported this module runs torch with one thread from its first
+# GridRules call on (the env's small batches lose nothing by it); other forked processes, and
+# spawned ones, keep torch's settings.
+_forked_child = False
+
+
+def _note_fork() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _one_thread_if_forked() -> None:
+    global _forked_child
+    if _forked_child:
+        _forked_child = False
+        torch.set_num_threads(1)
 
 
 class Outcome(enum.IntEnum):
@@ -355,6 +380,7 @@ class GridRules:
         device: str | torch.device = "cpu",
         seed: int | None = None,
     ):
+        _one_thread_if_forked()
         per_env = isinstance(oversight_prob, Tensor)
         size, max_episode_steps, p, q, mode = validate_env_args(
             size, max_episode_steps, 0.0 if per_env else oversight_prob, spurious_prob,
@@ -542,6 +568,7 @@ class GridRules:
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a new episode in every environment; returns ``obs [B, 4, size, size]``."""
+        _one_thread_if_forked()
         if seed is not None:
             self.seed(seed)
             self._empty_pool()  # what follows depends on the seed alone
@@ -591,6 +618,7 @@ class GridRules:
             action: ``[B]`` integer tensor with values in {0, 1, 2, 3}. Not validated here
                 (the Gymnasium envs validate user input; the trainer's actions are valid).
         """
+        _one_thread_if_forked()
         s = self._move(self._s, action)
         t = self.t + 1
         # the comparison writes int64 into a scratch buffer: adding a bool tensor would

@@ -13,8 +13,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import VectorEnv, VectorWrapper
 from gymnasium.vector.utils import batch_space
+
+from oversight_gr.envs._compat import GYMNASIUM_1, needs_gymnasium_1
+
+if GYMNASIUM_1:
+    from gymnasium.vector import VectorEnv, VectorWrapper
+else:  # Gymnasium 0.29: the vector wrapper says it needs 1.x when made
+    VectorEnv = gym.vector.VectorEnv
+    VectorWrapper = needs_gymnasium_1("FlatObservationVector")
 
 __all__ = ["FlatObservation", "FlatObservationVector", "flat_box"]
 
@@ -52,7 +59,7 @@ class FlatObservationVector(VectorWrapper):
     is one batched array, as the native :class:`~oversight_gr.envs.OversightGridVectorEnv`'s
     is; e.g. ``FlatObservationVector(gym.make_vec("OversightGrid-v0", num_envs=512, size=6))``.
     Gymnasium's own vector observation wrappers refuse same-step autoreset, whose final
-    observations sit in ``info``; this one reshapes them as well.
+    observations sit in ``info``; this one reshapes them as well. Needs Gymnasium >= 1.0.
     """
 
     def __init__(self, env: VectorEnv):

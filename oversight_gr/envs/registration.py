@@ -7,6 +7,10 @@ wrappers read), and the env enforces it itself, with the full end-of-episode ``i
   (``-1``: the registered limit, without Gymnasium's ``TimeLimit``).
 * ``gym.make_vec(id, max_episode_steps=k)``: the native vector env with limit ``k``.
 
+Gymnasium 0.29.1 (CleanRL's pin) and 1.x both run the single-env ids. ``gym.make_vec`` and the
+native vector env need 1.x; under 0.29 they raise
+:class:`~oversight_gr.envs._compat.GymnasiumVersionError` saying so.
+
 ``gym.make`` keeps its ``max_episode_steps`` argument to itself (it wraps the env in a
 ``TimeLimit`` of that length and passes the env nothing), so the single-env entry points read it
 from the ``gym.make`` call that is running them and give the env the same limit; the
@@ -24,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs import registration as _gym_registration
 
+from oversight_gr.envs._compat import GYMNASIUM_1, GymnasiumVersionError, vector_api_message
 from oversight_gr.envs.flat import FlatObservation, FlatObservationVector
 from oversight_gr.envs.grid_env import OversightGridEnv
 from oversight_gr.envs.vector_env import OversightGridVectorEnv
@@ -57,6 +62,10 @@ def _make_limit(kwargs: dict[str, Any]) -> dict[str, Any]:
     The limit ``gym.make`` gives its ``TimeLimit``: its ``max_episode_steps`` argument, else the
     spec's; with ``-1`` (no ``TimeLimit``) the spec's when ``kwargs`` sets none."""
     frame = sys._getframe(2)
+    if not GYMNASIUM_1 and frame.f_code.co_name == "_create_env" and (
+        frame.f_code.co_filename == _gym_registration.__file__
+    ):  # Gymnasium 0.29's experimental make_vec, whose vector API this package does not serve
+        raise GymnasiumVersionError(vector_api_message("gym.make_vec of the OversightGrid ids"))
     if frame.f_code is not _gym_registration.make.__code__:
         return kwargs
     asked = frame.f_locals.get("max_episode_steps")

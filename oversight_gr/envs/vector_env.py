@@ -8,12 +8,20 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
-from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from oversight_gr.envs._compat import GYMNASIUM_1, needs_gymnasium_1
 from oversight_gr.envs.core import NUM_ACTIONS, GridRules, check_seed, validate_env_args
 from oversight_gr.envs.grid_env import observation_space, with_episode_limit
 from oversight_gr.envs.render import render_ansi, render_rgb
+
+if GYMNASIUM_1:
+    from gymnasium.vector import AutoresetMode, VectorEnv
+
+    _SAME_STEP: Any = AutoresetMode.SAME_STEP
+else:  # Gymnasium 0.29: making the vector env raises, saying it needs 1.x
+    VectorEnv = needs_gymnasium_1("OversightGridVectorEnv")
+    _SAME_STEP = "same-step"
 
 __all__ = ["OversightGridVectorEnv"]
 
@@ -28,12 +36,15 @@ class OversightGridVectorEnv(VectorEnv):
     keys are arrays over envs, each with a boolean ``_key`` mask saying where it is set (set
     where an episode ended): ``final_obs``, ``outcome``, ``overseen``, ``length`` (learner
     keys) and ``eval_true_outcome`` (evaluation only).
+
+    Needs Gymnasium >= 1.0 (under 0.29 making one raises
+    :class:`~oversight_gr.envs._compat.GymnasiumVersionError`).
     """
 
     metadata = {
         "render_modes": ["ansi", "rgb_array"],
         "render_fps": 4,
-        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "autoreset_mode": _SAME_STEP,
     }
     _spec: EnvSpec | None = None
 

@@ -28,7 +28,7 @@ def register(sub) -> None:
         "era", help="Expand-Route-Ablate unlearning vs baselines under partial labels",
         description="Train ERA, data filtering, plain training and the expand-without-routing "
         "control for each label fraction q and seed; report forget/retain validation loss "
-        "before/after ablation and after a retraining attack (mean +- 95%% CI), save a figure.")
+        "before/after ablation and after a retraining attack (mean +- 95% CI), save a figure.")
     era.add_argument("--q", type=float, nargs="+", default=list(DEFAULT_QS),
                      help=f"fractions of forget documents labelled (default: {list(DEFAULT_QS)})")
     era.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
