@@ -226,7 +226,7 @@ def main(argv: list[str]) -> int:
                if p.name != "wall_s.json"]
     cfg = json.loads((Path(args.out) / "config.json").read_text())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    wanted = set(E.plan_runs(args.q, seeds, args.methods))
+    wanted = set(E.plan_runs(args.q, seeds, args.methods, args.placebo_q))
     records = [r for r in records if (r["method"], r["q"], r["seed"]) in wanted
                or (r["method"] == "plain" and r["seed"] in seeds)]
     rows = E.summarize(records)

@@ -57,7 +57,7 @@ from oversight_gr.config import check_device, check_output_dir, option, to_dict,
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
 from oversight_gr.lm.own_model import era_route_table, era_weights
-from oversight_gr.routing import ablate_output, masked_backward, sgtm_masks
+from oversight_gr.routing import masked_backward, sgtm_masks
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,9 @@ class ERAConfig:
         True, "SGTM: labelled forget tokens leave the embeddings, LayerNorms and unembedding "
         "untouched too (False: they train them)")
     sgtm_retain_mode: float = option(
-        0.0, "SGTM: share of steps run in retain mode (forget units dropped from the forward, "
-        "only the tokens not labelled forget trained)", low=0.0, high=1.0)
+        0.0, "SGTM retain mode: probability that a window without a labelled forget token "
+        "runs with the forget units dropped from the forward (the retain data then learns not "
+        "to rely on them)", low=0.0, high=1.0)
     rmu_layer: int = option(1, "RMU: block whose output residual is misdirected", low=0)
     rmu_scale: float = option(5.0, "RMU: target norm, in units of the residual's mean norm",
                               low=0.0)
@@ -298,8 +299,9 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 class SGTMRoute:
     """SGTM's parameter-gradient masks for :func:`train`: tokens of labelled forget documents
     update only the parameters :func:`oversight_gr.routing.masked_backward` lets through
-    (``masks``, from :func:`sgtm_route`); with probability ``retain_mode`` a step drops the forget
-    ``units`` (``{layer: slice}``) from the forward and trains on the other tokens only."""
+    (``masks``, from :func:`sgtm_route`); retain mode: each window without a labelled token
+    drops the forget ``units`` (``{layer: slice}``) from its forward with probability
+    ``retain_mode``, so that the retain data learns not to rely on them."""
 
     masks: dict[str, Tensor | float]
     units: Mapping[int, slice]
@@ -320,6 +322,22 @@ def sgtm_route(model: GPT, units: Mapping[int, slice], mask_shared: bool = True,
     shared = [n for n, _ in model.named_parameters()
               if n.startswith(("tok.", "pos.", "ln_f.", "lm_head.")) or ".ln" in n]
     return SGTMRoute(sgtm_masks(model, spec, shared, mask_shared), dict(units), retain_mode)
+
+
+@contextlib.contextmanager
+def _drop_units(fc: torch.nn.Module, units: slice, rows: Tensor):
+    """Zero the ``units`` of ``fc``'s output on the batch ``rows`` (bool ``[B]``) while the
+    block runs (GELU(0) = 0: the units are dropped from the MLP)."""
+    def hook(_m, _i, out):
+        keep = torch.ones(out.shape[0], 1, out.shape[-1], dtype=out.dtype, device=out.device)
+        keep[rows, :, units] = 0
+        return out * keep
+
+    handle = fc.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def train(
@@ -359,12 +377,13 @@ def train(
             g["lr"] = _lr_at(step, steps, lr, warmup)
         x, y, fl, lab = stream.batch(batch_size, ctx, generator)
         kwargs = route(y, fl, lab) if route is not None else {}
-        retain_mode = (sgtm is not None and sgtm.retain_mode > 0
-                       and float(torch.rand((), generator=generator)) < sgtm.retain_mode)
         with contextlib.ExitStack() as stack:
-            if retain_mode:
+            if sgtm is not None and sgtm.retain_mode > 0:
+                # retain mode: windows without a labelled token drop the forget units
+                drop = (~lab.any(1)) & (torch.rand(len(x), generator=generator)
+                                        < sgtm.retain_mode).to(lab.device)
                 for layer, u in sgtm.units.items():
-                    stack.enter_context(ablate_output(model.blocks[layer].mlp.fc, u))
+                    stack.enter_context(_drop_units(model.blocks[layer].mlp.fc, u, drop))
             logits, hidden = model(x, return_hidden=True, **kwargs)
         penalty = 0.0
         if l1_units and l1 > 0:
@@ -377,11 +396,7 @@ def train(
         else:
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             is_f = lab.flatten().to(ce.dtype)
-            if retain_mode:  # forget tokens sit this step out
-                ce = ce * (1 - is_f)
-                loss_f = ce.new_zeros(())
-            else:
-                loss_f = (ce * is_f).sum() / ce.numel()
+            loss_f = (ce * is_f).sum() / ce.numel()
             loss_r = (ce * (1 - is_f)).sum() / ce.numel()
             loss = ce.mean()
             masked_backward(model, {"retain": loss_r + penalty, "forget": loss_f},
@@ -770,14 +785,17 @@ def config_record(cfg: ERAConfig, gpt: GPTConfig) -> dict:
     return {"era": to_dict(cfg), "gpt": to_dict(gpt)}
 
 
-def plan_runs(qs: Sequence[float], seeds: Sequence[int],
-              methods: Sequence[str] = METHODS) -> list[tuple[str, float, int]]:
-    """The (method, q, seed) records of a grid; plain (label-free) runs once per seed."""
+def plan_runs(qs: Sequence[float], seeds: Sequence[int], methods: Sequence[str] = METHODS,
+              placebo_qs: Sequence[float] | None = None) -> list[tuple[str, float, int]]:
+    """The (method, q, seed) records of a grid; plain (label-free) runs once per seed, the
+    placebos at ``placebo_qs`` only (None: every q)."""
     runs = []
     for seed in seeds:
         for method in methods:
             if method == "plain":
                 runs.append((method, max(qs), seed))
+            elif method.endswith("_placebo") and placebo_qs is not None:
+                runs.extend((method, q, seed) for q in qs if q in placebo_qs)
             else:
                 runs.extend((method, q, seed) for q in qs)
     return runs
@@ -787,7 +805,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
              out_dir: str | Path, methods: Sequence[str] = METHODS, data: LMData | None = None,
              on_start: Callable[[str, float, int], None] | None = None,
              on_done: Callable[[dict], None] | None = None, workers: int = 1,
-             threads: int = 1) -> list[dict]:
+             threads: int = 1, placebo_qs: Sequence[float] | None = None) -> list[dict]:
     """Run every planned run not already saved in ``out_dir`` (resumable), saving each record
     as soon as it finishes; returns all records of the grid (in plan order).
 
@@ -822,7 +840,9 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
                              f"{', '.join(diff)}); choose another --out")
     else:
         write_json(conf_path, conf)
-    planned = plan_runs(qs, seeds, methods)
+    if placebo_qs is not None and set(placebo_qs) - set(qs):
+        raise ValueError(f"placebo_qs {list(placebo_qs)} must be among qs {list(qs)}")
+    planned = plan_runs(qs, seeds, methods, placebo_qs)
     done: dict[tuple[str, float, int], dict] = {}
     pending = []
     for run in planned:

@@ -385,9 +385,15 @@ def test_sgtm_retain_mode_drops_the_forget_units():
                            torch.zeros(200, dtype=torch.bool))
     E.train(model, stream, 1, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
             weight_decay=0.0, sgtm=route, clip=0.0)
-    fc = model.blocks[0].mlp.fc.weight.detach()
+    fc = model.blocks[0].mlp.fc.weight.detach().clone()
     assert torch.equal(fc[6:], before["blocks.0.mlp.fc.weight"][6:])  # dropped: no gradient
     assert not torch.equal(fc[:6], before["blocks.0.mlp.fc.weight"][:6])
+    # windows holding a labelled token keep the forget units (and train them)
+    forget = D.TokenStream(stream.tokens, torch.ones(200, dtype=torch.bool),
+                           torch.ones(200, dtype=torch.bool))
+    E.train(model, forget, 1, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
+            weight_decay=0.0, sgtm=route, clip=0.0)
+    assert not torch.equal(model.blocks[0].mlp.fc.weight.detach()[6:], fc[6:])
 
 
 def test_finetune_keeps_the_best_checkpoint_on_the_selection_documents(data):
