@@ -333,7 +333,7 @@ def test_controls_match_their_method_in_everything_but_the_routing(data, monkeyp
         assert torch.equal(args[2].tokens, era_ft[0][2].tokens), m
         assert kwargs == era_ft[1]
     # ... documents not labelled at that q
-    ft, sel = data.finetune_sets(data.labels(0.5, 0), 0, 4, 4)
+    ft, _ = data.finetune_sets(data.labels(0.5, 0), 0, 4, 4)
     assert torch.equal(ft.tokens, era_ft[0][1].tokens)
     # the placebo routes as many documents as the method, drawn from all of them
     assert runs["era_placebo"][0]["routed_documents"] == runs["era"][0]["routed_documents"]
