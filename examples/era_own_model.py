@@ -1,4 +1,4 @@
-"""Expand-Route-Ablate on your own GPT-style model.
+"""Expand-Route-Ablate (or SGTM) on your own GPT-style model.
 
 The model below is a stand-in for yours: any ``torch.nn.Module`` whose MLP blocks compute
 ``down(act(up(x)))`` with ``nn.Linear`` layers works. ERA needs only
@@ -11,6 +11,12 @@ The data is a toy corpus (one document in four follows the 'forget' rule). After
 model has lost much more on the forget documents than on the others::
 
     python examples/era_own_model.py --steps 300
+    python examples/era_own_model.py --steps 300 --method sgtm
+
+``--method era`` routes the MLP activations' gradient (forget tokens: -0.75 on the original
+units, 1 on the new ones); ``--method sgtm`` masks parameter gradients instead: the forget
+tokens' loss trains only the new units' weights (not the embeddings, attention or unembedding),
+the other tokens train everything.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oversight_gr.lm.own_model import ablate, expand, routed
+from oversight_gr.lm.own_model import ablate, expand, forget_masks, routed
+from oversight_gr.routing import masked_backward
 
 
 class TinyGPT(nn.Module):
@@ -99,6 +106,8 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=16, help="new MLP units per expanded layer")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("era", "sgtm"), default="era",
+                   help="era: activation-gradient routing; sgtm: parameter-gradient masking")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     ids, forget, vocab = toy_data(args.seed)
@@ -110,13 +119,20 @@ def main(argv=None) -> dict:
     # 2. route: train with the forget documents' gradients sent into the new units
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
+    masks = forget_masks(exp) if args.method == "sgtm" else None
     for _ in range(args.steps):
         x, y, f = batches(ids, forget, args.batch, args.ctx, gen)
-        with routed(exp, f.float(), forget_weight=-0.75) as new_acts:
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-            loss = loss + 1e-4 * sum(a.abs().sum(-1).mean() for a in new_acts)
-            opt.zero_grad()
-            loss.backward()
+        opt.zero_grad()
+        if masks is None:  # ERA: scale the MLP activations' gradient per token
+            with routed(exp, f.float(), forget_weight=-0.75) as new_acts:
+                loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+                loss = loss + 1e-4 * sum(a.abs().sum(-1).mean() for a in new_acts)
+                loss.backward()
+        else:  # SGTM: the forget tokens' loss reaches only the new units' weights
+            ce = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none")
+            fl = f.flatten().float()
+            masked_backward(model, {"retain": (ce * (1 - fl)).sum() / ce.numel(),
+                                    "forget": (ce * fl).sum() / ce.numel()}, {"forget": masks})
         opt.step()
     before = split_losses(model, ids, forget, args.ctx)
     # 3. ablate: delete the new units

@@ -9,6 +9,13 @@ unchanged. Two forms are offered:
   per sample and per dimension. 0 blocks, 1 passes, -0.75 reverses and shrinks.
 * parameter routing (:class:`ParameterRouter`): per-route masks on chosen parameters'
   gradients, applied by tensor hooks while that route's loss is backpropagated.
+* parameter-gradient masking after backward (:func:`masked_backward`, :func:`sgtm_masks`,
+  :func:`mask_gradients`): each route's loss is differentiated on its own and its parameter
+  gradients are multiplied by the route's masks before they accumulate into ``.grad``;
+  parameters a route masks by 0 are not differentiated at all. SGTM-style training (selective
+  gradient masking): a forget route updates only its forget units (rows/columns of chosen
+  parameters), optionally the embeddings, LayerNorms and unembedding too, while the other
+  routes update everything.
 
 For a first-layer mixture of experts the two forms give the same gradients (tested).
 
@@ -32,6 +39,10 @@ __all__ = [
     "ParameterRouter",
     "ablate",
     "ablate_output",
+    "unit_mask",
+    "sgtm_masks",
+    "mask_gradients",
+    "masked_backward",
 ]
 
 
@@ -331,3 +342,118 @@ def ablate_output(
         yield
     finally:
         handle.remove()
+
+
+#: ``{parameter name: (dim, units)}``: the forget units of a parameter, ``units`` (a slice, an
+#: index list or a bool tensor) along ``dim``
+UnitSpec = Mapping[str, tuple[int, "slice | Sequence[int] | Tensor"]]
+
+
+def unit_mask(param: Tensor, dim: int, units: slice | Sequence[int] | Tensor,
+              inside: float = 1.0, outside: float = 0.0) -> Tensor:
+    """A mask shaped like ``param``: ``inside`` on the ``units`` along ``dim``, ``outside``
+    elsewhere (e.g. the rows of an MLP's up-projection that feed chosen hidden units)."""
+    if not -param.ndim <= dim < param.ndim:
+        raise ValueError(f"dim {dim} is out of range for a parameter of shape "
+                         f"{tuple(param.shape)}")
+    line = torch.full((param.shape[dim],), float(outside), dtype=param.dtype,
+                      device=param.device)
+    line[units] = float(inside)
+    shape = [1] * param.ndim
+    shape[dim] = -1
+    return line.view(shape).expand_as(param).clone()
+
+
+def sgtm_masks(module: nn.Module, forget_units: UnitSpec, shared: Sequence[str] = (),
+               mask_shared: bool = True) -> dict[str, Tensor | float]:
+    """The gradient masks of an SGTM forget route over every parameter of ``module``.
+
+    Args:
+        forget_units: ``{name: (dim, units)}``; those parameters keep the gradient of their
+            forget units only (e.g. ``{"blocks.0.mlp.fc.weight": (0, slice(256, 288)),
+            "blocks.0.mlp.proj.weight": (1, slice(256, 288))}``).
+        shared: names of parameters that no unit owns (embeddings, LayerNorms, unembedding).
+        mask_shared: True: forget data leaves ``shared`` untouched too (mask 0); False: they
+            learn from it (mask 1).
+
+    Returns:
+        ``{name: mask}`` for every parameter: a tensor for the named forget parameters, 0 for
+        the others (1 for ``shared`` with ``mask_shared=False``). Use with
+        :func:`masked_backward` or :func:`mask_gradients`.
+    """
+    params = dict(module.named_parameters())
+    unknown = sorted((set(forget_units) | set(shared)) - set(params))
+    if unknown:
+        raise ValueError(f"sgtm_masks names unknown parameters {unknown}; allowed: "
+                         f"{sorted(params)}")
+    both = sorted(set(forget_units) & set(shared))
+    if both:
+        raise ValueError(f"parameters {both} are named both as forget units and as shared")
+    masks: dict[str, Tensor | float] = {}
+    for name, p in params.items():
+        if name in forget_units:
+            dim, units = forget_units[name]
+            masks[name] = unit_mask(p, dim, units)
+        elif name in shared and not mask_shared:
+            masks[name] = 1.0
+        else:
+            masks[name] = 0.0
+    return masks
+
+
+def mask_gradients(module: nn.Module, masks: Mapping[str, Tensor | float]) -> None:
+    """Multiply the ``.grad`` of the named parameters by their masks, in place (after a
+    backward of one route only; parameters without a gradient are skipped)."""
+    params = dict(module.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise ValueError(f"masks name unknown parameters {unknown}; allowed: {sorted(params)}")
+    with torch.no_grad():
+        for name, m in masks.items():
+            g = params[name].grad
+            if g is not None:
+                g.mul_(m.to(g.device, g.dtype) if isinstance(m, Tensor) else float(m))
+
+
+def masked_backward(module: nn.Module, losses: Mapping[object, Tensor],
+                    masks: Mapping[object, Mapping[str, Tensor | float]]) -> None:
+    """Backpropagate each route's scalar loss and mask its parameter gradients after backward,
+    accumulating the sum over routes into ``.grad``.
+
+    ``masks[route][name]`` multiplies the gradient that ``losses[route]`` gives parameter
+    ``name`` (unnamed parameters: 1; routes absent from ``masks``: no masking). A parameter
+    masked by 0 is left out of that route's differentiation (no compute spent on it), so a
+    forget route that updates a few units costs little more than the backward through the
+    activations. Unlike activation routing, the gradient still flows *through* masked
+    parameters to the layers below: an SGTM forget batch trains a layer-0 forget unit through
+    a frozen layer 3. For parameters that only the data feeds (a first-layer mixture of
+    experts) the two forms give the same gradients.
+    """
+    params = dict(module.named_parameters())
+    for route, per in masks.items():
+        unknown = sorted(set(per) - set(params))
+        if unknown:
+            raise ValueError(f"route {route!r} masks unknown parameters {unknown}; allowed: "
+                             f"{sorted(params)}")
+    items = [(r, loss) for r, loss in losses.items() if loss.requires_grad]
+    for i, (route, loss) in enumerate(items):
+        per = masks.get(route, {})
+        keep = [(n, p) for n, p in params.items() if p.requires_grad
+                and not (not isinstance(per.get(n, 1.0), Tensor) and float(per.get(n, 1.0)) == 0.0)]
+        if not keep:
+            continue
+        grads = torch.autograd.grad(loss, [p for _, p in keep], retain_graph=i < len(items) - 1,
+                                    allow_unused=True)
+        with torch.no_grad():
+            for (name, p), g in zip(keep, grads):
+                if g is None:
+                    continue
+                m = per.get(name, 1.0)
+                if isinstance(m, Tensor):
+                    g = g * m.to(g.device, g.dtype)
+                elif float(m) != 1.0:
+                    g = g * float(m)
+                if p.grad is None:
+                    p.grad = g.detach().clone()
+                else:
+                    p.grad.add_(g)

@@ -11,7 +11,11 @@ from oversight_gr.routing import (
     RouteTable,
     ablate,
     ablate_output,
+    mask_gradients,
+    masked_backward,
     routed_mixture,
+    sgtm_masks,
+    unit_mask,
     scale_gradient,
     two_expert_mixture,
 )
@@ -179,3 +183,69 @@ def test_ablation_helpers_zero_chosen_units():
         out = lin(torch.randn(6, 3))
     assert torch.all(out[:, :2] == 0) and not torch.all(out[:, 2:] == 0)
     assert not torch.all(lin(torch.randn(6, 3))[:, :2] == 0)
+
+
+def test_masked_backward_equals_activation_routing_for_first_layer_moe():
+    """SGTM-style masking after backward gives activation routing's gradients where the routed
+    parameters see only the data (a first-layer mixture of experts)."""
+    torch.manual_seed(2)
+    model = FirstLayerMoE()
+    x = torch.randn(10, 6)
+    target = torch.randn(10, 3)
+    routes = torch.tensor([0, 1, 2, 0, 2, 1, 0, 2, 2, 1])
+    ga, gb, gg = (routes != 1).float(), (routes != 0).float(), (routes == 2).float()
+    ((model(x, ga, gb, gg) - target) ** 2).sum().backward()
+    activation = _grads(model)
+
+    model.zero_grad()
+    names = dict(model.named_parameters())
+    masks = {0: {n: 0.0 for n in names if n.startswith(("gate", "expert_b"))},
+             1: {n: 0.0 for n in names if n.startswith(("gate", "expert_a"))}}
+    per_sample = ((model(x) - target) ** 2).sum(1)
+    masked_backward(model, {r: per_sample[routes == r].sum() for r in (0, 1, 2)}, masks)
+    parameter = _grads(model)
+    for name in activation:
+        torch.testing.assert_close(activation[name], parameter[name], rtol=1e-5, atol=1e-6)
+    assert not torch.all(parameter["expert_b.0.weight"] == 0)
+
+
+def test_masked_backward_differs_from_activation_routing_below_a_masked_layer():
+    """Masking a deeper layer's parameters does not block the gradient through it: the first
+    layer still learns from the route (activation routing at the same place would block it)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    x = torch.randn(6, 4)
+    masked_backward(net, {"f": net(x).square().sum()}, {"f": {"2.weight": 0.0, "2.bias": 0.0}})
+    assert net[2].weight.grad is None and net[2].bias.grad is None
+    assert net[0].weight.grad.abs().sum() > 0
+    net.zero_grad()
+    h = scale_gradient(net[1](net[0](x)), 0.0)
+    net[2](h).square().sum().backward()
+    assert net[0].weight.grad is None or torch.all(net[0].weight.grad == 0)
+
+
+def test_sgtm_masks_keep_forget_units_and_mask_the_rest():
+    torch.manual_seed(4)
+    net = nn.ModuleDict({"emb": nn.Embedding(7, 4), "up": nn.Linear(4, 6), "down": nn.Linear(6, 4)})
+    masks = sgtm_masks(net, {"up.weight": (0, slice(4, 6)), "up.bias": (0, slice(4, 6)),
+                             "down.weight": (1, slice(4, 6))}, shared=["emb.weight"])
+    assert set(masks) == {n for n, _ in net.named_parameters()}
+    assert masks["emb.weight"] == 0.0 and masks["down.bias"] == 0.0
+    torch.testing.assert_close(masks["up.weight"][:, 0], torch.tensor([0.0] * 4 + [1.0] * 2))
+    torch.testing.assert_close(masks["down.weight"][0], torch.tensor([0.0] * 4 + [1.0] * 2))
+    assert sgtm_masks(net, {"up.bias": (0, [5])}, shared=["emb.weight"],
+                      mask_shared=False)["emb.weight"] == 1.0
+    # masks applied after a plain backward: only the forget units' rows/columns move
+    x = torch.randint(0, 7, (3,))
+    net["down"](torch.relu(net["up"](net["emb"](x)))).sum().backward()
+    mask_gradients(net, masks)
+    assert torch.all(net["up"].weight.grad[:4] == 0) and net["up"].weight.grad[4:].abs().sum() > 0
+    assert torch.all(net["emb"].weight.grad == 0)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        sgtm_masks(net, {"nope": (0, [0])})
+    with pytest.raises(ValueError, match="both"):
+        sgtm_masks(net, {"up.bias": (0, [0])}, shared=["up.bias"])
+    with pytest.raises(ValueError, match="dim 2"):
+        unit_mask(net["up"].weight, 2, [0])
+    with pytest.raises(ValueError, match="unknown parameters"):
+        masked_backward(net, {}, {"f": {"nope": 0.0}})

@@ -26,9 +26,10 @@ def register(sub) -> None:
 
     era = lm_sub.add_parser(
         "era", help="Expand-Route-Ablate unlearning vs baselines under partial labels",
-        description="Train ERA, data filtering, plain training and the expand-without-routing "
-        "control for each label fraction q and seed; report forget/retain validation loss "
-        "before/after ablation and after a retraining attack (mean +- 95% CI), save a figure.")
+        description="Train ERA, SGTM, their matched controls and placebos, data filtering, "
+        "plain training and RMU for each label fraction q and seed; report forget/retain "
+        "validation loss before/after ablation and after a retraining attack (mean +- 95% CI), "
+        "save a figure.")
     era.add_argument("--q", type=float, nargs="+", default=list(DEFAULT_QS),
                      help=f"fractions of forget documents labelled (default: {list(DEFAULT_QS)})")
     era.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
@@ -37,6 +38,8 @@ def register(sub) -> None:
                      "several processes share one --out")
     era.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                      help="methods to run (default: all)")
+    era.add_argument("--placebo-q", type=float, nargs="+", default=None,
+                     help="run the *_placebo methods at these q's only (default: every --q)")
     era.add_argument("--out", default="runs/lm_era",
                      help="results folder (resumable: finished runs are not redone)")
     era.add_argument("--figure", default=None,
@@ -82,7 +85,7 @@ def _era(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    planned = E.plan_runs(args.q, seeds, args.methods)
+    planned = E.plan_runs(args.q, seeds, args.methods, args.placebo_q)
     bar = tqdm(total=len(planned), desc="lm era", unit="run")
     start = time.time()
 
@@ -91,7 +94,8 @@ def _era(args: argparse.Namespace) -> int:
 
     records = E.run_grid(cfg, gpt, args.q, seeds, args.out, methods=args.methods,
                          on_start=on_start, on_done=lambda rec: bar.update(1),
-                         workers=args.workers, threads=args.threads)
+                         workers=args.workers, threads=args.threads,
+                         placebo_qs=args.placebo_q)
     bar.close()
     rows = E.summarize(records)
     table = E.markdown_table(rows)

@@ -496,3 +496,53 @@ def token_specificity(stream: TokenStream, vocab_size: int, smoothing: float = 5
     rf = (cf + smoothing) / nf
     ro = co / no + smoothing / nf
     return ((rf - ro) / (rf + ro)).clamp(min=0.0).float()
+
+
+def paper_route_strength(stream: TokenStream, vocab_size: int, forget_pseudo: float = 1.0,
+                         retain_pseudo: float = 20.0, offset: float = 4.0) -> Tensor:
+    """The paper's per-token softening of the forget route, as a strength in [0, 1] per token id.
+
+    With ``c_f``, ``c_r`` a token's counts among *labelled* forget tokens and among all other
+    tokens (the trainer's view: unlabelled forget documents count as retain), ``N_f``, ``N_r``
+    the group sizes and ``V`` the vocabulary, the frequency ratio is
+    ``r = ((c_f + forget_pseudo) / (N_f + forget_pseudo V)) /
+    ((c_r + retain_pseudo) / (N_r + retain_pseudo V))`` and the strength is
+    ``sigmoid((r - 1/r) - offset)``: about 0.018 for a token as common in both groups (r = 1),
+    near 1 for one far more common among the labelled forget tokens. The paper's weight on the
+    original units is ``w = 1 - strength`` mixed as ``1 - 1.75 (1 - w)``, i.e. the forget row
+    (-0.75 on the original units) at strength 1 and the retain row at 0
+    (:func:`oversight_gr.lm.own_model.era_weights`). It is applied to the *next* token's id.
+
+    Returns:
+        ``[vocab_size]`` float32.
+    """
+    if forget_pseudo <= 0 or retain_pseudo <= 0:
+        raise ValueError(f"pseudo-counts must be > 0, got forget_pseudo={forget_pseudo}, "
+                         f"retain_pseudo={retain_pseudo}")
+    lab = stream.labelled.cpu()
+    tokens = stream.tokens.cpu()
+    cf = torch.bincount(tokens[lab], minlength=vocab_size).double()
+    cr = torch.bincount(tokens[~lab], minlength=vocab_size).double()
+    ff = (cf + forget_pseudo) / (cf.sum() + forget_pseudo * vocab_size)
+    fr = (cr + retain_pseudo) / (cr.sum() + retain_pseudo * vocab_size)
+    r = ff / fr
+    return torch.sigmoid((r - 1.0 / r) - offset).float()
+
+
+def bigram_loss(train: Tensor, evals: Sequence[Tensor], vocab_size: int,
+                alpha: float = 0.1) -> list[float]:
+    """Mean next-token loss (nats) of an add-``alpha`` bigram model fitted on the token ids
+    ``train [N]``, on each of the token streams ``evals`` (the baseline a language model must
+    beat to have learnt more than bigrams)."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    t = train.cpu().long()
+    counts = torch.zeros(vocab_size * vocab_size, dtype=torch.float64)
+    counts.index_add_(0, t[:-1] * vocab_size + t[1:], torch.ones(len(t) - 1, dtype=torch.float64))
+    counts = counts.view(vocab_size, vocab_size) + alpha
+    logp = counts.log() - counts.sum(1, keepdim=True).log()
+    out = []
+    for e in evals:
+        e = e.cpu().long()
+        out.append(float(-logp[e[:-1], e[1:]].mean()))
+    return out

@@ -20,6 +20,15 @@ Three steps, the same as :mod:`oversight_gr.lm.era` runs on its own model:
    new units on every token);
 3. :func:`ablate` deletes the new units (the pairs return to their original widths).
 
+SGTM on the same expansion (selective gradient masking, parameter-gradient routing): instead of
+step 2, :func:`forget_masks` gives the gradient masks under which forget tokens train only the
+new units' weights, and :func:`oversight_gr.routing.masked_backward` applies them to the loss of
+the forget tokens while the other tokens train everything::
+
+    masks = forget_masks(exp)
+    masked_backward(model, {"retain": loss_on_retain_tokens, "forget": loss_on_forget_tokens},
+                    {"forget": masks})
+
 Example (see ``examples/era_own_model.py``)::
 
     exp = expand(model, [("h.0.mlp.up", "h.0.mlp.down")], k=16)
@@ -38,10 +47,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from oversight_gr.routing import RouteTable, scale_gradient
+from oversight_gr.routing import RouteTable, scale_gradient, sgtm_masks
 
 __all__ = ["Expansion", "grow_pair", "shrink_pair", "expand", "era_route_table",
-           "era_weights", "routed", "ablate"]
+           "era_weights", "routed", "ablate", "forget_masks"]
 
 #: one MLP block: (up, down) as ``nn.Linear`` modules or their dotted paths in the model
 MLPPair = tuple[nn.Module | str, nn.Module | str]
@@ -225,3 +234,18 @@ def ablate(exp: Expansion) -> None:
         new_up, new_down = shrink_pair(up, down, units)
         _set(exp.model, up_p, new_up)
         _set(exp.model, down_p, new_down)
+
+
+def forget_masks(exp: Expansion, also_train: Sequence[str] = ()) -> dict[str, Tensor | float]:
+    """SGTM's gradient masks for the forget tokens of an expanded model: the new units' input
+    rows, input biases and output columns keep their gradient; every other parameter gets 0,
+    except the parameter names in ``also_train`` (e.g. the embeddings, to let forget data train
+    them; the issue-25 probes found masking them matters on a small model)."""
+    spec = {}
+    for up_p, down_p in exp.paths:
+        u = exp.new_units[exp.paths.index((up_p, down_p))]
+        spec[f"{up_p}.weight"] = (0, u)
+        if exp.model.get_submodule(up_p).bias is not None:
+            spec[f"{up_p}.bias"] = (0, u)
+        spec[f"{down_p}.weight"] = (1, u)
+    return sgtm_masks(exp.model, spec, shared=list(also_train), mask_shared=False)

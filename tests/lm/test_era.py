@@ -14,7 +14,8 @@ TINY_GPT = GPTConfig(ctx=16, d_model=16, n_layer=2, n_head=2, d_mlp=24)
 TINY_ERA = dict(corpus="synthetic", vocab_size=300, steps=6, finetune_steps=2, batch_size=4,
                 warmup=1, expand_layers=(0,), expand_k=4, attack_docs=2, attack_steps=2,
                 attack_repeats=1, attack_eval_every=1, attack_batch=2, eval_windows=3,
-                val_frac=0.2, attack_frac=0.2)
+                val_frac=0.2, attack_frac=0.2, finetune_docs=4, select_docs=4,
+                sgtm_layers=(0, 1), sgtm_k=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,7 +129,7 @@ def test_config_validation():
 def test_tiny_end_to_end_era_and_resume(data, tmp_path):
     cfg = E.ERAConfig(**TINY_ERA)
     recs = E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path, data=data)
-    assert len(recs) == len(E.plan_runs([0.5], [0])) == 5
+    assert len(recs) == len(E.plan_runs([0.5], [0])) == len(E.METHODS)
     era = next(r for r in recs if r["method"] == "era" and r["q"] == 0.5)
     for key in ("pre_forget", "ablated_forget", "final_forget", "final_retain", "attack_forget"):
         assert np.isfinite(era[key])
@@ -164,7 +165,7 @@ def test_tiny_end_to_end_era_and_resume(data, tmp_path):
                                                                      "rmu_alpha": cfg.rmu_alpha}}))
     victim = next(tmp_path.glob("era_*.json"))
     victim.write_text("{trunc")
-    assert len(E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path)) == 5
+    assert len(E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path)) == len(E.METHODS)
     assert json.loads(victim.read_text())["method"] == "era"
 
 
@@ -238,3 +239,182 @@ def test_grid_in_parallel_workers_writes_the_single_process_records(data, tmp_pa
     assert len(seen) == 6 and len(list((tmp_path / "two").glob("*_s*.json"))) == 6
     with pytest.raises(ValueError, match="workers must be an int >= 1, got 0"):
         E.run_grid(cfg, TINY_GPT, [0.5], [0], tmp_path / "three", workers=0)
+
+
+def test_paper_softening_rule_on_the_next_token():
+    """w = 1 - sigmoid((r - 1/r) - 4), r with pseudo-counts 1 (forget) and 20 (retain); the
+    original units get 1 - 1.75 (1 - w), chosen by the *target* token."""
+    V = 4
+    tokens = torch.tensor([0, 1, 0, 1] * 50 + [0, 1, 2, 2] * 50)
+    labelled = torch.tensor([False] * 200 + [True] * 200)
+    s = D.paper_route_strength(D.TokenStream(tokens, labelled, labelled), V)
+    cf = torch.tensor([50.0, 50.0, 100.0, 0.0])
+    cr = torch.tensor([100.0, 100.0, 0.0, 0.0])
+    r = ((cf + 1) / (200 + V)) / ((cr + 20) / (200 + 20 * V))
+    torch.testing.assert_close(s, torch.sigmoid((r - 1 / r) - 4))
+    assert s[2] > 0.9 and s[0] < 0.05  # only in the labelled documents / common in both
+    # a token as common in both groups keeps ~0.97 on the original units
+    half = torch.arange(1000) % 4 < 2
+    even = D.paper_route_strength(D.TokenStream(torch.tensor([0, 1] * 500), half, half), 2)
+    assert abs(float(1 - 1.75 * even[0]) - (1 - 1.75 * torch.sigmoid(torch.tensor(-4.0)))) < 0.01
+    route = E.era_route_fn({0: 5}, {0: slice(4, 5)}, -0.75, specificity=s, floor=0.0)
+    y = torch.tensor([[2, 0, 3]])
+    w = route(y, None, torch.tensor([[True, True, False]]))["mlp_grad"][0][0]
+    torch.testing.assert_close(w[0, :4], (1 - 1.75 * s[2]).repeat(4))
+    torch.testing.assert_close(w[1, :4], (1 - 1.75 * s[0]).repeat(4))
+    torch.testing.assert_close(w[:, 4], torch.ones(3))  # new units: 1
+    torch.testing.assert_close(w[2], torch.ones(5))  # not labelled: the retain row
+    with pytest.raises(ValueError, match="pseudo-counts"):
+        D.paper_route_strength(D.TokenStream(tokens, labelled, labelled), V, forget_pseudo=0)
+
+
+def _capture(monkeypatch, name):
+    calls = []
+    real = getattr(E, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E, name, spy)
+    return calls
+
+
+def test_l1_is_on_every_unit_of_the_routed_layers_before_the_mask(data, monkeypatch):
+    calls = _capture(monkeypatch, "train")
+    cfg = E.ERAConfig(**{**TINY_ERA, "expand_layers": (0, 1)})
+    E.run_method("era", 0.5, 0, cfg, TINY_GPT, data)
+    kw = calls[0][1]
+    assert kw["l1_units"] == {0: slice(None), 1: slice(None)} and kw["l1"] == cfg.l1
+    calls.clear()
+    E.run_method("era", 0.5, 0, E.ERAConfig(**{**TINY_ERA, "l1_units": "new"}), TINY_GPT, data)
+    assert calls[0][1]["l1_units"] == {0: slice(24, 28)}
+    # the activations the penalty sees are not routed: on a forget token (original units
+    # reversed by the route) the penalty's gradient on the original units is the plain one
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, ctx=8, d_model=8, n_layer=1, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0], 2, out_std=0.1)
+    route = E.era_route_fn({0: 8}, new, -0.75, specificity=None)
+    x, y = torch.randint(0, 20, (1, 5)), torch.randint(0, 20, (1, 5))
+    lab = torch.ones(1, 5, dtype=torch.bool)
+
+    def grad(routed, with_l1):
+        model.zero_grad()
+        logits, hidden = model(x, return_hidden=True, **(route(y, lab, lab) if routed else {}))
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        if with_l1:
+            loss = loss + hidden[0].abs().sum(-1).mean()
+        loss.backward()
+        return model.blocks[0].mlp.fc.weight.grad.clone()
+
+    l1_routed = grad(True, True) - grad(True, False)
+    l1_plain = grad(False, True) - grad(False, False)
+    torch.testing.assert_close(l1_routed, l1_plain)
+    assert l1_routed[:6].abs().sum() > 0
+
+
+def test_controls_match_their_method_in_everything_but_the_routing(data, monkeypatch):
+    trains = _capture(monkeypatch, "train")
+    fts = _capture(monkeypatch, "finetune")
+    cfg = E.ERAConfig(**TINY_ERA)
+    runs = {}
+    for m in ("era", "era_control", "sgtm", "sgtm_control", "filter", "era_placebo"):
+        trains.clear()
+        fts.clear()
+        runs[m] = (E.run_method(m, 0.5, 0, cfg, TINY_GPT, data), trains[0][1], fts[0])
+    (_, era_kw, era_ft), (_, ctl_kw, _) = runs["era"], runs["era_control"]
+    assert era_kw["route"] is not None and ctl_kw["route"] is None
+    for k in ("l1_units", "l1", "lr", "warmup", "batch_size", "clip", "weight_decay"):
+        assert era_kw[k] == ctl_kw[k], k
+    assert runs["sgtm"][1]["sgtm"] is not None and runs["sgtm_control"][1]["sgtm"] is None
+    # every method at this q and seed fine-tunes (and selects) on the same documents
+    for m, (_, _, (args, kwargs)) in runs.items():
+        assert torch.equal(args[1].tokens, era_ft[0][1].tokens), m
+        assert torch.equal(args[2].tokens, era_ft[0][2].tokens), m
+        assert kwargs == era_ft[1]
+    # ... documents not labelled at that q
+    ft, _ = data.finetune_sets(data.labels(0.5, 0), 0, 4, 4)
+    assert torch.equal(ft.tokens, era_ft[0][1].tokens)
+    # the placebo routes as many documents as the method, drawn from all of them
+    assert runs["era_placebo"][0]["routed_documents"] == runs["era"][0]["routed_documents"]
+    # a control trained once for several q's writes what separate runs write
+    drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
+    both = E.run_job("era_control", [0.5, 1.0], 0, cfg, TINY_GPT, data)
+    assert drop(both[0]) == drop(runs["era_control"][0])
+    assert drop(both[1]) == drop(E.run_method("era_control", 1.0, 0, cfg, TINY_GPT, data))
+    with pytest.raises(ValueError, match="one q at a time"):
+        E.run_job("era", [0.5, 1.0], 0, cfg, TINY_GPT, data)
+
+
+@pytest.mark.parametrize("mask_shared", [True, False])
+def test_sgtm_forget_tokens_update_only_the_forget_units(mask_shared):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, ctx=8, d_model=8, n_layer=2, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0, 1], 3, out_std=0.1)
+    route = E.sgtm_route(model, new, mask_shared=mask_shared)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokens = torch.randint(0, 30, (200,))
+    forget_only = D.TokenStream(tokens, torch.ones(200, dtype=torch.bool),
+                                torch.ones(200, dtype=torch.bool))
+    E.train(model, forget_only, 2, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
+            weight_decay=0.0, sgtm=route, clip=0.0)
+    after = dict(model.named_parameters())
+    moved = lambda n: not torch.equal(before[n], after[n].detach())  # noqa: E731
+    for layer in (0, 1):
+        fc, proj = f"blocks.{layer}.mlp.fc.weight", f"blocks.{layer}.mlp.proj.weight"
+        assert torch.equal(before[fc][:6], after[fc][:6].detach())
+        assert not torch.equal(before[fc][6:], after[fc][6:].detach())
+        assert torch.equal(before[proj][:, :6], after[proj][:, :6].detach())
+        assert not moved(f"blocks.{layer}.qkv.weight") and not moved(f"blocks.{layer}.mlp.proj.bias")
+    assert moved("tok.weight") != mask_shared and moved("lm_head.weight") != mask_shared
+    # retain tokens train everything
+    retain = D.TokenStream(tokens, torch.zeros(200, dtype=torch.bool),
+                           torch.zeros(200, dtype=torch.bool))
+    E.train(model, retain, 1, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
+            weight_decay=0.0, sgtm=route, clip=0.0)
+    assert moved("blocks.0.qkv.weight") and moved("tok.weight")
+
+
+def test_sgtm_retain_mode_drops_the_forget_units():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, ctx=8, d_model=8, n_layer=1, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0], 3, out_std=0.1)
+    route = E.sgtm_route(model, new, retain_mode=1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stream = D.TokenStream(torch.randint(0, 30, (200,)), torch.zeros(200, dtype=torch.bool),
+                           torch.zeros(200, dtype=torch.bool))
+    E.train(model, stream, 1, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
+            weight_decay=0.0, sgtm=route, clip=0.0)
+    fc = model.blocks[0].mlp.fc.weight.detach().clone()
+    assert torch.equal(fc[6:], before["blocks.0.mlp.fc.weight"][6:])  # dropped: no gradient
+    assert not torch.equal(fc[:6], before["blocks.0.mlp.fc.weight"][:6])
+    # windows holding a labelled token keep the forget units (and train them)
+    forget = D.TokenStream(stream.tokens, torch.ones(200, dtype=torch.bool),
+                           torch.ones(200, dtype=torch.bool))
+    E.train(model, forget, 1, batch_size=4, lr=1e-2, generator=torch.Generator().manual_seed(0),
+            weight_decay=0.0, sgtm=route, clip=0.0)
+    assert not torch.equal(model.blocks[0].mlp.fc.weight.detach()[6:], fc[6:])
+
+
+def test_finetune_keeps_the_best_checkpoint_on_the_selection_documents(data):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_GPT.__dict__, "vocab_size": data.vocab_size}))
+    ft, sel = data.finetune_sets(data.labels(0.5, 0), 0, 4, 4)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # a wild learning rate makes every step worse: the ablated model (step 0) is kept
+    out = E.finetune(model, ft, sel, 3, lr=50.0, select_windows=8)
+    assert out["finetune_best_step"] == 0
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    out = E.finetune(model, ft, sel, 3, lr=1e-3, select_windows=8)
+    assert out["finetune_best_step"] > 0 and out["finetune_select_loss"] < E.evaluate(
+        GPT(GPTConfig(**{**TINY_GPT.__dict__, "vocab_size": data.vocab_size})), sel, 8) + 1.0
+    with pytest.raises(ValueError, match="finetune_docs"):
+        data.finetune_sets(data.labels(0.5, 0), 0, 10_000, 4)
+
+
+def test_bigram_baseline_add_alpha():
+    train = torch.tensor([0, 1, 0, 1, 0, 2])
+    (loss,) = D.bigram_loss(train, [torch.tensor([0, 1, 2])], 3, alpha=0.1)
+    # P(1|0) = (2 + 0.1) / (3 + 0.3); P(2|1) = (0 + 0.1) / (2 + 0.3)
+    expect = -(np.log(2.1 / 3.3) + np.log(0.1 / 2.3)) / 2
+    assert abs(loss - expect) < 1e-9

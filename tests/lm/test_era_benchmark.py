@@ -1,4 +1,4 @@
-"""The issue-16 target checks of benchmarks/lm_era.py on hand-made summary rows."""
+"""The issue-25 checks of benchmarks/lm_era.py on hand-made records."""
 
 import importlib.util
 import math
@@ -14,28 +14,29 @@ def _bench():
     return mod
 
 
-def _row(method, q, forget, retain, attack, ci=0.01):
-    return {"method": method, "q": q, "n": 3, "final_forget": (forget, ci),
-            "final_retain": (retain, ci), "attack_forget": (attack, ci)}
+def _rec(method, q, seed, forget, retain, attack):
+    return {"method": method, "q": q, "seed": seed, "final_forget": forget,
+            "final_retain": retain, "attack_forget": attack}
 
 
-def test_targets_pass_and_fail():
+def test_paired_differences_and_the_q05_target():
     b = _bench()
-    rows = [_row("era", 0.25, 4.8, 4.52, 4.75), _row("filter", 0.25, 4.6, 4.5, 4.55),
-            _row("filter", 1.0, 4.9, 4.5, 4.85), _row("plain", None, 4.6, 4.55, 4.58),
-            _row("expand_control", None, 4.65, 4.5, 4.6)]
-    lines = b.targets(rows)
-    assert len(lines) == 3
-    assert "+0.300" in lines[0] and lines[0].endswith("holds")
-    assert "forget +0.150" in lines[1] and "retain +0.020" in lines[1]
-    assert lines[1].endswith("holds")
-    assert lines[2].endswith("holds (significant)")
-    # retain cost above 0.05 fails the routing target; a smaller gap fails the topic target
-    rows[0] = _row("era", 0.25, 4.8, 4.6, 4.5)
-    rows[2] = _row("filter", 1.0, 4.7, 4.5, 4.65)
-    lines = b.targets(rows)
-    assert all(line.endswith("does not hold") for line in lines)
-    rows[1] = _row("filter", 0.25, 4.6, 4.5, 4.49)
-    assert b.targets(rows)[2].endswith("holds only nominally (not significant)")
-    d, ci = b._diff_ci((1.0, float("nan")), (0.5, 0.3))
-    assert d == 0.5 and math.isclose(ci, 0.3)
+    recs = []
+    for s in range(3):
+        recs += [_rec("sgtm", 0.5, s, 4.5 + 0.01 * s, 4.20, 4.4),
+                 _rec("sgtm_control", 0.5, s, 4.35 + 0.01 * s, 4.19, 4.3),
+                 _rec("filter", 0.5, s, 4.4, 4.2, 4.35),
+                 _rec("sgtm_placebo", 0.5, s, 4.35 + 0.01 * s, 4.21, 4.3)]
+    # paired by seed: the seed offsets cancel, so the interval has zero width
+    m, ci, n = b.paired(recs, "sgtm", "sgtm_control", 0.5, "final_forget")
+    assert n == 3 and math.isclose(m, 0.15) and ci < 1e-9
+    lines = b.targets(recs)
+    assert lines[0].startswith("- sgtm, q=0.5") and "forget +0.150" in lines[0]
+    assert "retain +0.010" in lines[0] and lines[0].endswith("holds)")
+    assert "minus data filtering: forget +0.110" in lines[1]
+    assert "placebo" in lines[2] and "forget +0.000" in lines[2]
+    # a retain cost above 0.05 fails the target
+    recs = [dict(r, final_retain=4.3) if r["method"] == "sgtm" else r for r in recs]
+    assert b.targets(recs)[0].endswith("does not hold)")
+    # one seed: no interval
+    assert b._fmt(b.paired(recs[:4], "sgtm", "sgtm_control", 0.5, "final_forget")) == "+0.150"

@@ -6,7 +6,7 @@ from torch import nn
 
 from oversight_gr.lm import era as E
 from oversight_gr.lm.model import GPT, GPTConfig
-from oversight_gr.lm.own_model import ablate, expand, routed
+from oversight_gr.lm.own_model import ablate, expand, forget_masks, routed
 
 CFG = GPTConfig(vocab_size=30, ctx=8, d_model=8, n_layer=2, n_head=2, d_mlp=12)
 
@@ -76,3 +76,20 @@ def test_expand_rejects_what_is_not_an_mlp_pair():
     with pytest.raises(ValueError, match="strength has shape"):
         with routed(exp, torch.ones(1, 3)):
             model(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_forget_masks_of_an_expansion_match_the_lm_sgtm_route():
+    model = GPT(CFG, generator=torch.Generator().manual_seed(0))
+    exp = expand(model, _pairs(model, [0, 1]), k=3)
+    masks = forget_masks(exp)
+    assert masks["tok.weight"] == 0.0 and masks["blocks.0.qkv.weight"] == 0.0
+    torch.testing.assert_close(masks["blocks.1.mlp.fc.weight"][:, 0],
+                               torch.tensor([0.0] * 12 + [1.0] * 3))
+    torch.testing.assert_close(masks["blocks.1.mlp.proj.weight"][0],
+                               torch.tensor([0.0] * 12 + [1.0] * 3))
+    assert forget_masks(exp, also_train=["tok.weight"])["tok.weight"] == 1.0
+    # the same masks as the lm module's SGTM route with the embeddings masked
+    lm = E.sgtm_route(model, {0: slice(12, 15), 1: slice(12, 15)}).masks
+    assert set(lm) == set(masks)
+    for name, m in masks.items():
+        assert torch.equal(torch.as_tensor(m), torch.as_tensor(lm[name])), name
