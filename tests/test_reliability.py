@@ -1,6 +1,7 @@
 """Issue 24: nothing lost on Ctrl-C or a full disk, nothing trained twice, every bad input a
 one-line error. Each test here failed on 9518d0f."""
 
+import contextlib
 import errno
 import json
 import os
@@ -132,22 +133,29 @@ def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_no_temp(tmp
     assert run_training(cfg, tmp_path, checkpoint_every=1)["env_steps"] == 4 * PER_UPDATE
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_a_really_full_tmpfs_keeps_the_old_file(tmp_path):
+@contextlib.contextmanager
+def _small_tmpfs(tmp_path, size: str):
+    """A tmpfs of ``size`` mounted under tmp_path (skips where it cannot be mounted)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_really_full_tmpfs_keeps_the_old_file(tmp_path):
+    with _small_tmpfs(tmp_path, "256k") as mnt:
         records.write_json_atomic(mnt / "r.json", {"good": 1})
         with pytest.raises(records.WriteError, match=r"No space left on device.*previous "
                            r"content is unchanged"):
             records.write_json_atomic(mnt / "r.json", {"pad": "x" * 1_000_000})
         assert json.loads((mnt / "r.json").read_text()) == {"good": 1}
         assert sorted(p.name for p in mnt.iterdir()) == ["r.json"]
-    finally:
-        subprocess.run(["umount", str(mnt)])
 
 
 def test_temps_of_killed_writers_are_removed_by_the_next_write(tmp_path):
@@ -462,20 +470,13 @@ def test_training_onto_a_really_full_tmpfs_is_one_clean_error(tmp_path):
     """torch.save reports a full disk as RuntimeError("unexpected pos ..."): the checkpoint is
     serialised in memory first, so the OSError reaches the one error path (9518d0f: a raw
     traceback)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with _small_tmpfs(tmp_path, "200k") as mnt:
         (mnt / "filler").write_bytes(b"x" * 150_000)
         cfg = TrainConfig(**{**TINY, "hidden": 64, "total_env_steps": 2 * PER_UPDATE})
         with pytest.raises(records.WriteError, match=r"checkpoint.pt \(No space left on device"
                            r"\).*no checkpoint had been written"):
             run_training(cfg, mnt / "run", tensorboard=False)
         assert _temps(mnt) == []
-    finally:
-        subprocess.run(["umount", str(mnt)])
 
 
 def test_a_run_that_cannot_save_for_a_full_disk_stops_the_sweep(tmp_path, monkeypatch):
