@@ -99,34 +99,10 @@ def _print_metrics(metrics: dict) -> None:
           "window of episodes)")
 
 
-def _shown(path) -> str:
-    text = str(path)
-    return repr(text) if len(text) <= 200 else f"{text[:80]!r}... ({len(text)} characters)"
-
-
 def _load(run_dir: str):
-    from oversight_gr.agents.trainer import Trainer
+    from oversight_gr.agents.run import load_trainer
 
-    d = Path(run_dir)
-    try:
-        found = (d / "checkpoint.pt").is_file()
-    except OSError as exc:  # a name too long, ...
-        raise ValueError(f"--run-dir cannot be read ({exc.strerror})") from None
-    if not found:
-        raise ValueError(f"--run-dir {_shown(run_dir)} holds no checkpoint.pt (train a run "
-                         "first)")
-    trainer = Trainer.load(d)
-    if trainer.R > 1:
-        raise ValueError(f"--run-dir {run_dir!r} holds a group of {trainer.R} runs; their "
-                         "records are in its run<r>/ folders (evaluate with "
-                         "oversight_gr.agents.run.evaluate_trainer)")
-    if trainer.method.audit:  # what the method reports: the parameters its audits selected
-        from oversight_gr.agents.audit import Auditor
-
-        auditor = Auditor(trainer)
-        if auditor.load(d) and auditor.best[0].state is not None:
-            auditor.best[0].restore(torch.nn.ModuleList([trainer.policy, trainer.value]))
-    return trainer
+    return load_trainer(run_dir, "--run-dir")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -147,7 +123,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seed = eval_seed(cfg.seed) if args.seed is None else args.seed
     num_envs = cfg.eval_envs if args.num_envs is None else args.num_envs
     steers = ("diamond", "none", "ghost") if args.steer == "all" else (args.steer,)
-    if cfg.method_spec.policy != "moe" and steers != ("none",):
+    if cfg.method_spec.policy != "moe":
+        if args.steer in ("diamond", "ghost"):
+            raise ValueError(f"--steer {args.steer}: method {cfg.method!r} trains one network "
+                             "without a gate, so there is nothing to steer (allowed: --steer "
+                             "none or all; steering needs a mixture-of-experts method such as "
+                             "routing)")
         steers = ("none",)
     metrics = {s: evaluate(trainer.policy, p, s, num_envs=num_envs, seed=seed, size=cfg.size,
                            max_episode_steps=cfg.max_episode_steps, gamma=cfg.gamma).as_dict()

@@ -23,7 +23,7 @@ from oversight_gr.records import (RecordError, WriteError, curve_point, make_rec
 from oversight_gr.records import load as load_record
 from oversight_gr.records import write_json_atomic
 
-__all__ = ["run_training", "check_budget", "versions", "write_json_atomic", "eval_steers",
+__all__ = ["run_training", "load_trainer", "load_policy", "check_budget", "versions", "write_json_atomic", "eval_steers",
            "steered_mode", "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
@@ -353,3 +353,35 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
         return records
     records[0]["trainer"] = trainer
     return records[0]
+
+
+def load_trainer(run_dir: str | Path, name: str = "run_dir") -> Trainer:
+    """The one-run trainer saved in ``run_dir`` by ``oversight-gr train`` / :func:`run_training`,
+    with the parameters its method reports (an audited method's: those its audits selected).
+    ``name`` is how error messages call the argument."""
+    d = Path(run_dir)
+    try:
+        found = (d / "checkpoint.pt").is_file()
+    except OSError as exc:  # a name too long, ...
+        raise ValueError(f"{name} cannot be read ({exc.strerror})") from None
+    if not found:
+        text = str(run_dir)
+        shown = repr(text) if len(text) <= 200 else f"{text[:80]!r}... ({len(text)} characters)"
+        raise ValueError(f"{name} {shown} holds no checkpoint.pt (train a run first)")
+    trainer = Trainer.load(d)
+    if trainer.R > 1:
+        raise ValueError(f"{name} {str(run_dir)!r} holds a group of {trainer.R} runs; their "
+                         "records are in its run<r>/ folders (evaluate with "
+                         "oversight_gr.agents.run.evaluate_trainer)")
+    if trainer.method.audit:  # what the method reports: the parameters its audits selected
+        auditor = Auditor(trainer)
+        if auditor.load(d) and auditor.best[0].state is not None:
+            auditor.best[0].restore(torch.nn.ModuleList([trainer.policy, trainer.value]))
+    return trainer
+
+
+def load_policy(run_dir: str | Path) -> torch.nn.Module:
+    """The trained policy of a run directory, in eval mode: ``policy(obs, steer=...)`` gives
+    ``.logits`` (``steer`` "diamond" / "ghost" / "none" for routed MoE policies), and
+    :func:`oversight_gr.agents.evaluation.evaluate` takes it as it is."""
+    return load_trainer(run_dir).policy.eval()

@@ -55,3 +55,24 @@ def test_the_return_interval_covers_the_policys_mean_about_95_percent_of_the_tim
     assert 105 <= covered <= 120
     widths = [r.stepwise_return_hi - r.stepwise_return_lo for r in results]
     assert min(widths) > 0
+
+
+def test_load_policy_gives_the_trained_actor_and_steering_a_single_network_is_refused(
+        tmp_path, capsys):
+    import oversight_gr
+
+    run_dir = tmp_path / "naive"
+    record = run_training(TrainConfig(method="naive", seed=2, **TINY), run_dir, tensorboard=False)
+    policy = oversight_gr.load_policy(run_dir)
+    assert not policy.training
+    again = evaluate(policy, 0.1, num_envs=48, seed=eval_seed(2))
+    assert again.stepwise_return == record["metrics"]["none"]["stepwise_return"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # one line, before any evaluation
+        main(["eval", "--run-dir", str(run_dir), "--steer", "diamond"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steer diamond: method 'naive' trains one network without a gate" in err
+    assert "Traceback" not in err
+    with pytest.raises(ValueError, match="holds no checkpoint.pt"):
+        oversight_gr.load_policy(tmp_path / "nothing")
