@@ -54,6 +54,10 @@ def validate(cfg: Any) -> None:
     hints = _resolved_types(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if f.name == "device" and value == "auto":
+            # every config's device accepts "auto", stored resolved so records name the device
+            value = resolve_auto_device()
+            object.__setattr__(cfg, f.name, value)
         tp = hints[f.name]
         optional = type(None) in typing.get_args(tp)
         if value is None:
@@ -193,6 +197,13 @@ def from_arguments(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config (tuples become lists)."""
     return dataclasses.asdict(cfg)
+
+
+def resolve_auto_device() -> str:
+    """What ``device="auto"`` means: ``"cuda"`` where a CUDA GPU is available, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(value: str, name: str = "device") -> Any:

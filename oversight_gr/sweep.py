@@ -197,7 +197,8 @@ class SweepConfig:
                                    high=MAX_NUM_ENVS)
     train: tuple[str, ...] = option((), "further TrainConfig fields as KEY=VALUE (e.g. "
                                     "lr=1e-4 gate_input=full)")
-    device: str = option("cpu", "torch device of every run (cpu, cuda, cuda:1, ...)")
+    device: str = option("cpu", "torch device of every run (cpu, cuda, cuda:1, ...; auto: cuda "
+                         "if available)")
     threads: int = option(1, "torch CPU threads per run", low=1)
     out: str = option("runs/sweep", "results directory (records, report)")
     backend: str = option("local", "where runs execute", choices=BACKENDS)

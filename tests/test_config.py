@@ -132,3 +132,17 @@ def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
         cls(**{name: SEED_LIMIT})
         with pytest.raises(ValueError, match=rf"{cls.__name__}.{name} must be in \[0, "):
             cls(**{name: 2**63})
+
+
+def test_device_auto_is_accepted_everywhere_and_stored_resolved():
+    import torch
+
+    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.vision.commands import Table2Config
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    for cfg in (TrainConfig(device="auto"), SweepConfig(device="auto"),
+                Table2Config(device="auto")):
+        assert cfg.device == want, type(cfg).__name__
+    assert TrainConfig(device="auto").to_dict()["device"] == want  # records name the device

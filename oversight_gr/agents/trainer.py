@@ -169,7 +169,7 @@ class TrainConfig:
                               "total_env_steps)", low=0)
     seed: int = option(0, "seed for parameters, environments and sampling (distinct seeds give "
                        "distinct runs in this range)", low=0, high=SEED_LIMIT)
-    device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
+    device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...; auto: cuda if available)")
     threads: int = option(1, "torch CPU threads (1 is fastest on a busy 2-core machine)", low=1)
     init: str = option("orthogonal", "parameter initialisation: PyTorch's default ('torch') or 'orthogonal' "
                        "(gain sqrt 2, action head 0.01)", choices=("torch", "orthogonal"))

@@ -24,7 +24,7 @@ class Table2Config:
     )
     epochs: int = option(200, "training epochs per run (the paper: 200)", low=1)
     runs: int = option(1, "independent runs (seeds seed..seed+runs-1) per setting", low=1)
-    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
     batch_size: int = option(2048, "images per optimizer step (the paper: 2048)", low=1)
     train_subset: int | None = option(
         None, "train on the first N of the 60k training images (default: all)", low=1
