@@ -488,10 +488,6 @@ def _fmt(r: dict | None) -> str:
     return f"{r['return']:.3f} [{r['return_lo']:.3f}, {r['return_hi']:.3f}]"
 
 
-def _has_interval(*rs: dict | None) -> bool:
-    return all(r is not None and math.isfinite(r["return_lo"]) for r in rs)
-
-
 def _summary(r: dict, key: str = "return") -> stats.Summary:
     """A row's seeds as mean / sd / n (sd nan where the row carries none)."""
     return stats.Summary(r[key], r.get(f"{key}_sd", math.nan), r["n"])

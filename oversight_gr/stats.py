@@ -115,8 +115,7 @@ def t_interval(values: Sequence[float | None], level: float = 0.95) -> Interval:
     sd = float(x.std(ddof=1))
     if sd == 0.0:
         return Interval(mean, mean, mean, n, "t")
-    half = float(_st.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, "t")
+    return summary_interval(Summary(mean, sd, n), level)
 
 
 def bootstrap_interval(values: Sequence[float | None], level: float = 0.95,

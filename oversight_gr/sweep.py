@@ -69,6 +69,7 @@ from oversight_gr.config import SEED_LIMIT, check_device, check_output_dir, opti
 
 __all__ = [
     "PRESETS",
+    "STANDARD_ROUTING_TRAIN",
     "SweepConfig",
     "RunSpec",
     "RunOutcome",
@@ -120,6 +121,10 @@ PAPER_UPDATES = 20_000
 #: x 3 seeds x 4 methods of PPO at hidden 64, 256 envs, 0.25M env steps per
 #: run, learning curves every 50k steps: 36 runs, about 15 min with ``--workers 2`` on the shared
 #: 2-core CPU (a routing run ~40 s, a single-expert run ~20 s when it has a core to itself).
+#: routing's settings beyond PPO's defaults at the standard budget (its placebo control and the
+#: demo run with the same ones)
+STANDARD_ROUTING_TRAIN: dict[str, Any] = {"unlabelled_sharpness": 6.0}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "methods": ("routing", "naive", "filtering", "oracle"),
@@ -150,9 +155,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "gate_balance": True,
         },
         # routing only (the baselines do not read it, and their configs stay as they were)
-        "method_train": {"routing": {"unlabelled_sharpness": 6.0},
-                         # routing's placebo control runs with routing's settings
-                         "routing_placebo": {"unlabelled_sharpness": 6.0}},
+        "method_train": {"routing": STANDARD_ROUTING_TRAIN,
+                         "routing_placebo": STANDARD_ROUTING_TRAIN},
     },
     "quick": {
         "methods": ("routing", "naive", "filtering", "oracle"),

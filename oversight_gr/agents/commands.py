@@ -217,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 else "no interval with one seed")
     verdict = (f"routing (steered) minus the better baseline ({gap['best_baseline']}): mean "
                f"{gap['mean_gap']:+.3f}, {interval}; routing ahead of both baselines on "
-               f"{gap['ahead']} of {gap['seeds']} seeds ({cpu_description()}; "
+               f"{gap['ahead']} of {gap['seeds']} seeds ({summary['cpu']}; "
                f"{summary['wall_seconds']:.0f} s)")
     if gap["mean_gap"] <= 0:
         verdict = "routing is NOT ahead at these settings. " + verdict

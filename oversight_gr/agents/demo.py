@@ -22,6 +22,7 @@ from typing import Any
 
 from oversight_gr.agents.run import run_training, steered_mode
 from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.sweep import STANDARD_ROUTING_TRAIN
 
 __all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "DEMO_METHOD_SETTINGS", "demo_configs", "run_demo",
            "gap_summary"]
@@ -40,7 +41,7 @@ DEMO_SETTINGS: dict[str, Any] = {"oversight_prob": 0.01, "total_env_steps": 2_00
 #: settings of one method only, as the ``standard`` preset's ``method_train`` (the baselines do
 #: not read them): routing's unlabelled sharpness 6, the standard preset's (docs/RESULTS.md,
 #: "routing_sharpness": +0.106 over PPO's default 3 at 1% on 10 seeds)
-DEMO_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"routing": {"unlabelled_sharpness": 6.0}}
+DEMO_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"routing": STANDARD_ROUTING_TRAIN}
 #: learning-curve points per run (eval_every = total_env_steps / CURVE_POINTS unless given)
 CURVE_POINTS = 6
 #: seeds per method: the demo's claim (gap, seeds ahead) needs at least five to carry on any CPU

@@ -197,9 +197,9 @@ def _half_width(per_env: Tensor, confidence: float = 0.95) -> list[float]:
     n = per_env.shape[-1]
     if n < 2:
         return [float("inf")] * per_env.shape[0]
-    from scipy import stats
+    from oversight_gr.stats import Summary, summary_interval
 
-    t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
     # row by row: a run's interval must not depend on the group it is evaluated in (a
     # reduction over [R, n] may order its sums by R)
-    return [t * float(row.double().std()) / n ** 0.5 for row in per_env]
+    return [summary_interval(Summary(0.0, float(row.double().std()), n), confidence).hi
+            for row in per_env]

@@ -23,8 +23,8 @@ from oversight_gr.records import (RecordError, WriteError, curve_point, make_rec
 from oversight_gr.records import load as load_record
 from oversight_gr.records import write_json_atomic
 
-__all__ = ["run_training", "load_trainer", "load_policy", "check_budget", "versions", "write_json_atomic", "eval_steers",
-           "steered_mode", "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
+__all__ = ["run_training", "load_trainer", "load_policy", "check_budget", "versions",
+           "write_json_atomic", "eval_steers", "steered_mode", "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
 

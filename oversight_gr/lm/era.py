@@ -182,9 +182,7 @@ class ERAConfig:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch.device(self.device)  # "auto" is resolved by validate()
 
     def __post_init__(self):
         validate(self)
