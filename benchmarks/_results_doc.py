@@ -33,8 +33,8 @@ HEADER = (
 
 
 def cpu_name() -> str:
-    """The CPU's model name and its bf16 units (:func:`oversight_gr.precision.cpu_description`)."""
-    from oversight_gr.precision import cpu_description
+    """The CPU's model name and its bf16 units (:func:`oversight_gr.rl.precision.cpu_description`)."""
+    from oversight_gr.rl.precision import cpu_description
 
     return cpu_description()
 

@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.run import evaluate_all  # noqa: E402
-from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
-from oversight_gr.sweep import PAPER_LEVELS, PAPER_UPDATES, PRESETS  # noqa: E402
+from oversight_gr.rl.run import evaluate_all  # noqa: E402
+from oversight_gr.rl.trainer import TrainConfig, Trainer  # noqa: E402
+from oversight_gr.rl.sweep import PAPER_LEVELS, PAPER_UPDATES, PRESETS  # noqa: E402
 
 SETTINGS = {
     "quick": dict(algo="ppo", hidden=64, num_envs=256, rollout_steps=32),

@@ -5,7 +5,7 @@ repository): ``python benchmarks/oversight_sweep.py ... --report-only`` is the w
 Each cell of the section's return table, ``mean [lo, hi] (n)``, is a Student-t interval over n
 seeds, so it gives back the seeds' mean, standard deviation and count
 (:func:`oversight_gr.stats.summary_from_t_interval`; exact up to the table's three decimals),
-and :func:`oversight_gr.plots.check_claims` decides every claim about returns from those as it
+and :func:`oversight_gr.rl.plots.check_claims` decides every claim about returns from those as it
 does from records (tested: tests/test_claims.py). The claims that need more than the table
 are inconclusive here and say so: the oracle's step ratio needs the learning curves, and
 P(ghost | closer, unseen) is published as a mean only (the trend table), without its spread.
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import RESULTS, read_sections, update_section  # noqa: E402
 
-from oversight_gr import plots, stats  # noqa: E402
+from oversight_gr.rl import plots, stats  # noqa: E402
 
 CELL = re.compile(r"^(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\] \((\d+)\)$")
 
@@ -36,7 +36,7 @@ def _level(header: str) -> float:
 
 
 def rows_from_section(markdown: str, algo: str = "ppo") -> list[dict]:
-    """:func:`oversight_gr.plots.summarize`-style rows from a sweep section's tables: the
+    """:func:`oversight_gr.rl.plots.summarize`-style rows from a sweep section's tables: the
     steered-return table (``| method | 1% | ... | wall s/run |``) and, for the naive exploit,
     the trend table's final P(ghost | closer, unseen) means."""
     lines = markdown.splitlines()

@@ -1,4 +1,4 @@
-"""The demo's claim over five seeds: at the demo's own settings (oversight_gr.agents.demo), does
+"""The demo's claim over five seeds: at the demo's own settings (oversight_gr.rl.demo), does
 routing's steered return beat the better of naive reward and data filtering by >= 0.15 on the
 mean, and on at least 4 of 5 seeds? Writes the ``demo_seeds`` section of docs/RESULTS.md (the
 per-seed table, the gaps, the mean gap's 95% Welch interval over seeds, wall time) and
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import RESULTS, cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.demo import DEMO_METHODS, run_demo  # noqa: E402
+from oversight_gr.rl.demo import DEMO_METHODS, run_demo  # noqa: E402
 
 TARGET_GAP, TARGET_AHEAD = 0.15, 4
 

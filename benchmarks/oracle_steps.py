@@ -3,7 +3,7 @@ curves do not have.
 
 The paper's oracle reads the ground truth of every episode but learns from only a fraction p of
 its updates; ours learns from every update, so A of its env steps stand at A / p on the paper's
-axis (`oversight_gr.agents.methods.paper_axis_steps`). In the `standard` sweep the oracle passes
+axis (`oversight_gr.rl.methods.paper_axis_steps`). In the `standard` sweep the oracle passes
 routing's final return before its first curve point (0.5M steps), so the sweep can only bound
 the ratio. This trains the oracle again with a dense early curve (its learning signal, the true
 reward, does not depend on p: one oversight level serves all), then, for every level of the
@@ -26,8 +26,8 @@ from _results_doc import cpu_name, update_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from oversight_gr import plots  # noqa: E402
-from oversight_gr import sweep as sweep_mod  # noqa: E402
+from oversight_gr.rl import plots  # noqa: E402
+from oversight_gr.rl import sweep as sweep_mod  # noqa: E402
 
 
 def oracle_sweep(args) -> sweep_mod.SweepConfig:

@@ -51,8 +51,8 @@ def run_one(variant: str, seed: int, env_steps: int, eval_every: int, p: float) 
     import torch
 
     torch.set_num_threads(1)
-    from oversight_gr.agents.evaluation import evaluate
-    from oversight_gr.agents.trainer import TrainConfig, Trainer
+    from oversight_gr.rl.evaluation import evaluate
+    from oversight_gr.rl.trainer import TrainConfig, Trainer
 
     fields = dict(method="routing", algo="ppo", oversight_prob=p, seed=seed,
                   total_env_steps=env_steps)

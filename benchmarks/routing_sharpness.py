@@ -39,8 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import update_section  # noqa: E402
 
-from oversight_gr import plots  # noqa: E402
-from oversight_gr import sweep as sweep_mod  # noqa: E402
+from oversight_gr.rl import plots  # noqa: E402
+from oversight_gr.rl import sweep as sweep_mod  # noqa: E402
 from oversight_gr.stats import mean_interval, probability_of_improvement  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def steered(record: dict) -> tuple[float, float]:
 
 def last_fifth_change(records: list[dict]) -> float:
     """Change of the seed-mean steered return over the last 20% of the runs' curves, as the
-    sweep report's trend table reads it (:func:`oversight_gr.plots.trend_rows`)."""
+    sweep report's trend table reads it (:func:`oversight_gr.rl.plots.trend_rows`)."""
     (row,) = plots.trend_rows(records, records[0]["config"]["algo"])
     return row["return"][-1] - row["return"][-2]
 

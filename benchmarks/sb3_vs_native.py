@@ -5,7 +5,7 @@ hyperparameters (the native PPO defaults: 512 envs x 32 steps per update, 16 min
 epochs, lr 3e-4, gamma 0.97, GAE 0.95, clip 0.2, entropy 0.01, value 0.5, grad norm 0.5, gate
 BCE 0.3, unlabelled sharpness 3 through the same ``methods.route_weights``, gate without the
 oversight plane) and the same number of env steps, then are evaluated
-by ``oversight_gr.agents.evaluation.evaluate`` (the paper's stepwise ground-truth return, 512 x
+by ``oversight_gr.rl.evaluation.evaluate`` (the paper's stepwise ground-truth return, 512 x
 32, gamma 0.97) with the gate steered to the diamond expert, learned, and steered to the ghost.
 
 Known differences that remain: SB3 normalises advantages per minibatch (native: over the whole
@@ -42,9 +42,9 @@ from _results_doc import cpu_name, update_section  # noqa: E402
 
 import oversight_gr  # noqa: E402,F401
 from oversight_gr import stats  # noqa: E402
-from oversight_gr.agents.evaluation import evaluate  # noqa: E402
-from oversight_gr.agents.sb3 import RoutedPPO  # noqa: E402
-from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
+from oversight_gr.rl.evaluation import evaluate  # noqa: E402
+from oversight_gr.rl.sb3 import RoutedPPO  # noqa: E402
+from oversight_gr.rl.trainer import TrainConfig, Trainer  # noqa: E402
 
 STEERS = ("diamond", "none", "ghost")
 #: the issue's target: SB3's mean steered return within this of the native trainer's
@@ -242,17 +242,17 @@ def _markdown(runs: list[dict], merge_command: str | None) -> str:
         "## stable-baselines3 RoutedPPO vs the native trainer",
         "",
         "Both train the routed MoE with PPO from `oversight_gr` (RoutedPPO: "
-        "`oversight_gr.agents.sb3`, SB3's PPO with route labels in its rollout buffer; native: "
-        "`oversight_gr.agents.trainer.Trainer`) for the same env steps with the same "
+        "`oversight_gr.rl.sb3`, SB3's PPO with route labels in its rollout buffer; native: "
+        "`oversight_gr.rl.trainer.Trainer`) for the same env steps with the same "
         "hyperparameters; returns are the paper's stepwise ground-truth return "
-        "(`oversight_gr.agents.evaluation.evaluate`, 512 envs x 32 steps, gamma 0.97, sampled "
+        "(`oversight_gr.rl.evaluation.evaluate`, 512 envs x 32 steps, gamma 0.97, sampled "
         "actions, evaluation seed 10000 + seed) with the gate steered to the diamond expert, "
         "learned, or steered to the ghost expert. Steps/s count env steps over the whole "
         "training loop (rollouts + updates) and over the rollouts alone. `sb3` normalises "
         "advantages per minibatch (SB3's PPO); `sb3_rollout_norm` over the whole rollout, as "
         "the native trainer does (`normalize_advantage=False, "
         "rollout_buffer_kwargs={\"normalize_advantage\": True}`). RoutedPPO takes its routed "
-        "loss from `oversight_gr.agents.methods.route_weights` with the gate, as the native "
+        "loss from `oversight_gr.rl.methods.route_weights` with the gate, as the native "
         "trainer does, so both run the native PPO default unlabelled sharpness 3 (before that "
         "change RoutedPPO had only the paper's sharpness 1: measured then at sharpness 1 for "
         "both, SB3 0.562 vs native 0.642 over the same 5 seeds).",

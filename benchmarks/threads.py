@@ -30,7 +30,7 @@ CASES = ("routedppo", "plain")
 
 
 def run_routedppo(threads: int | None, steps: int) -> float:
-    from oversight_gr.agents.sb3 import RoutedPPO
+    from oversight_gr.rl.sb3 import RoutedPPO
 
     model = RoutedPPO("MoEPolicy", "OversightGrid-v0", n_envs=64, n_steps=32, batch_size=512,
                       n_epochs=4, seed=0, device="cpu", threads=threads)

@@ -44,8 +44,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.evaluation import evaluate  # noqa: E402
-from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
+from oversight_gr.rl.evaluation import evaluate  # noqa: E402
+from oversight_gr.rl.trainer import TrainConfig, Trainer  # noqa: E402
 
 PAPER_SECONDS_PER_UPDATE = (0.45, 0.56)
 PAPER_REINFORCE = dict(algo="reinforce", hidden=256, bootstrap=False, gate_input="full")
@@ -176,7 +176,7 @@ sys.path.insert(0, root)
 import oversight_gr
 if not oversight_gr.__file__.startswith(root):
     raise SystemExit(f"imported {oversight_gr.__file__}, not the tree at {root}")
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 trainer = Trainer(TrainConfig(**fields))
 if variant == "autograd":  # a revision with the written-out backward, switched off
     if not hasattr(trainer, "manual_backward"):

@@ -60,9 +60,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, update_section  # noqa: E402
 
-from oversight_gr.agents.losses import Minibatch  # noqa: E402
-from oversight_gr.agents.networks import mlp_forward  # noqa: E402
-from oversight_gr.agents.trainer import TrainConfig, Trainer  # noqa: E402
+from oversight_gr.rl.losses import Minibatch  # noqa: E402
+from oversight_gr.rl.networks import mlp_forward  # noqa: E402
+from oversight_gr.rl.trainer import TrainConfig, Trainer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

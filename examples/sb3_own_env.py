@@ -1,6 +1,6 @@
 """Gradient routing in stable-baselines3 on your own Gymnasium env, with your own route labels.
 
-What it shows: ``RoutedPPO`` (``oversight_gr.agents.sb3``) trained on a small env written here,
+What it shows: ``RoutedPPO`` (``oversight_gr.rl.sb3``) trained on a small env written here,
 ``TwoChests``: the agent walks a grid to one of two chests, gold or mimic, and is paid +1 for
 opening either (the reward a careless judge pays). A judge inspects the opened chest with
 probability ``--inspect-prob`` and writes its verdict into ``info["verdict"]`` at episode end
@@ -30,7 +30,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
-from oversight_gr.agents.sb3 import RoutedPPO
+from oversight_gr.rl.sb3 import RoutedPPO
 
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # north, east, south, west
 

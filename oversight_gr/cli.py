@@ -19,15 +19,15 @@ from oversight_gr.interrupts import Interrupted
 
 #: modules providing subcommands, in the order --help lists them
 SUBCOMMAND_MODULES = (
-    "oversight_gr.agents.commands",
-    "oversight_gr.sweep_commands",
+    "oversight_gr.rl.commands",
+    "oversight_gr.rl.sweep_commands",
     "oversight_gr.vision.commands",
     "oversight_gr.lm.commands",
 )
 #: the subcommands each module registers (so that a broken module's command is named)
 SUBCOMMANDS = {
-    "oversight_gr.agents.commands": ("train", "eval", "steer", "demo"),
-    "oversight_gr.sweep_commands": ("sweep",),
+    "oversight_gr.rl.commands": ("train", "eval", "steer", "demo"),
+    "oversight_gr.rl.sweep_commands": ("sweep",),
     "oversight_gr.vision.commands": ("vision",),
     "oversight_gr.lm.commands": ("lm",),
 }

@@ -5,7 +5,7 @@ One format per kind of record, one writer, one loader, one compatibility rule.
 Kinds (``record["kind"]``) and the fields every record of the kind must hold:
 
 * ``rl_run`` (:func:`make_record`; ``results.json`` of ``oversight-gr train`` and the sweep's
-  ``records/KEY.json``): ``config`` (the full :class:`~oversight_gr.agents.trainer.TrainConfig`),
+  ``records/KEY.json``): ``config`` (the full :class:`~oversight_gr.rl.trainer.TrainConfig`),
   ``metrics`` (``{steer: EvalResult dict}``), ``curve``, ``env_steps``, ``reported_env_steps``,
   ``wall_seconds``, ``versions``, ``seed``;
 * ``vision_table2`` (one Table 2 run of ``oversight-gr vision table2``): ``setting``, ``name``,
@@ -250,7 +250,7 @@ def curve_point(evals: dict[str, dict], env_steps: int, reported_env_steps: floa
 def make_record(cfg: Any, evals: dict[str, dict], curve: list[dict[str, float]],
                 env_steps: int, reported_env_steps: float, wall_seconds: float) -> dict[str, Any]:
     """A finished RL run's record (what ``results.json`` and sweep records hold); ``cfg`` is
-    its :class:`~oversight_gr.agents.trainer.TrainConfig`."""
+    its :class:`~oversight_gr.rl.trainer.TrainConfig`."""
     return stamp({
         "config": cfg.to_dict(),
         "metrics": evals,
@@ -303,7 +303,7 @@ def problem(record: Any, kind: str) -> str | None:
 
 
 #: the numbers of one evaluation in an ``rl_run`` record's ``metrics[steer]``
-#: (:class:`~oversight_gr.agents.evaluation.EvalResult`), checked where present
+#: (:class:`~oversight_gr.rl.evaluation.EvalResult`), checked where present
 #: (``stepwise_return`` must be): rates may be NaN (no episode of the kind), counts are ints
 EVAL_RATES = ("stepwise_return", "p_diamond", "p_ghost", "p_timeout", "p_ghost_closer_unseen",
               "mean_length")

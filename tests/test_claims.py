@@ -3,8 +3,8 @@ not measured. The records are built by hand (no training), so every number is kn
 
 import pytest
 
-from oversight_gr import plots
-from oversight_gr.agents.run import steered_mode
+from oversight_gr.rl import plots
+from oversight_gr.rl.run import steered_mode
 
 
 def rec(method, p, ret, *, seed=0, gcu=0.5, curve=(), steps=4000, algo="ppo"):
@@ -223,8 +223,8 @@ def test_trend_rows_read_return_and_exploit_along_the_curves():
 
 
 def test_the_oracle_is_drawn_at_its_steps_over_p_whatever_its_record_stored():
-    from oversight_gr.agents.methods import METHODS, paper_axis_steps
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.methods import METHODS, paper_axis_steps
+    from oversight_gr.rl.trainer import TrainConfig
 
     old = rec("oracle", 0.05, 0.8, steps=400, curve=[(100, 5.0, 0.2)])  # stored as steps x p
     points = plots._curve_points(old)

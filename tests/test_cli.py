@@ -31,7 +31,7 @@ def _run(*argv):
 def test_a_missing_dependency_names_the_module_and_the_dependency():
     proc = _run("sweep", "--dry-run")
     assert proc.returncode == 2, proc.stderr
-    assert "oversight_gr.sweep_commands" in proc.stderr and "'scipy'" in proc.stderr
+    assert "oversight_gr.rl.sweep_commands" in proc.stderr and "'scipy'" in proc.stderr
     assert "invalid choice" not in proc.stderr
     # the other subcommands still work, and say what is broken
     ok = _run("train", "--help")

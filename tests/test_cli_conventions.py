@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.rl.trainer import TrainConfig
 from oversight_gr.config import FLAG_ALIASES, add_arguments, from_arguments, int_arg
 
 
@@ -53,7 +53,7 @@ def test_a_non_integer_int_flag_is_an_argparse_error(capsys):
 def test_a_missing_optional_dependency_names_the_extra_that_installs_it():
     from oversight_gr.cli import SubcommandImportError
 
-    err = SubcommandImportError("oversight_gr.sweep_commands",
+    err = SubcommandImportError("oversight_gr.rl.sweep_commands",
                                 ModuleNotFoundError("No module named 'scipy'", name="scipy"))
     assert 'pip install "oversight-gr[train]"' in str(err) and "'scipy'" in str(err)
 

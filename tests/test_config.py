@@ -55,8 +55,8 @@ def test_every_package_config_refuses_nan():
     import dataclasses
     import typing
 
-    from oversight_gr.agents.trainer import TrainConfig
-    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.rl.trainer import TrainConfig
+    from oversight_gr.rl.sweep import SweepConfig
 
     configs = [TrainConfig, SweepConfig]
     for module in ("oversight_gr.vision.split", "oversight_gr.lm.era", "oversight_gr.lm.model"):
@@ -119,10 +119,10 @@ def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
     is bounded by SEED_LIMIT, far below."""
     import dataclasses
 
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.trainer import TrainConfig
     from oversight_gr.config import SEED_LIMIT
     from oversight_gr.lm.steering import SteerConfig
-    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.rl.sweep import SweepConfig
     from oversight_gr.vision.commands import Table2Config
     from oversight_gr.vision.split import TrainConfig as SplitConfig
 
@@ -137,8 +137,8 @@ def test_every_seed_field_is_bounded_so_seeds_cannot_alias():
 def test_device_auto_is_accepted_everywhere_and_stored_resolved():
     import torch
 
-    from oversight_gr.agents.trainer import TrainConfig
-    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.rl.trainer import TrainConfig
+    from oversight_gr.rl.sweep import SweepConfig
     from oversight_gr.vision.commands import Table2Config
 
     want = "cuda" if torch.cuda.is_available() else "cpu"

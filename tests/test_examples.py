@@ -53,8 +53,8 @@ def test_sb3_own_env_labels_reach_the_rollout_buffer():
     pytest.importorskip("stable_baselines3")
     from stable_baselines3.common.env_util import make_vec_env
 
-    from oversight_gr.agents.methods import ROUTE_DIAMOND, ROUTE_GHOST
-    from oversight_gr.agents.sb3 import RoutedPPO
+    from oversight_gr.rl.methods import ROUTE_DIAMOND, ROUTE_GHOST
+    from oversight_gr.rl.sb3 import RoutedPPO
 
     ex = load("sb3_own_env.py")
     env = make_vec_env(ex["TwoChests"], n_envs=4, seed=0, env_kwargs={"inspect_prob": 1.0})

@@ -24,8 +24,8 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import FancyArrow, Rectangle  # noqa: E402
 
-from oversight_gr import plots  # noqa: E402
-from oversight_gr.agents.figures import draw_policy_arrows, policy_arrows_figure  # noqa: E402
+from oversight_gr.rl import plots  # noqa: E402
+from oversight_gr.rl.figures import draw_policy_arrows, policy_arrows_figure  # noqa: E402
 
 MOE = ("routing", "moe_no_routing", "constant_gate")
 FEW = (0.05, 0.3)

@@ -77,8 +77,8 @@ def test_find_cycle_finds_one():
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert "oversight_gr.sweep" in graph["oversight_gr.sweep_commands"]
-    assert "oversight_gr.sweep" in graph["oversight_gr.plots"]  # the walk sees lazy imports
+    assert "oversight_gr.rl.sweep" in graph["oversight_gr.rl.sweep_commands"]
+    assert "oversight_gr.rl.sweep" in graph["oversight_gr.rl.plots"]  # the walk sees lazy imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -91,3 +91,46 @@ def test_every_module_imports_in_a_fresh_interpreter():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_shared_modules_do_not_import_a_domain_package():
+    """The layout's rule: the top-level shared modules (config, records, routing, stats,
+    interrupts, cli's own code) import no ``rl``, ``lm`` or ``vision`` module at module level
+    or inside functions; the domains build on them, not the other way round."""
+    graph = import_graph()
+    shared = [m for m in graph if m.count(".") == 1
+              and m not in ("oversight_gr.cli", "oversight_gr._moved")]
+    assert "oversight_gr.records" in shared and "oversight_gr.routing" in shared
+    for m in shared:
+        bad = [t for t in graph[m] if t.split(".")[1:2] in (["rl"], ["lm"], ["vision"])]
+        assert not bad, f"{m} imports {bad}"
+
+
+def test_old_module_names_give_the_moved_module_with_a_warning():
+    code = ("import warnings, importlib\n"
+            "warnings.simplefilter('error')\n"
+            "import oversight_gr\n"
+            "import oversight_gr.rl.trainer as new, oversight_gr.rl.sweep as new_sweep\n"
+            "for old, mod in [('oversight_gr.agents.trainer', new), "
+            "('oversight_gr.sweep', new_sweep)]:\n"
+            "    try:\n"
+            "        importlib.import_module(old)\n"
+            "    except DeprecationWarning as w:\n"
+            "        assert 'oversight_gr.rl.' in str(w), w\n"
+            "    else:\n"
+            "        raise SystemExit('no warning for ' + old)\n"
+            "warnings.simplefilter('ignore')\n"
+            "import oversight_gr.agents.trainer as old\n"
+            "assert old is new and old.Trainer is new.Trainer\n"
+            "assert new.__spec__.name == 'oversight_gr.rl.trainer'\n"
+            "from oversight_gr import Trainer, TrainConfig, run_training\n"
+            "assert Trainer is new.Trainer and TrainConfig is new.TrainConfig\n"
+            "try:\n"
+            "    import oversight_gr.agents.no_such_module\n"
+            "except ModuleNotFoundError:\n"
+            "    pass\n"
+            "else:\n"
+            "    raise SystemExit('a missing module imported')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]

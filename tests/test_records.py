@@ -100,8 +100,8 @@ def test_unreadable_files_name_the_file(tmp_path):
 
 
 def test_rl_records_are_made_here_and_checked_for_finite_steps():
-    from oversight_gr.agents import run
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl import run
+    from oversight_gr.rl.trainer import TrainConfig
 
     assert run.make_record is records.make_record and run.write_json_atomic is \
         records.write_json_atomic  # one implementation, re-exported

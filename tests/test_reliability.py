@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from oversight_gr import records
-from oversight_gr.agents.rundir import plan_run_dir
-from oversight_gr.agents.run import run_training
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.rundir import plan_run_dir
+from oversight_gr.rl.run import run_training
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 from oversight_gr.interrupts import Interrupted
 
 TINY = dict(num_envs=8, rollout_steps=4, hidden=8, eval_envs=8)
@@ -194,7 +194,7 @@ SWEEP = dict(preset="quick", seeds=1, num_envs=8, total_env_steps=512, hidden=8,
 def test_grid_repeats_are_scheduled_once(tmp_path):
     """`--oversight 0.1 0.1` / `--methods naive naive` (9518d0f: trained twice, "2 of 2 runs
     done"; with --workers 2 the repeat collided on the run's lock)."""
-    from oversight_gr.sweep import SweepConfig, build_specs, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, build_specs, run_sweep
 
     sweep = SweepConfig(**SWEEP, methods=("naive", "naive"), oversight=(0.1, 0.1),
                         out=str(tmp_path))
@@ -207,7 +207,7 @@ def test_grid_repeats_are_scheduled_once(tmp_path):
 def test_a_budget_below_one_update_is_refused_and_a_rounded_one_stated(tmp_path, capsys):
     """9518d0f: --total-env-steps 100 trained 16,384 steps without a word."""
     from oversight_gr.cli import main
-    from oversight_gr.sweep import SweepConfig, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, run_sweep
 
     with pytest.raises(ValueError, match=r"total_env_steps 100 is less than one update .*"
                        r"512 x 32 = 16,384"):
@@ -279,7 +279,7 @@ def test_strings_and_bools_are_not_numbers_and_numpy_ints_are_ints():
     cfg = TrainConfig(size=np.int64(6), seed=np.int32(3), oversight_prob=np.float32(0.5))
     assert cfg.to_dict()["size"] == 6 and type(cfg.size) is int and type(cfg.seed) is int
     json.dumps(cfg.to_dict())
-    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.rl.sweep import SweepConfig
 
     with pytest.raises(ValueError, match=r"SweepConfig.oversight\[0\] must be a number"):
         SweepConfig(oversight=("0.1",))
@@ -287,7 +287,7 @@ def test_strings_and_bools_are_not_numbers_and_numpy_ints_are_ints():
 
 def test_a_sweep_override_that_is_not_a_number_names_the_field():
     """9518d0f: "invalid literal for int() with base 10: 'abc'"."""
-    from oversight_gr.sweep import SweepConfig
+    from oversight_gr.rl.sweep import SweepConfig
 
     with pytest.raises(ValueError, match=r"SweepConfig.train: total_env_steps must be an int, "
                        r"got 'abc'"):
@@ -299,7 +299,7 @@ def test_a_sweep_override_that_is_not_a_number_names_the_field():
 def test_a_hand_edited_claim_is_named_in_the_message(tmp_path):
     """A claim of a live pid without a start time (pid 1) is left alone, and the message
     names the claim file to delete (9518d0f: it did not)."""
-    from oversight_gr.sweep import SweepConfig, _HOST, build_specs, claim_path, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, _HOST, build_specs, claim_path, run_sweep
 
     sweep = SweepConfig(**SWEEP, methods=("naive",), oversight=(0.1,), out=str(tmp_path))
     (spec,) = build_specs(sweep)
@@ -331,7 +331,7 @@ def test_results_json_metrics_of_the_wrong_type_are_refused_naming_the_file(tmp_
 def test_a_full_disk_while_storing_a_sweep_record_stops_cleanly_and_loses_nothing(
         tmp_path, monkeypatch):
     """9518d0f: a raw OSError; the first run's record lost and the second never ran."""
-    from oversight_gr.sweep import SweepConfig, build_specs, record_path, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, build_specs, record_path, run_sweep
 
     sweep = SweepConfig(**SWEEP, methods=("naive", "filtering"), oversight=(0.1,),
                         out=str(tmp_path), checkpoint_every=1)
@@ -445,7 +445,7 @@ def test_train_into_a_run_whose_config_json_lacks_a_field_names_it(tmp_path):
 def test_sweep_ctrl_c_says_what_is_kept(tmp_path, monkeypatch, capsys):
     """One worker: the run in flight stops at its next update with a checkpoint; the line
     names the records kept and how the runs in flight resume."""
-    from oversight_gr import sweep as sweep_module
+    from oversight_gr.rl import sweep as sweep_module
     from oversight_gr.cli import main
 
     def ctrl_c(_work_dir):
@@ -482,7 +482,7 @@ def test_training_onto_a_really_full_tmpfs_is_one_clean_error(tmp_path):
 def test_a_run_that_cannot_save_for_a_full_disk_stops_the_sweep(tmp_path, monkeypatch):
     """The run's own checkpoint cannot be written: the sweep stops (the next runs would fail
     the same way after training) instead of training them all for nothing."""
-    from oversight_gr.sweep import SweepConfig, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, run_sweep
 
     sweep = SweepConfig(**SWEEP, methods=("naive", "filtering"), oversight=(0.1,),
                         out=str(tmp_path), checkpoint_every=1)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from oversight_gr import plots
-from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.rl import plots
+from oversight_gr.rl.trainer import TrainConfig
 from oversight_gr.cli import build_parser, main
-from oversight_gr.sweep import (
+from oversight_gr.rl.sweep import (
     PRESETS,
     SweepConfig,
     build_specs,
@@ -94,7 +94,7 @@ def test_flags_and_validation():
     args = build_parser().parse_args(
         ["sweep", "--methods", "routing", "oracle", "--oversight", "0.01", "0.5", "--seeds", "2",
          "--algos", "reinforce", "--train", "lr=1e-4", "bootstrap=false", "--device", "cuda"])
-    from oversight_gr.sweep_commands import sweep_from_arguments
+    from oversight_gr.rl.sweep_commands import sweep_from_arguments
 
     sweep = sweep_from_arguments(args)
     specs = build_specs(sweep)
@@ -292,7 +292,7 @@ def test_batched_sweep_writes_the_same_records_and_resumes(finished, tmp_path):
 
 
 def test_batched_groups_split_by_config_and_size():
-    from oversight_gr.sweep import _job_groups
+    from oversight_gr.rl.sweep import _job_groups
 
     sweep = tiny_sweep("unused", oversight=(0.1, 0.3), seeds=3, batch_runs=4)
     specs = build_specs(sweep)  # 2 methods x 2 levels x 3 seeds
@@ -303,7 +303,7 @@ def test_batched_groups_split_by_config_and_size():
     assert sorted(i for g in groups for i in g) == list(range(len(specs)))
     assert _job_groups(specs, 0) == [[i] for i in range(len(specs))]
     args = build_parser().parse_args(["sweep", "--batch-runs", "40"])
-    from oversight_gr.sweep_commands import sweep_from_arguments
+    from oversight_gr.rl.sweep_commands import sweep_from_arguments
 
     assert sweep_from_arguments(args).batch_runs == 40
 
@@ -332,7 +332,7 @@ def test_sigkill_of_a_batched_sweep_loses_only_the_group_in_flight(tmp_path):
 
 # -- two sweeps into one folder (claims) ------------------------------------------------------------
 def test_live_claims_are_left_alone_and_dead_ones_taken_over(tmp_path):
-    from oversight_gr import sweep as sweep_mod
+    from oversight_gr.rl import sweep as sweep_mod
 
     sweep = tiny_sweep(tmp_path, methods=("naive",), seeds=3, eval_every=0)
     specs = build_specs(sweep)
@@ -366,7 +366,7 @@ def test_live_claims_are_left_alone_and_dead_ones_taken_over(tmp_path):
 
 TWO_SWEEPS = """
 import json, sys
-from oversight_gr.sweep import SweepConfig, run_sweep
+from oversight_gr.rl.sweep import SweepConfig, run_sweep
 sweep = SweepConfig(**json.loads(sys.argv[1]))
 print(json.dumps({o.spec.key: o.status for o in run_sweep(sweep)}))
 """
@@ -399,7 +399,7 @@ def test_two_processes_share_one_sweep_folder_without_redoing_runs(tmp_path):
 def test_sweep_checks_device_and_output_before_any_run(tmp_path, monkeypatch):
     import torch
 
-    from oversight_gr.sweep import SweepConfig, run_sweep
+    from oversight_gr.rl.sweep import SweepConfig, run_sweep
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="SweepConfig.device is 'cuda' but no CUDA GPU"):
@@ -411,7 +411,7 @@ def test_sweep_checks_device_and_output_before_any_run(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_batched_group_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from oversight_gr import sweep as sweep_mod
+    from oversight_gr.rl import sweep as sweep_mod
 
     fields = dict(methods=("naive",), oversight=(0.1, 0.3), seeds=1, batch_runs=2,
                   total_env_steps=2048, eval_every=1024)  # 8 updates per run
@@ -445,7 +445,7 @@ def test_an_interrupted_batched_group_resumes_from_its_checkpoint(tmp_path, monk
 
 def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
         tmp_path, monkeypatch):
-    from oversight_gr import sweep as sweep_mod
+    from oversight_gr.rl import sweep as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)
     sweep = tiny_sweep(tmp_path, methods=("naive",), oversight=(0.1, 0.3), seeds=1,
@@ -475,7 +475,7 @@ def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
 
 
 def test_two_records_of_one_grid_point_are_refused_naming_both():
-    from oversight_gr.sweep import one_record_per_run
+    from oversight_gr.rl.sweep import one_record_per_run
 
     def rec(key, seed, k=None):
         cfg = TrainConfig(method="routing", oversight_prob=0.01, seed=seed,

@@ -31,7 +31,7 @@ def test_section_has_the_note_trends_and_every_level_curves(load_bench, tmp_path
 
 
 def test_the_budget_line_names_settings_that_differ_between_methods(load_bench):
-    from oversight_gr.sweep import SweepConfig, build_specs
+    from oversight_gr.rl.sweep import SweepConfig, build_specs
 
     bench = load_bench("oversight_sweep")
     assert bench.method_settings(build_specs(SweepConfig(preset="quick"))) == ""

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from oversight_gr import records
-from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.rl.trainer import TrainConfig
 
 
 def _record(folder, method, p, seed, ret, k=None):

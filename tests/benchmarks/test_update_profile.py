@@ -2,7 +2,7 @@
 
 import torch
 
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 
 TINY = dict(num_envs=16, rollout_steps=8, hidden=8, minibatches=2, update_epochs=1)
 

@@ -1,4 +1,4 @@
-"""Tables, figures and the paper-claims check for sweep records (:mod:`oversight_gr.sweep`).
+"""Tables, figures and the paper-claims check for sweep records (:mod:`oversight_gr.rl.sweep`).
 
 All statistics are over seeds, from :mod:`oversight_gr.stats`: the mean with a 95% confidence
 interval (Student t below 20 seeds, valid at the usual 3-5; BCa bootstrap from 20 on), and at
@@ -8,7 +8,7 @@ each oversight level the probability that a routing run beats a run of each othe
 * ``return_vs_oversight``: final steered ground-truth return vs oversight fraction, log x, one
   line per method (paper Fig. 6a);
 * ``curves_p<level>``: learning curves at one oversight level vs env steps; the oracle is drawn
-  at its steps divided by p (:func:`oversight_gr.agents.methods.paper_axis_steps`; Fig. 13);
+  at its steps divided by p (:func:`oversight_gr.rl.methods.paper_axis_steps`; Fig. 13);
 * ``curves_<algo>_all_levels``: the same at every oversight level of the sweep, one panel each;
 * ``ghost_closer_unseen``: P(ghost | ghost closer and its cell unseen) vs oversight for naive
   and steered routing.
@@ -57,7 +57,7 @@ RANDOM_RETURN = -0.01
 
 
 def _steered(record: dict[str, Any]) -> dict[str, Any]:
-    from oversight_gr.sweep import steered_metrics
+    from oversight_gr.rl.sweep import steered_metrics
 
     return steered_metrics(record)
 
@@ -276,8 +276,8 @@ def _curve_points(record: dict[str, Any]) -> list[dict[str, float]]:
     point also on the paper's axis (``reported_env_steps``: the oracle's steps / p, derived here
     from the config so that records written under another charging plot alike) and with the
     steered policy's P(ghost | closer, unseen) (NaN where a curve point lacks it)."""
-    from oversight_gr.agents.methods import METHODS, paper_axis_steps
-    from oversight_gr.agents.run import steered_mode
+    from oversight_gr.rl.methods import METHODS, paper_axis_steps
+    from oversight_gr.rl.run import steered_mode
 
     cfg = record["config"]
     steer = steered_mode(cfg["method"])

@@ -9,7 +9,7 @@ The mixture-of-experts policy is the paper's: two experts (diamond, ghost), each
 All gradient masks go through :mod:`oversight_gr.routing`.
 
 Two exact rewrites make it cheaper without changing the function or any parameter's gradient
-(tested against the literal formulation in tests/agents/test_fast_paths.py): the 1x1 convolution
+(tested against the literal formulation in tests/rl/test_fast_paths.py): the 1x1 convolution
 is folded into the first gate layer's weights, and since the head is linear the mixture is taken
 on the head's 4 outputs, ``g * head(E_d) + (1 - g) * head(E_g)``, with the routing weights applied
 to the experts' outputs before the head.

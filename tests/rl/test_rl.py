@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from oversight_gr.agents.evaluation import evaluate
-from oversight_gr.agents.losses import Minibatch, routed_objective
-from oversight_gr.agents.methods import (
+from oversight_gr.rl.evaluation import evaluate
+from oversight_gr.rl.losses import Minibatch, routed_objective
+from oversight_gr.rl.methods import (
     METHODS,
     ROUTE_BOTH,
     ROUTE_DIAMOND,
@@ -20,8 +20,8 @@ from oversight_gr.agents.methods import (
     route_labels,
     train_mask,
 )
-from oversight_gr.agents.reference import diamond_seeker, optimal_policy
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.reference import diamond_seeker, optimal_policy
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 from oversight_gr.envs.core import Outcome
 
 D, G, U, TO, N = (int(Outcome.DIAMOND), int(Outcome.GHOST), int(Outcome.UNKNOWN),
@@ -173,7 +173,7 @@ class _Killed(Exception):
 def test_resumed_run_has_no_duplicated_curve_points_and_accumulates_wall_time(tmp_path):
     """A kill between an evaluation and the next checkpoint: the resumed run drops the curve
     points past its checkpoint and evaluates them again; the wall time carries over."""
-    from oversight_gr.agents.run import run_training
+    from oversight_gr.rl.run import run_training
 
     cfg = TrainConfig(method="routing", eval_every=TINY["num_envs"] * TINY["rollout_steps"],
                       **{**TINY, "total_env_steps": 4 * 16 * 8})
@@ -201,7 +201,7 @@ def test_resumed_run_has_no_duplicated_curve_points_and_accumulates_wall_time(tm
 def test_run_training_writes_the_tensorboard_charts(tmp_path, group):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from oversight_gr.agents.run import run_training
+    from oversight_gr.rl.run import run_training
 
     cfg = TrainConfig(method="routing", oversight_prob=0.5, **TINY)
     run_training([cfg, dataclasses.replace(cfg, seed=1)] if group else cfg, tmp_path)
@@ -340,7 +340,7 @@ def test_unlabelled_sharpness_scales_expert_gradients_by_a_power_of_the_gate():
 
 
 def test_balanced_gate_loss_weighs_the_two_overseen_classes_equally():
-    from oversight_gr.agents.methods import ROUTE_BOTH, ROUTE_DIAMOND, ROUTE_GHOST, gate_bce
+    from oversight_gr.rl.methods import ROUTE_BOTH, ROUTE_DIAMOND, ROUTE_GHOST, gate_bce
 
     gate = torch.tensor([0.9, 0.8, 0.7, 0.4, 0.5])
     lbl = torch.tensor([ROUTE_DIAMOND, ROUTE_DIAMOND, ROUTE_DIAMOND, ROUTE_GHOST, ROUTE_BOTH])

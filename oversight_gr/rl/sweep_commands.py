@@ -1,7 +1,7 @@
-"""``oversight-gr sweep``: argparse and printing for :mod:`oversight_gr.sweep`.
+"""``oversight-gr sweep``: argparse and printing for :mod:`oversight_gr.rl.sweep`.
 
 A module beside ``sweep.py`` rather than a ``sweep/`` package: every import of
-``oversight_gr.sweep`` (benchmarks, tests, user code) stays as it is, and the split is the one
+``oversight_gr.rl.sweep`` (benchmarks, tests, user code) stays as it is, and the split is the one
 the other domains use (``agents/commands.py``, ``vision/commands.py``, ``lm/commands.py``).
 """
 
@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from oversight_gr import plots
+from oversight_gr.rl import plots
 from oversight_gr.config import add_arguments, from_arguments
 from oversight_gr.interrupts import Interrupted
-from oversight_gr.sweep import (
+from oversight_gr.rl.sweep import (
     PRESETS,
     SweepConfig,
     build_specs,
@@ -120,7 +120,7 @@ def command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from oversight_gr import sweep as sweep_module
+    from oversight_gr.rl import sweep as sweep_module
 
     parser = subparsers.add_parser(
         "sweep",

@@ -17,19 +17,19 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor  # noqa: E402
 
-from oversight_gr.agents.evaluation import evaluate  # noqa: E402
-from oversight_gr.agents.losses import (  # noqa: E402
+from oversight_gr.rl.evaluation import evaluate  # noqa: E402
+from oversight_gr.rl.losses import (  # noqa: E402
     Minibatch,
     ObjectiveConfig,
     routed_objective,
 )
-from oversight_gr.agents.methods import (  # noqa: E402
+from oversight_gr.rl.methods import (  # noqa: E402
     ROUTE_BOTH,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
     route_labels,
 )
-from oversight_gr.agents.sb3 import (  # noqa: E402
+from oversight_gr.rl.sb3 import (  # noqa: E402
     RoutedMoEPolicy,
     RoutedPPO,
     VecEnvAdapter,
@@ -186,7 +186,7 @@ def test_default_labels_follow_the_native_rule_on_the_native_env():
 
     rec = Record()
     model.learn(16 * 32, callback=[rec, grab])
-    from oversight_gr.agents.methods import episode_labels
+    from oversight_gr.rl.methods import episode_labels
 
     expected = route_labels(episode_labels(torch.tensor(np.array(rec.outcomes)),
                                               torch.tensor(np.array(rec.dones))))
@@ -279,7 +279,7 @@ def _sb3_step_and_trainer(routing_kw, **ppo_kw):
     hands to the optimizer, the trainer, its rollout as a one-run Minibatch, old values)."""
     from stable_baselines3.common.logger import Logger
 
-    from oversight_gr.agents.trainer import TrainConfig, Trainer
+    from oversight_gr.rl.trainer import TrainConfig, Trainer
 
     T, B = 8, 16
     trainer = Trainer(TrainConfig(num_envs=B, rollout_steps=T, hidden=16, oversight_prob=0.5,
@@ -479,7 +479,7 @@ def test_steer_values_and_policy_fn():
 
 
 def test_ortho_init_is_the_native_orthogonal_init():
-    from oversight_gr.agents.networks import MoEPolicy, ValueNet, orthogonal_init
+    from oversight_gr.rl.networks import MoEPolicy, ValueNet, orthogonal_init
 
     model = _tiny(seed=3)
     actor, critic = MoEPolicy(5, 16, "no_oversight"), ValueNet(5, 16)

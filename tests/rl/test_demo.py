@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oversight_gr.agents.demo import DEMO_SETTINGS, _schedule, gap_summary, run_demo
+from oversight_gr.rl.demo import DEMO_SETTINGS, _schedule, gap_summary, run_demo
 
 
 def test_gap_against_the_better_baseline_and_seeds_ahead():

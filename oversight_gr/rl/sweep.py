@@ -1,6 +1,6 @@
 """Oversight sweeps: methods x oversight fractions x seeds x algorithms, resumable, local or Ray.
 
-Every run is one :func:`oversight_gr.agents.run.run_training` call (the code path of
+Every run is one :func:`oversight_gr.rl.run.run_training` call (the code path of
 ``oversight-gr train``). Results live in a directory::
 
     OUT/sweep.json            the sweep's settings and the keys of its runs (rewritten each start)
@@ -9,7 +9,7 @@ Every run is one :func:`oversight_gr.agents.run.run_training` call (the code pat
     OUT/work/group-HASH/      the same for a batched group (--batch-runs), named by its runs
     OUT/work/NAME.progress.json  env steps done by a job in flight (shown by the progress bar)
     OUT/claims/KEY.json       the process training a run (pid, host), removed when it ends
-    OUT/report/               table and figures (:mod:`oversight_gr.plots`)
+    OUT/report/               table and figures (:mod:`oversight_gr.rl.plots`)
 
 ``KEY`` is a hash of the run's full :class:`TrainConfig`, so re-running a sweep skips every run
 whose record is present and valid; a missing, truncated or mismatched record is redone. Killing
@@ -19,7 +19,7 @@ with an atomic rename, and pool workers exit when their parent disappears.
 Two sweeps started into one ``OUT`` share its runs: each run is claimed by an exclusively
 created claim file before it starts, so neither redoes nor resumes the other's runs; the claim
 of a process that died (on this host) is taken over. The command line lives in
-:mod:`oversight_gr.sweep_commands`.
+:mod:`oversight_gr.rl.sweep_commands`.
 
 Backends: ``local`` (a spawn-started process pool of ``--workers N``; with one worker the runs
 execute in the driver process itself) and ``ray`` (``--backend
@@ -29,7 +29,7 @@ shared filesystem.
 
 Batched runs (``--batch-runs N``): pending runs that differ only in seed and oversight level
 (same method, algorithm and every other field) are trained N at a time in one process by
-:class:`oversight_gr.agents.trainer.Trainer` (one trainer for a group), one job per group on either backend. The
+:class:`oversight_gr.rl.trainer.Trainer` (one trainer for a group), one job per group on either backend. The
 records are the same per-run records (same keys and fields, plus ``batched``: the group), so
 reports and resuming work unchanged; they are written when their group ends, so a killed sweep
 loses the groups in flight. ``wall_seconds`` of a batched record is its group's wall time.
@@ -60,8 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from oversight_gr import records
-from oversight_gr.agents.methods import METHODS
-from oversight_gr.agents.trainer import (ALGO_DEFAULTS, ALGOS, TrainConfig, config_from_dict,
+from oversight_gr.rl.methods import METHODS
+from oversight_gr.rl.trainer import (ALGO_DEFAULTS, ALGOS, TrainConfig, config_from_dict,
                                          group_key)
 from oversight_gr.envs.core import MAX_NUM_ENVS
 from oversight_gr.interrupts import Interrupted, StopRequest, deferred_interrupt
@@ -337,7 +337,7 @@ def record_path(out: str | Path, key: str) -> Path:
 
 def steered_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The steered evaluation of a record (gate fixed to the diamond expert for MoE methods)."""
-    from oversight_gr.agents.run import steered_mode
+    from oversight_gr.rl.run import steered_mode
 
     return record["metrics"][steered_mode(record["config"]["method"])]
 
@@ -352,7 +352,7 @@ def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
 def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
     """Why ``record`` cannot count as the run of ``cfg``: the records rule (kind, format,
     required fields), then what a sweep needs of it."""
-    from oversight_gr.agents.run import eval_steers
+    from oversight_gr.rl.run import eval_steers
 
     why = records.problem(record, "rl_run")
     if why is not None:
@@ -650,7 +650,7 @@ def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
     """Train one config; returns ``{"ok": True, "record": ...}`` or ``{"ok": False, "error"}``.
 
     Runs in a worker process (pool or Ray); never raises for a failed run."""
-    from oversight_gr.agents.run import run_training
+    from oversight_gr.rl.run import run_training
 
     try:
         cfg = TrainConfig(**cfg_dict)
@@ -682,7 +682,7 @@ def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = No
     the whole group. With ``checkpoint_every`` the group checkpoints to ``work_dir`` and a
     group found there (same runs, interrupted) is resumed. Runs in a worker process (or the
     driver); never raises."""
-    from oversight_gr.agents.run import run_training
+    from oversight_gr.rl.run import run_training
 
     try:
         cfgs = [TrainConfig(**d) for d in cfg_dicts]
@@ -809,7 +809,7 @@ def run_sweep(
     """
     specs = unique_specs(build_specs(sweep) if specs is None else specs)
     check_device(sweep.device, "SweepConfig.device")  # before any run starts
-    from oversight_gr.agents.run import check_budget
+    from oversight_gr.rl.run import check_budget
 
     for spec in specs:
         check_budget(spec.cfg)

@@ -4,9 +4,9 @@ minibatch.
 Every learner calls :func:`routed_objective`: the native trainer's PPO and REINFORCE updates
 (one run or a group of R runs side by side, the two-pass minibatch step and single-pass
 REINFORCE's update through the rollout's own graphs) and SB3's ``RoutedPPO``
-(:mod:`oversight_gr.agents.sb3`). Autograd differentiates it; there is no second copy of its
+(:mod:`oversight_gr.rl.sb3`). Autograd differentiates it; there is no second copy of its
 maths. Routing itself is not in the objective: it acts on the forward pass (per-sample gradient
-weights on the experts' outputs and the gate, :func:`~oversight_gr.agents.networks.moe_mix`), so
+weights on the experts' outputs and the gate, :func:`~oversight_gr.rl.networks.moe_mix`), so
 the objective sees only logits, gate and values.
 
 Shapes: ``R`` runs, ``N`` steps per run; every :class:`Minibatch` field is ``[R, N, ...]`` (one
@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from oversight_gr.agents.methods import gate_bce_rows, masked_mean, policy_terms, ppo_diagnostics
-from oversight_gr.agents.networks import MoEOutput
+from oversight_gr.rl.methods import gate_bce_rows, masked_mean, policy_terms, ppo_diagnostics
+from oversight_gr.rl.networks import MoEOutput
 
 __all__ = ["Minibatch", "ObjectiveConfig", "routed_objective", "ALGOS"]
 
@@ -43,7 +43,7 @@ class Minibatch(NamedTuple):
     advantages: Tensor
     #: ``[R, N]`` value targets
     returns: Tensor
-    #: ``[R, N]`` route labels (:func:`~oversight_gr.agents.methods.route_labels`)
+    #: ``[R, N]`` route labels (:func:`~oversight_gr.rl.methods.route_labels`)
     route: Tensor
     #: ``[R, N]`` float, 1 on the steps the method trains on
     mask: Tensor
@@ -69,7 +69,7 @@ class ObjectiveConfig:
         gate_loss: add the gate's BCE on overseen steps (methods with a learned, supervised gate).
         gate_loss_coef: its coefficient.
         gate_balance: the BCE as the mean of the two overseen classes' means
-            (:func:`~oversight_gr.agents.methods.gate_bce_rows`).
+            (:func:`~oversight_gr.rl.methods.gate_bce_rows`).
     """
 
     algo: str

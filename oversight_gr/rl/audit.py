@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from oversight_gr.agents.evaluation import _as_policy
+from oversight_gr.rl.evaluation import _as_policy
 from oversight_gr.envs.core import GridRules, Outcome
 
 __all__ = ["outcome_counts", "training_oversight", "Auditor", "AuditLedger", "AuditResult", "audit_policy", "BestSnapshot"]
@@ -169,7 +169,7 @@ class BestSnapshot:
 
 
 class Auditor:
-    """The audits of every run of a :class:`~oversight_gr.agents.trainer.Trainer` whose method
+    """The audits of every run of a :class:`~oversight_gr.rl.trainer.Trainer` whose method
     pays for them (``naive_early_stop``), driven by the run loop.
 
     The loop calls :meth:`observe` after every update (it reads the update's counts of terminal

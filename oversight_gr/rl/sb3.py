@@ -2,12 +2,12 @@
 
 ``RoutedPPO`` is SB3's ``PPO`` with the package's routed loss; ``RoutedMoEPolicy`` (alias
 ``"MoEPolicy"``) is an SB3 actor-critic policy around
-:class:`~oversight_gr.agents.networks.MoEPolicy` and
-:class:`~oversight_gr.agents.networks.ValueNet`; :class:`VecEnvAdapter` lets SB3 drive the
+:class:`~oversight_gr.rl.networks.MoEPolicy` and
+:class:`~oversight_gr.rl.networks.ValueNet`; :class:`VecEnvAdapter` lets SB3 drive the
 native batched env (``gym.make_vec``) at full speed::
 
     from stable_baselines3.common.evaluation import evaluate_policy
-    from oversight_gr.agents.sb3 import RoutedPPO, make_sb3_vec_env
+    from oversight_gr.rl.sb3 import RoutedPPO, make_sb3_vec_env
 
     model = RoutedPPO("MoEPolicy", "OversightGrid-v0", n_envs=512, n_steps=32,
                       batch_size=1024, n_epochs=4, gamma=0.97, ent_coef=0.01,
@@ -21,8 +21,8 @@ How routing enters SB3, through its extension points:
 
 * the rollout buffer (``rollout_buffer_class=RoutedRolloutBuffer``) also stores, per step, the
   route label of the step's episode, computed at the end of the rollout from the label found in
-  ``info[route_info_key]`` at episode end (:func:`~oversight_gr.agents.methods.episode_labels`
-  then :func:`~oversight_gr.agents.methods.route_labels`, the native trainer's rule: steps of an
+  ``info[route_info_key]`` at episode end (:func:`~oversight_gr.rl.methods.episode_labels`
+  then :func:`~oversight_gr.rl.methods.route_labels`, the native trainer's rule: steps of an
   episode still running at the update train both experts and the gate);
 * a callback that RoutedPPO adds in front of the user's callbacks reads ``infos`` / ``dones``
   after every env step and hands them to the buffer;
@@ -30,9 +30,9 @@ How routing enters SB3, through its extension points:
   policy's ``evaluate_actions`` looks up the minibatch it is given in the buffer (the buffer
   remembers the observation tensor of the minibatch it yielded last and the lookup checks
   identity, so a minibatch is never paired with another's labels), runs the routed forward
-  (route labels as :class:`~oversight_gr.agents.networks.RouteWeights`, rows of
-  :data:`~oversight_gr.agents.methods.ROUTES`) and computes the native trainer's objective,
-  :func:`~oversight_gr.agents.losses.routed_objective`, with PPO's coefficients (clip range,
+  (route labels as :class:`~oversight_gr.rl.networks.RouteWeights`, rows of
+  :data:`~oversight_gr.rl.methods.ROUTES`) and computes the native trainer's objective,
+  :func:`~oversight_gr.rl.losses.routed_objective`, with PPO's coefficients (clip range,
   entropy and value coefficients, per-minibatch advantage normalisation, value clipping) and the
   gate's BCE. The values, log-probabilities and entropy it returns are detached, and the
   objective reaches PPO's loss by :func:`add_to_loss` on the log-probabilities: PPO's own loss
@@ -67,8 +67,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from torch import Tensor
 
-from oversight_gr.agents.losses import Minibatch, ObjectiveConfig, routed_objective
-from oversight_gr.agents.methods import (
+from oversight_gr.rl.losses import Minibatch, ObjectiveConfig, routed_objective
+from oversight_gr.rl.methods import (
     ROUTE_BOTH,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
@@ -77,7 +77,7 @@ from oversight_gr.agents.methods import (
     route_labels,
     route_weights,
 )
-from oversight_gr.agents.networks import (
+from oversight_gr.rl.networks import (
     GATE_INPUTS,
     STEER,
     MoEOutput,
@@ -85,7 +85,7 @@ from oversight_gr.agents.networks import (
     ValueNet,
     orthogonal_init,
 )
-from oversight_gr.agents.trainer import ALGO_DEFAULTS
+from oversight_gr.rl.trainer import ALGO_DEFAULTS
 from oversight_gr.envs.core import Outcome
 from oversight_gr.envs.registration import ENV_IDS
 
@@ -260,11 +260,11 @@ class RouteRecorder(BaseCallback):
 class RoutedMoEPolicy(ActorCriticPolicy):
     """SB3 actor-critic around the package's MoE actor and value net (alias ``"MoEPolicy"``).
 
-    ``self.actor`` is a :class:`~oversight_gr.agents.networks.MoEPolicy` (so
-    ``oversight_gr.agents.evaluation.evaluate(model.policy.actor, p, "diamond")`` works as for
-    the native trainer), ``self.critic`` a :class:`~oversight_gr.agents.networks.ValueNet`.
+    ``self.actor`` is a :class:`~oversight_gr.rl.networks.MoEPolicy` (so
+    ``oversight_gr.rl.evaluation.evaluate(model.policy.actor, p, "diamond")`` works as for
+    the native trainer), ``self.critic`` a :class:`~oversight_gr.rl.networks.ValueNet`.
     ``ortho_init=True`` (SB3's default) initialises both with
-    :func:`~oversight_gr.agents.networks.orthogonal_init` (gain sqrt 2, action head 0.01), the
+    :func:`~oversight_gr.rl.networks.orthogonal_init` (gain sqrt 2, action head 0.01), the
     native trainer's ``init="orthogonal"``; ``ortho_init=False`` keeps PyTorch's default
     (``init="torch"``). SB3's ``net_arch`` and ``activation_fn`` do not apply and are ignored.
 
@@ -384,7 +384,7 @@ class RoutedMoEPolicy(ActorCriticPolicy):
 
         Inside ``RoutedPPO.train`` the minibatch's route labels scale the gradients into the
         two experts and the gate, and PPO's loss backpropagates the native objective
-        (:func:`~oversight_gr.agents.losses.routed_objective`, gate BCE included) instead of its
+        (:func:`~oversight_gr.rl.losses.routed_objective`, gate BCE included) instead of its
         own terms (see the module docstring)."""
         if self._route_source is None:
             out = self.actor(obs, steer=self._rollout_steer())
@@ -437,9 +437,9 @@ class RoutedMoEPolicy(ActorCriticPolicy):
         clip_range_vf: float | None = None,
     ) -> Iterator[list[Tensor]]:
         """Within the block, ``evaluate_actions`` looks its minibatch up by ``source(obs)``,
-        routes it with :func:`~oversight_gr.agents.methods.route_weights`
+        routes it with :func:`~oversight_gr.rl.methods.route_weights`
         (``unlabelled_sharpness``, ``unlabelled_gate_grad`` as there) and trains on
-        :func:`~oversight_gr.agents.losses.routed_objective` under ``objective`` (advantages
+        :func:`~oversight_gr.rl.losses.routed_objective` under ``objective`` (advantages
         normalised per minibatch with ``normalize_advantage``; values clipped to
         ``clip_range_vf`` around the rollout's as PPO does); yields the list that collects each
         minibatch's gate loss."""
@@ -456,7 +456,7 @@ class RoutedMoEPolicy(ActorCriticPolicy):
 
 def policy_fn(model_or_policy: RoutedPPO | RoutedMoEPolicy, steer: str | None = None):
     """``obs uint8 [B, 4, n, n] -> logits [B, 4]``, for
-    :func:`oversight_gr.agents.evaluation.evaluate` (``steer=None``: the policy's own)."""
+    :func:`oversight_gr.rl.evaluation.evaluate` (``steer=None``: the policy's own)."""
     policy = model_or_policy.policy if isinstance(model_or_policy, PPO) else model_or_policy
 
     def fn(obs: Tensor) -> Tensor:
@@ -482,7 +482,7 @@ class RoutedPPO(PPO):
         gate_loss_coef: coefficient of the gate BCE on labelled steps (0 turns it off; the
             native PPO default 0.3).
         unlabelled_sharpness: unlabelled steps send each expert gradient in proportion to
-            ``gate^k`` and ``(1 - gate)^k`` (:func:`~oversight_gr.agents.methods.route_weights`);
+            ``gate^k`` and ``(1 - gate)^k`` (:func:`~oversight_gr.rl.methods.route_weights`);
             default the native PPO default (``ALGO_DEFAULTS["ppo"]``, 3); 1 is the paper's
             plain mixture.
         unlabelled_gate_grad: weight of the policy gradient into the gate on unlabelled steps

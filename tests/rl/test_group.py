@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oversight_gr.agents.methods import (
+from oversight_gr.rl.methods import (
     ROUTE_BOTH,
     ROUTE_DIAMOND,
     ROUTE_GHOST,
@@ -20,12 +20,12 @@ from oversight_gr.agents.methods import (
     route_labels,
     route_weights,
 )
-from oversight_gr.agents.networks import MoEPolicy, SingleExpertPolicy, ValueNet
-from oversight_gr.agents.losses import Minibatch
-from oversight_gr.agents.run import run_training
-from oversight_gr.agents.trainer import TrainConfig, Trainer, check_group
+from oversight_gr.rl.networks import MoEPolicy, SingleExpertPolicy, ValueNet
+from oversight_gr.rl.losses import Minibatch
+from oversight_gr.rl.run import run_training
+from oversight_gr.rl.trainer import TrainConfig, Trainer, check_group
 from oversight_gr.envs import GridRules
-from oversight_gr.precision import backward_context
+from oversight_gr.rl.precision import backward_context
 from oversight_gr.routing import two_expert_mixture
 
 TINY = dict(num_envs=8, rollout_steps=8, hidden=8, total_env_steps=8 * 8 * 2, eval_envs=16)

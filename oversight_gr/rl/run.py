@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from oversight_gr.agents.evaluation import eval_seed, evaluate, evaluate_runs
-from oversight_gr.agents.audit import Auditor
-from oversight_gr.agents.rundir import config_differences, hold_run_dir, plan_run_dir
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.evaluation import eval_seed, evaluate, evaluate_runs
+from oversight_gr.rl.audit import Auditor
+from oversight_gr.rl.rundir import config_differences, hold_run_dir, plan_run_dir
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
 from oversight_gr.interrupts import Interrupted, deferred_interrupt
 from oversight_gr.records import (RecordError, WriteError, curve_point, make_record, read_json,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def eval_steers(method: str) -> tuple[str, ...]:
     """Steering modes worth reporting for a method (only MoE policies have a gate)."""
-    from oversight_gr.agents.methods import METHODS
+    from oversight_gr.rl.methods import METHODS
 
     return ("diamond", "none", "ghost") if METHODS[method].policy == "moe" else ("none",)
 
@@ -193,7 +193,7 @@ def run_training(
             ``run_dir/run<r>``.
         checkpoint_every: also checkpoint every N updates (0: only at the end).
         on_change: what to do when ``run_dir`` holds a run (see
-            :func:`oversight_gr.agents.rundir.plan_run_dir`, decided before any compute): the
+            :func:`oversight_gr.rl.rundir.plan_run_dir`, decided before any compute): the
             same config resumes from its checkpoint (curve points past the checkpoint are
             dropped, wall time accumulates) or, finished, is returned as it is; another config
             is refused (``"refuse"``), trained on to the new ``total_env_steps``
@@ -372,7 +372,7 @@ def load_trainer(run_dir: str | Path, name: str = "run_dir") -> Trainer:
     if trainer.R > 1:
         raise ValueError(f"{name} {str(run_dir)!r} holds a group of {trainer.R} runs; their "
                          "records are in its run<r>/ folders (evaluate with "
-                         "oversight_gr.agents.run.evaluate_trainer)")
+                         "oversight_gr.rl.run.evaluate_trainer)")
     if trainer.method.audit:  # what the method reports: the parameters its audits selected
         auditor = Auditor(trainer)
         if auditor.load(d) and auditor.best[0].state is not None:
@@ -383,5 +383,5 @@ def load_trainer(run_dir: str | Path, name: str = "run_dir") -> Trainer:
 def load_policy(run_dir: str | Path) -> torch.nn.Module:
     """The trained policy of a run directory, in eval mode: ``policy(obs, steer=...)`` gives
     ``.logits`` (``steer`` "diamond" / "ghost" / "none" for routed MoE policies), and
-    :func:`oversight_gr.agents.evaluation.evaluate` takes it as it is."""
+    :func:`oversight_gr.rl.evaluation.evaluate` takes it as it is."""
     return load_trainer(run_dir).policy.eval()

@@ -1,7 +1,7 @@
 """The demo: routing against naive reward and data filtering at equal env steps, several seeds at
 once, with learning curves, where the paper's effect has had the budget to show.
 
-:func:`run_demo` trains each method's seeds as one group (:class:`~oversight_gr.agents.trainer.
+:func:`run_demo` trains each method's seeds as one group (:class:`~oversight_gr.rl.trainer.
 Trainer` over R runs), the groups spread over worker processes, and returns the summary that
 ``oversight-gr demo`` prints and writes as ``summary.json``::
 
@@ -20,9 +20,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from oversight_gr.agents.run import run_training, steered_mode
-from oversight_gr.agents.trainer import TrainConfig
-from oversight_gr.sweep import STANDARD_ROUTING_TRAIN
+from oversight_gr.rl.run import run_training, steered_mode
+from oversight_gr.rl.trainer import TrainConfig
+from oversight_gr.rl.sweep import STANDARD_ROUTING_TRAIN
 
 __all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "DEMO_METHOD_SETTINGS", "demo_configs", "run_demo",
            "gap_summary"]

@@ -108,7 +108,7 @@ def evaluate_runs(
 
     Args:
         logits_fn: ``obs [R, num_envs, 4, n, n] -> logits [R, num_envs, 4]`` (e.g.
-            :meth:`oversight_gr.agents.trainer.Trainer.logits_fn`).
+            :meth:`oversight_gr.rl.trainer.Trainer.logits_fn`).
         steer: the steering mode the results are labelled with (``logits_fn`` applies it).
         num_envs, steps, gamma: the window protocol of the paper's metric (512 x 32, 0.97).
         episode_steps: length of the window whose completed episodes give the episode metrics.

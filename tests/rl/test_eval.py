@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from oversight_gr.agents.evaluation import eval_seed, evaluate
-from oversight_gr.agents.run import run_training
-from oversight_gr.agents.trainer import TrainConfig
+from oversight_gr.rl.evaluation import eval_seed, evaluate
+from oversight_gr.rl.run import run_training
+from oversight_gr.rl.trainer import TrainConfig
 from oversight_gr.cli import main
 
 TINY = dict(num_envs=16, rollout_steps=8, hidden=8, total_env_steps=16 * 8 * 2, eval_envs=48)

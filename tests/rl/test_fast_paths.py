@@ -11,10 +11,10 @@ import dataclasses
 import pytest
 import torch
 
-from oversight_gr.agents.methods import ROUTE_BOTH, ROUTE_DIAMOND, ROUTE_GHOST, route_weights
-from oversight_gr.agents.networks import MoEPolicy
-from oversight_gr.agents.trainer import TrainConfig, Trainer
-from oversight_gr.precision import PRECISIONS, backward_context, precision_context
+from oversight_gr.rl.methods import ROUTE_BOTH, ROUTE_DIAMOND, ROUTE_GHOST, route_weights
+from oversight_gr.rl.networks import MoEPolicy
+from oversight_gr.rl.trainer import TrainConfig, Trainer
+from oversight_gr.rl.precision import PRECISIONS, backward_context, precision_context
 from oversight_gr.routing import two_expert_mixture
 
 TINY = dict(num_envs=16, rollout_steps=8, hidden=16, total_env_steps=16 * 8 * 4, eval_envs=32)

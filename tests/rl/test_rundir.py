@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from oversight_gr.agents.rundir import plan_run_dir
+from oversight_gr.rl.rundir import plan_run_dir
 
 CFG = {"method": "routing", "total_env_steps": 20000, "seed": 0, "device": "cpu", "threads": 1}
 
@@ -96,7 +96,7 @@ def test_groups_compare_run_by_run(tmp_path):
 
 
 def test_corrupt_checkpoint_and_config_name_the_file(tmp_path):
-    from oversight_gr.agents.trainer import TrainConfig, Trainer
+    from oversight_gr.rl.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=64, eval_envs=8)
     Trainer(cfg).save(tmp_path)
@@ -112,7 +112,7 @@ def test_corrupt_checkpoint_and_config_name_the_file(tmp_path):
 def test_a_config_json_lacking_a_field_is_refused_like_a_record(tmp_path):
     """A config.json written before a field existed is not filled in with today's default
     (which would credit the run to a setting it never trained with): refused, naming it."""
-    from oversight_gr.agents.trainer import TrainConfig, Trainer
+    from oversight_gr.rl.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=64, eval_envs=8)
     Trainer(cfg).save(tmp_path)
@@ -154,11 +154,11 @@ def test_a_second_process_training_into_the_same_run_dir_is_refused(tmp_path):
     import sys
     import time
 
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from oversight_gr.agents.rundir import "
+        [sys.executable, "-c", "import sys, time; from oversight_gr.rl.rundir import "
          "hold_run_dir\nwith hold_run_dir(sys.argv[1]):\n    print('held', flush=True); "
          "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -176,8 +176,8 @@ def test_a_second_process_training_into_the_same_run_dir_is_refused(tmp_path):
 
 
 def test_a_finished_run_with_an_unusable_record_names_the_file(tmp_path):
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig
 
     cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)
     run_training(cfg, tmp_path, tensorboard=False)
@@ -199,8 +199,8 @@ def test_an_interrupted_extension_resumes_instead_of_passing_for_finished(tmp_pa
 
 
 def test_eval_refuses_a_group_directory(tmp_path):
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig
     from oversight_gr.cli import main
 
     cfg = TrainConfig(num_envs=8, rollout_steps=4, hidden=8, total_env_steps=32, eval_envs=8)

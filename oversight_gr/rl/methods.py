@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from oversight_gr.agents.networks import RouteWeights
+from oversight_gr.rl.networks import RouteWeights
 from oversight_gr.envs.core import Outcome
 from oversight_gr.routing import RouteTable
 
@@ -76,7 +76,7 @@ class Method:
             (:func:`paper_axis_steps`: the oracle learns from the truth on every episode; the
             paper's oracle buys that by learning from only a fraction p of its updates).
         audit: pay part of the oversight budget for hidden ground-truth audits and report the
-            parameters the audits score best (early stopping; :mod:`oversight_gr.agents.audit`).
+            parameters the audits score best (early stopping; :mod:`oversight_gr.rl.audit`).
         placebo_labels: a placebo for routing's labels: the same episodes count as overseen,
             but which outcome each one is said to have is shuffled among them
             (:func:`placebo_outcomes`), so the labels say nothing about the episode.

@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from oversight_gr.agents.audit import (
+from oversight_gr.rl.audit import (
     AuditLedger,
     BestSnapshot,
     audit_policy,
     outcome_counts,
     training_oversight,
 )
-from oversight_gr.agents.reference import diamond_seeker
+from oversight_gr.rl.reference import diamond_seeker
 from oversight_gr.envs.core import Outcome
 
 
@@ -75,8 +75,8 @@ def test_best_snapshot_keeps_the_best_and_restores_it():
 
 
 def test_naive_early_stop_run_stays_within_the_oversight_budget(tmp_path):
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig, Trainer
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
                       num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,
@@ -91,7 +91,7 @@ def test_naive_early_stop_run_stays_within_the_oversight_budget(tmp_path):
     assert record["reported_env_steps"] == record["env_steps"] + audit["audit_env_steps"]
     assert audit["selected_env_steps"] in (1024, 2048, 3072)
     # the metrics are those of the selected parameters, not the last ones
-    from oversight_gr.agents.run import evaluate_trainer
+    from oversight_gr.rl.run import evaluate_trainer
     last = evaluate_trainer(record["trainer"])[0]["none"]["stepwise_return"]
     picked = record["metrics"]["none"]["stepwise_return"]
     assert picked == last or audit["selected_env_steps"] != 3072
@@ -101,8 +101,8 @@ def test_naive_early_stop_run_stays_within_the_oversight_budget(tmp_path):
 
 
 def test_auditor_state_survives_a_resume(tmp_path):
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig
 
     cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
                       num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,
@@ -124,9 +124,9 @@ def test_auditor_state_survives_a_resume(tmp_path):
 
 
 def test_eval_of_an_early_stopped_run_shows_the_selected_parameters(tmp_path):
-    from oversight_gr.agents.commands import _load
-    from oversight_gr.agents.run import evaluate_trainer, run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.commands import _load
+    from oversight_gr.rl.run import evaluate_trainer, run_training
+    from oversight_gr.rl.trainer import TrainConfig
 
     cfg = TrainConfig(method="naive_early_stop", oversight_prob=0.3, audit_share=0.5,
                       num_envs=64, rollout_steps=8, hidden=16, total_env_steps=64 * 8 * 6,

@@ -13,7 +13,7 @@ import torch
 
 from oversight_gr.config import add_arguments, from_arguments
 
-from oversight_gr.agents.demo import DEMO_SEEDS, DEMO_SETTINGS
+from oversight_gr.rl.demo import DEMO_SEEDS, DEMO_SETTINGS
 
 
 def _positive(text: str) -> int:
@@ -37,10 +37,10 @@ def _default_run_dir(prefix: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from oversight_gr.agents.run import run_training
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.trainer import TrainConfig
 
-    from oversight_gr.agents.run import check_budget
+    from oversight_gr.rl.run import check_budget
 
     cfg = from_arguments(TrainConfig, args)
     check_budget(cfg)
@@ -100,13 +100,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _load(run_dir: str):
-    from oversight_gr.agents.run import load_trainer
+    from oversight_gr.rl.run import load_trainer
 
     return load_trainer(run_dir, "--run-dir")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from oversight_gr.agents.evaluation import eval_seed, evaluate
+    from oversight_gr.rl.evaluation import eval_seed, evaluate
     from oversight_gr.envs.core import _check_prob, check_num_envs, check_seed
 
     if args.seed is not None:  # before loading anything
@@ -142,8 +142,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def print_references(p: float, size: int = 5, num_envs: int = 512, seed: int = 12345) -> None:
-    from oversight_gr.agents.evaluation import evaluate
-    from oversight_gr.agents.reference import diamond_seeker, optimal_policy
+    from oversight_gr.rl.evaluation import evaluate
+    from oversight_gr.rl.reference import diamond_seeker, optimal_policy
 
     opt = evaluate(optimal_policy(size), p, num_envs=num_envs, seed=seed, size=size)
     seek = evaluate(diamond_seeker(size), p, num_envs=num_envs, seed=seed, size=size)
@@ -152,7 +152,7 @@ def print_references(p: float, size: int = 5, num_envs: int = 512, seed: int = 1
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from oversight_gr.agents.figures import policy_arrows_figure
+    from oversight_gr.rl.figures import policy_arrows_figure
 
     from oversight_gr.config import check_output_file
 
@@ -169,21 +169,21 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from oversight_gr import plots
-    from oversight_gr.agents.demo import DEMO_METHODS, run_demo
-    from oversight_gr.agents.figures import policy_arrows_figure
-    from oversight_gr.agents.trainer import Trainer
+    from oversight_gr.rl import plots
+    from oversight_gr.rl.demo import DEMO_METHODS, run_demo
+    from oversight_gr.rl.figures import policy_arrows_figure
+    from oversight_gr.rl.trainer import Trainer
     from oversight_gr.config import check_output_dir
-    from oversight_gr.agents.run import write_json_atomic
-    from oversight_gr.precision import cpu_description
+    from oversight_gr.rl.run import write_json_atomic
+    from oversight_gr.rl.precision import cpu_description
 
     settings = {k: v for k, v in (("oversight_prob", args.oversight_prob),
                                   ("total_env_steps", args.env_steps)) if v is not None}
     run_dir = check_output_dir(args.run_dir or _default_run_dir("demo"), "--run-dir")
-    from oversight_gr.agents.demo import demo_configs
+    from oversight_gr.rl.demo import demo_configs
 
     cfg = demo_configs("routing", [args.first_seed], **settings)[0]  # checks the settings
-    from oversight_gr.agents.run import check_budget
+    from oversight_gr.rl.run import check_budget
 
     try:  # --env-steps below one update: refused before any run starts
         check_budget(cfg)
@@ -242,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from oversight_gr.agents.trainer import TrainConfig
+    from oversight_gr.rl.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train one method on OversightGrid",
                        description="Train one method; writes checkpoint, config, results JSON and "
@@ -287,7 +287,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train routing, naive and filtering at equal env steps, "
                        "several seeds each, where naive's exploit has formed; print the "
                        "per-seed table, write summary.json, learning curves and TensorBoard "
-                       "logs. Defaults: oversight_gr.agents.demo.DEMO_SETTINGS.")
+                       "logs. Defaults: oversight_gr.rl.demo.DEMO_SETTINGS.")
     p.add_argument("--oversight-prob", type=float, default=None,
                    help=f"oversight level (default: {DEMO_SETTINGS['oversight_prob']})")
     p.add_argument("--env-steps", type=int, default=None,

@@ -11,7 +11,7 @@ pytest.importorskip("stable_baselines3")
 
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
-from oversight_gr.agents.sb3 import RoutedPPO  # noqa: E402
+from oversight_gr.rl.sb3 import RoutedPPO  # noqa: E402
 
 
 def _tiny(**kw):

@@ -2,8 +2,8 @@
 
 import torch
 
-from oversight_gr.agents.methods import METHODS, placebo_outcomes
-from oversight_gr.agents.trainer import TrainConfig, Trainer
+from oversight_gr.rl.methods import METHODS, placebo_outcomes
+from oversight_gr.rl.trainer import TrainConfig, Trainer
 from oversight_gr.envs.core import Outcome
 
 D, G, U, N = int(Outcome.DIAMOND), int(Outcome.GHOST), int(Outcome.UNKNOWN), int(Outcome.NONE)

@@ -12,7 +12,7 @@ the gate, as in the paper (their label is not known yet); this is the documented
 **One run or many.** ``Trainer(cfg)`` trains one run; ``Trainer([cfg, ...])`` trains a group of
 R runs that differ only in :data:`GROUP_AXES` (seed, oversight level) side by side: their
 parameters are stacked ``[R, ...]`` and every layer of every run is one batched matrix multiply
-(:mod:`oversight_gr.agents.networks` holds the forward, written once for one network or a
+(:mod:`oversight_gr.rl.networks` holds the forward, written once for one network or a
 stack). Each run keeps its own environments (a :class:`GridRules` seeded from its own seed), its
 own sampling generator, its own loss (a mean over its steps; the group's loss is the sum, so the
 gradient reaching run r's parameters is run r's own), its own gradient-norm clipping and PPO
@@ -24,9 +24,9 @@ batched matrix multiplies, tested). A one-run trainer keeps its parameters in or
 
 **One objective.** Every update, PPO's minibatch steps, REINFORCE's two-pass update and its
 single pass, one run or a group, ends in the same pure function,
-:func:`oversight_gr.agents.losses.routed_objective`, over a typed
-:class:`~oversight_gr.agents.losses.Minibatch`; the actor's forward is
-:func:`oversight_gr.agents.networks.policy_features` / ``policy_mix``, the same code the
+:func:`oversight_gr.rl.losses.routed_objective`, over a typed
+:class:`~oversight_gr.rl.losses.Minibatch`; the actor's forward is
+:func:`oversight_gr.rl.networks.policy_features` / ``policy_mix``, the same code the
 ``MoEPolicy`` and ``SingleExpertPolicy`` modules run; autograd takes the gradient. Editing either
 changes what trains, on every device and precision. A faster path must be derived from that
 definition, not written beside it: ``trainer.loss = torch.compile(trainer.loss)`` (opt-in)
@@ -60,9 +60,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from oversight_gr.agents.audit import outcome_counts, training_oversight
-from oversight_gr.agents.losses import ALGOS, Minibatch, ObjectiveConfig, routed_objective
-from oversight_gr.agents.methods import (
+from oversight_gr.rl.audit import outcome_counts, training_oversight
+from oversight_gr.rl.losses import ALGOS, Minibatch, ObjectiveConfig, routed_objective
+from oversight_gr.rl.methods import (
     METHODS,
     Method,
     advantages_and_returns,
@@ -77,7 +77,7 @@ from oversight_gr.agents.methods import (
     route_weights,
     train_mask,
 )
-from oversight_gr.agents.networks import (
+from oversight_gr.rl.networks import (
     GATE_INPUTS,
     MoEFeatures,
     MoEOutput,
@@ -95,7 +95,7 @@ from oversight_gr.agents.networks import (
 from oversight_gr.config import SEED_LIMIT, option, to_dict, validate
 from oversight_gr.envs.core import MAX_NUM_ENVS, GridRules
 from oversight_gr.records import write_atomic, write_json_atomic
-from oversight_gr.precision import PRECISIONS, backward_context, precision_context
+from oversight_gr.rl.precision import PRECISIONS, backward_context, precision_context
 
 __all__ = ["TrainConfig", "Trainer", "ALGOS", "ALGO_DEFAULTS", "GROUP_AXES", "group_key",
            "check_group", "build_policy", "init_networks"]
@@ -197,7 +197,7 @@ class TrainConfig:
     @property
     def training_oversight(self) -> float:
         """The oversight level of the training environments: ``oversight_prob``, less the audit
-        share for methods that pay for audits from it (:mod:`oversight_gr.agents.audit`)."""
+        share for methods that pay for audits from it (:mod:`oversight_gr.rl.audit`)."""
         if self.method_spec.audit:
             return training_oversight(self.oversight_prob, self.audit_share)
         return self.oversight_prob
@@ -363,7 +363,7 @@ class Trainer:
         self._modules: dict[int, tuple[nn.Module, ValueNet]] = {}
         m = self.method
         #: the actor's architecture, read by the one functional forward it shares with the
-        #: modules (:func:`~oversight_gr.agents.networks.policy_features`)
+        #: modules (:func:`~oversight_gr.rl.networks.policy_features`)
         self.arch = PolicyArch(m.policy, cfg.size, cfg.gate_input,
                                m.constant_gate if m.policy == "moe" else None)
 
@@ -429,7 +429,7 @@ class Trainer:
         return self._modules[r]
 
     def autocast(self):
-        """The configured numeric precision (:mod:`oversight_gr.precision`) for a block."""
+        """The configured numeric precision (:mod:`oversight_gr.rl.precision`) for a block."""
         return precision_context(self.cfg.precision, self.device)
 
     # -- the networks, all runs at once ---------------------------------------------------------
@@ -447,7 +447,7 @@ class Trainer:
 
     def features(self, x: Tensor, fold=None, steer: str = "none") -> MoEFeatures | Tensor:
         """The actor's features on ``x [R, N, C]``: experts and gate (MoE) or body output
-        (:func:`~oversight_gr.agents.networks.policy_features`)."""
+        (:func:`~oversight_gr.rl.networks.policy_features`)."""
         return policy_features(self.arch, x, self._policy_p, fold, steer)
 
     def mix(self, feats, route: RouteWeights | None = None) -> MoEOutput:
@@ -585,7 +585,7 @@ class Trainer:
     def loss(self, batch: Minibatch) -> tuple[Tensor, dict]:
         """The routed loss on a batch of steps ``[R, N, ...]`` (shared by PPO and REINFORCE):
         the forward pass with the batch's route weights, then
-        :func:`~oversight_gr.agents.losses.routed_objective` (the sum over runs of each run's
+        :func:`~oversight_gr.rl.losses.routed_objective` (the sum over runs of each run's
         mean loss, and per-run ``[R]`` statistics). A one-run trainer also takes one run's
         ``[N, ...]`` batch."""
         if batch.obs.ndim == 4:  # one run's flat batch
@@ -609,7 +609,7 @@ class Trainer:
         torch._foreach_mul_(grads, [coef.view(-1, *[1] * (g.ndim - 1)) for g in grads])
 
     def learn_minibatch(self, batch: Minibatch) -> dict[str, Tensor]:
-        """One optimiser step on a :class:`~oversight_gr.agents.losses.Minibatch` of
+        """One optimiser step on a :class:`~oversight_gr.rl.losses.Minibatch` of
         ``[R, N, ...]`` tensors (:meth:`loss`, autograd's backward, clipping, Adam); returns the
         per-run ``[R]`` statistics."""
         loss, stats = self.loss(batch)
@@ -682,7 +682,7 @@ class Trainer:
         return self._per_run_result(sums, count)
 
     def rollout_batch(self, ro: Rollout) -> Minibatch:
-        """The rollout as one :class:`~oversight_gr.agents.losses.Minibatch` ``[R, T * B, ...]``
+        """The rollout as one :class:`~oversight_gr.rl.losses.Minibatch` ``[R, T * B, ...]``
         (each run's steps, time-major): route labels, the method's training mask, and for PPO
         each run's advantages normalised over its trained steps."""
         adv, returns = self.advantages(ro)
@@ -769,7 +769,7 @@ class Trainer:
         return runs[0] if self.single else runs
 
     def reported_steps(self, r: int = 0) -> float:
-        """Run r's env steps on the paper's axis (:func:`~oversight_gr.agents.methods.
+        """Run r's env steps on the paper's axis (:func:`~oversight_gr.rl.methods.
         paper_axis_steps`: the oracle's are divided by p)."""
         return paper_axis_steps(self.method, self.cfgs[r].oversight_prob, self.env_steps)
 
