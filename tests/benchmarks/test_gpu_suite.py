@@ -96,3 +96,17 @@ def test_cpu_dry_run_of_every_step(load_bench, tmp_path):
     results.parent.mkdir()
     assert set(gs.merge(tmp_path / "dry.tar.gz", results)) == names
     assert (tmp_path / "docs" / "figures" / "vision_table2_gpu_setting8.png").exists()
+
+
+def test_a_failed_report_marks_its_step_failed(load_bench, tmp_path, monkeypatch):
+    """A step whose training ran but whose report command (the one that writes its section)
+    failed is not "ok": its section is missing."""
+    gs = load_bench("gpu_suite")
+    steps = (gs.Step("trained", 0.0, 1.0),)
+    monkeypatch.setattr(gs, "commands", lambda *a: [[sys.executable, "-c", "pass"]])
+    monkeypatch.setattr(gs, "report_commands",
+                        lambda *a: [[sys.executable, "-c", "raise SystemExit(3)"]])
+    monkeypatch.setattr(gs, "RESERVE_S", 0.0)
+    summary = gs.run_suite(tmp_path / "out", "cpu", budget_s=60.0, tiny=True, steps=steps)
+    assert summary["steps"][0]["status"] == "report failed"
+    assert summary["steps"][0]["report"] == "failed"
