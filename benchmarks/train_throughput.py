@@ -176,7 +176,16 @@ sys.path.insert(0, root)
 import oversight_gr
 if not oversight_gr.__file__.startswith(root):
     raise SystemExit(f"imported {oversight_gr.__file__}, not the tree at {root}")
-from oversight_gr.rl.trainer import TrainConfig, Trainer
+import os
+# the trainer's module in that tree: oversight_gr/rl/ since the re-layout, oversight_gr/agents/
+# before it
+name = ("oversight_gr.rl.trainer" if os.path.exists(os.path.join(root, "oversight_gr", "rl"))
+        else "oversight_gr.agents.trainer")
+import importlib
+module = importlib.import_module(name)
+if not module.__file__.startswith(root):
+    raise SystemExit(f"imported {module.__file__}, not the tree at {root}")
+TrainConfig, Trainer = module.TrainConfig, module.Trainer
 trainer = Trainer(TrainConfig(**fields))
 if variant == "autograd":  # a revision with the written-out backward, switched off
     if not hasattr(trainer, "manual_backward"):
