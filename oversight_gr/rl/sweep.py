@@ -673,10 +673,10 @@ def find_run(out: str | Path, *, method: str | None = None, algo: str | None = N
                             for r in every)
             shown = "; ".join(listed[:20]) + (f"; and {len(listed) - 20} more"
                                               if len(listed) > 20 else "")
-            what = "no run" if not matches else f"{len(matches)} runs"
+            what = "no run matches" if not matches else f"{len(matches)} runs match"
             more = (" (name more of --method, --algo, --oversight, --run-seed)" if matches
                     else "")
-            raise ValueError(f"--sweep-dir {str(out)!r}: {what} match {asked}{more}; the runs "
+            raise ValueError(f"--sweep-dir {str(out)!r}: {what} {asked}{more}; the runs "
                              f"there: {shown or 'none'}")
     found = matches[0]
     if not found.get("run_dir"):
