@@ -548,15 +548,11 @@ def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
 
 # -- the sweep ----------------------------------------------------------------------------------
 @dataclass
-class RunOutcome:
-    """What :func:`run_sweep` yields per run: ``status`` is done / skipped / failed / claimed
-    (being trained by another live process writing into the same folder; ``error`` says
-    which)."""
+class RunOutcome(runner.Outcome):
+    """What :func:`run_sweep` yields per run: the runner's :class:`~oversight_gr.runner.Outcome`
+    (``status`` done / skipped / failed / claimed) with the run's ``spec``."""
 
-    spec: RunSpec
-    status: str
-    record: dict[str, Any] | None = None
-    error: str | None = None
+    spec: RunSpec | None = None
 
 
 def run_sweep(
@@ -635,7 +631,7 @@ def run_sweep(
         finish=finish, labels={s.key: s.label for s in specs}, on_start=on_start,
         kept=kept, what="sweep", name=job_name)
     for o in outcomes:
-        yield RunOutcome(by_key[o.key], o.status, o.record, o.error)
+        yield RunOutcome(o.key, o.status, o.record, o.error, spec=by_key[o.key])
 
 
 # -- a sweep's runs for eval and steer (--keep-checkpoints) --------------------------------------
