@@ -523,6 +523,7 @@ def run_jobs(
     kept: Callable[[list[str]], str] | None = None,
     what: str = "grid",
     name: Callable[[list[str]], str] = job_name,
+    safe_points: bool = True,
 ) -> Iterator[Outcome]:
     """Run every key of ``keys`` without a finished record in ``store``, yielding one
     :class:`Outcome` per key: finished ones first (``skipped``), the rest as their jobs end.
@@ -549,12 +550,17 @@ def run_jobs(
             (appended to the message).
         what: the grid's name in messages ("sweep").
         name: a job's folder name under ``OUT/work`` (default :func:`job_name`).
+        safe_points: the jobs answer :func:`~oversight_gr.interrupts.deferred_interrupt`'s
+            request (a training loop stops after its update in progress), so a first Ctrl-C
+            in this process is deferred to them; False: Ctrl-C stops a job in this process at
+            once (jobs with no safe point: waiting for one would mean waiting for the job).
 
     A job that fails yields ``failed`` for each of its keys (its claims are released, its work
     folder kept); one that failed for a full disk, or a record that cannot be written, stops
     the grid with :class:`oversight_gr.records.WriteError` (the records stored are kept).
     Ctrl-C: in this process the job in flight is asked to stop at its next safe point (a job
-    that ends meanwhile is stored) and no other starts; with a pool the jobs in flight are lost.
+    that ends meanwhile is stored) and no other starts (``safe_points``); with a pool the jobs
+    in flight are lost. Either way the claims of the keys in flight are released.
     """
     check_workers(workers)
     if backend not in BACKENDS:
@@ -610,7 +616,7 @@ def run_jobs(
 
     # jobs in this process answer Ctrl-C at their next safe point, and a job that ends
     # meanwhile is stored before the grid stops
-    deferred = deferred_interrupt() if in_process else contextlib.nullcontext(
+    deferred = deferred_interrupt() if in_process and safe_points else contextlib.nullcontext(
         StopRequest(None, True))
     try:
         stop = deferred.__enter__()
@@ -659,9 +665,9 @@ def run_jobs(
                     more = kept(members) if kept is not None else ""
                     more = f"; {more}" if more else ""
                     raise records.WriteError(exc.errno, f"{what} stopped: {exc}; the run "
-                                             f"{label(key)} is not stored{more}; the records already stored are "
-                                             "kept; make room and run the same command to "
-                                             "resume") from exc
+                                             f"{label(key)} is not stored{more}; the records "
+                                             "already stored are kept; make room and run the "
+                                             "same command to resume") from exc
                 release(out, key)
                 held.discard(key)
                 yield Outcome(key, "done", record)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -285,3 +284,26 @@ def test_vision_table2_in_a_pool_writes_the_records_of_one_process(tmp_path):
     assert [drop(r) for r in two] == [drop(r) for r in one]
     assert table2 == table and rows_two == rows_one and len(rows_one) == 2
     assert (tmp_path / "two" / "table2_setting8.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_sweep_in_a_pool_writes_the_records_of_one_process_and_of_train(tmp_path):
+    """The runner changes where runs execute, not what they compute: the records of two runs
+    are the same in this process, in a pool of two, and as `run_training` returns them."""
+    from oversight_gr.rl.run import run_training
+    from oversight_gr.rl.sweep import SweepConfig, run_sweep
+
+    fields = dict(methods=("routing", "naive"), oversight=(0.1,), seeds=1, num_envs=8,
+                  total_env_steps=512, hidden=8, eval_envs=8, eval_every=256,
+                  algos=("reinforce",), tensorboard=False)
+    one = list(run_sweep(SweepConfig(**fields, out=str(tmp_path / "one"))))
+    two = {o.key: o for o in run_sweep(SweepConfig(**fields, workers=2,
+                                                   out=str(tmp_path / "two")))}
+    same = ("config", "metrics", "env_steps", "reported_env_steps", "key")
+    for o in one:
+        assert o.status == two[o.key].status == "done"
+        assert {k: o.record[k] for k in same} == {k: two[o.key].record[k] for k in same}
+        alone = run_training(o.spec.cfg, None, tensorboard=False)
+        assert alone["metrics"] == o.record["metrics"]
+        assert [p["return_none"] for p in alone["curve"]] == \
+            [p["return_none"] for p in o.record["curve"]]

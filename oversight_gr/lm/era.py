@@ -894,7 +894,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     for o in runner.run_jobs(list(run_of), store, payload, _grid_worker_run, group=group,
                              workers=workers, threads=threads, init=_grid_worker_init,
                              init_args=(cfg, data if workers == 1 else None), on_start=warm,
-                             what="lm era grid"):
+                             what="lm era grid", safe_points=False):
         if o.status == "failed":
             raise RuntimeError(f"lm era: {o.key} failed: {o.error}")
         if o.status == "claimed":

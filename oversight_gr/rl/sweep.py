@@ -513,27 +513,6 @@ def execute_job(job: dict[str, Any], state: Any = None) -> list[dict[str, Any]]:
     return found
 
 
-def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
-                checkpoint_every: int = 0) -> dict[str, Any]:
-    """Train one config; returns ``{"ok": True, "record": ...}`` or ``{"ok": False, "error"}``
-    (never raises for a failed run)."""
-    job = {"cfgs": [cfg_dict], "run_dir": work_dir if checkpoint_every else None,
-           "checkpoint_every": checkpoint_every, "batched": False, "work_dir": work_dir}
-    _, result = runner._execute(execute_job, 0, job)
-    return {"ok": True, "record": result["records"][0]} if result["ok"] else result
-
-
-def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = None,
-                  checkpoint_every: int = 0) -> list[dict[str, Any]] | dict[str, Any]:
-    """Train a batched group; one ``{"ok": True, "record"}`` per run, or one failure dict for
-    the whole group (never raises). With ``checkpoint_every`` the group checkpoints to
-    ``work_dir`` and a group found there (same runs, interrupted) is resumed."""
-    job = {"cfgs": list(cfg_dicts), "run_dir": work_dir if checkpoint_every else None,
-           "checkpoint_every": checkpoint_every, "batched": True, "work_dir": work_dir}
-    _, result = runner._execute(execute_job, 0, job)
-    return [{"ok": True, "record": r} for r in result["records"]] if result["ok"] else result
-
-
 def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
     """Indices into ``todo``, one list per job: single runs, or groups of at most
     ``batch_runs`` runs that differ only in seed and oversight level (in ``todo``'s order)."""

@@ -259,7 +259,8 @@ def run_table2(
                 f"{done} of {total} epochs in flight" if total else ""), enabled=progress):
             for o in runner.run_jobs(list(jobs), store, payload, _train_run, workers=cfg.workers,
                                      threads=threads, init=_load_data, init_args=(cfg,),
-                                     on_start=warm, finish=_stamp, what="vision table2"):
+                                     on_start=warm, finish=_stamp, what="vision table2",
+                                     safe_points=False):
                 if o.status != "done" and o.status != "skipped":
                     raise RuntimeError(f"vision table2: {o.key} {o.status}: {o.error}")
                 found[o.key] = o.record
