@@ -392,7 +392,17 @@ def _worker_init(parent_pid: int, threads: int | None, init: Callable | None,
         import torch
 
         torch.set_num_threads(threads)
-    _STATE = init(*init_args) if init is not None else None
+    try:  # a raising initializer would have the pool start workers for ever: its jobs fail
+        _STATE = init(*init_args) if init is not None else None
+    except Exception as exc:  # noqa: BLE001
+        _STATE = _InitFailed(_failure(exc))
+
+
+class _InitFailed:
+    """The state of a worker whose ``init`` raised: every job it takes fails with that."""
+
+    def __init__(self, failure: dict[str, Any]):
+        self.failure = failure
 
 
 #: errors of the output's file system after which every later job would fail the same way
@@ -413,6 +423,9 @@ def _execute(execute: Callable, index: int, payload: Any, state: Any = None
     job is reported, never raised, so the grid goes on."""
     if state is None:
         state = _STATE
+    if isinstance(state, _InitFailed):
+        return index, {**state.failure, "error": "the worker's setup failed: "
+                       + state.failure["error"]}
     try:
         return index, {"ok": True, "records": list(execute(payload, state))}
     except Exception as exc:  # noqa: BLE001 - a failed job is reported, the grid goes on
@@ -462,7 +475,7 @@ def _ray_job(execute: Callable, index: int, payload: Any, threads: int | None,
     try:
         state = init(*init_args) if init is not None else None
     except Exception as exc:  # noqa: BLE001
-        return index, _failure(exc)
+        state = _InitFailed(_failure(exc))
     return _execute(execute, index, payload, state)
 
 

@@ -24,6 +24,8 @@ def _square(payload, state):
 
 
 def _init(tag):
+    if tag == "broken":
+        raise OSError("no data here")
     return f"{tag}:{os.getpid()}"
 
 
@@ -109,6 +111,9 @@ def test_a_pool_writes_what_one_process_writes_and_sets_up_each_worker(tmp_path)
     pids = {r["pid"] for r in by_key.values()}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     assert all(r["state"] == f"x:{r['pid']}" for r in by_key.values())  # each worker's init
+    broken = _run(tmp_path / "three", keys[:2], workers=2, init=_init, init_args=("broken",))
+    assert [o.status for o in broken] == ["failed", "failed"]  # not a pool restarting for ever
+    assert "the worker's setup failed: OSError: no data here" in broken[0].error
 
 
 def test_progress_files_are_summed_while_fresh(tmp_path, monkeypatch):
