@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import numbers
 import types
@@ -22,8 +23,9 @@ from typing import Any
 #: 2**63 ran as seed 0)
 SEED_LIMIT = 2**31 - 1
 
-__all__ = ["SEED_LIMIT", "option", "validate", "add_arguments", "from_arguments", "to_dict", "check_device",
-           "check_output_dir", "check_output_file"]
+__all__ = ["SEED_LIMIT", "option", "validate", "add_arguments", "from_arguments", "to_dict",
+           "differences", "describe_differences", "check_device", "check_output_dir",
+           "check_output_file"]
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None,
@@ -197,6 +199,50 @@ def from_arguments(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config (tuples become lists)."""
     return dataclasses.asdict(cfg)
+
+
+_MISSING = "<missing>"
+
+
+def differences(saved: Any, wanted: Any, ignore: Sequence[str] = ()) -> dict[str, tuple]:
+    """``{field: (saved, wanted)}`` for every field in which a stored config differs from the
+    wanted one: the package's one config comparison (a sweep record against its run, a run
+    directory, the LM grid's folder, a vision Table 2 run).
+
+    Configs are JSON-ready dicts (tuples and lists compare equal), nested dicts compared field
+    by field (``part.field``), or lists of dicts (a group of runs: compared run by run, a field
+    named once with the first run's values that differ; groups of different sizes differ in
+    ``runs``). A field one side lacks differs, shown as ``"<missing>"``: a stored config is
+    never completed with today's defaults. ``ignore``: fields that do not change what is
+    computed (where a run executes)."""
+    if isinstance(saved, list) or isinstance(wanted, list):
+        saved_l = saved if isinstance(saved, list) else [saved]
+        wanted_l = wanted if isinstance(wanted, list) else [wanted]
+        if len(saved_l) != len(wanted_l):
+            return {"runs": (len(saved_l), len(wanted_l))}
+        out: dict[str, tuple] = {}
+        for a, b in zip(saved_l, wanted_l):
+            for k, v in differences(a, b, ignore).items():
+                out.setdefault(k, v)
+        return dict(sorted(out.items()))
+    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples
+    if not isinstance(saved, dict) or not isinstance(wanted, dict):
+        return {} if saved == wanted else {"config": (saved, wanted)}
+    out = {}
+    for k in sorted((set(saved) | set(wanted)) - set(ignore)):
+        a, b = saved.get(k, _MISSING), wanted.get(k, _MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update({f"{k}.{n}": v for n, v in differences(a, b, ignore).items()})
+        elif a != b:
+            out[k] = (a, b)
+    return out
+
+
+def describe_differences(diff: dict[str, tuple], limit: int = 8) -> str:
+    """``field: saved -> wanted, ...`` for a message (at most ``limit`` fields named)."""
+    items = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()]
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def resolve_auto_device() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from oversight_gr.rl import plots
-from oversight_gr.rl.trainer import TrainConfig
+from oversight_gr.rl.trainer import ALGO_DEFAULTS, TrainConfig
 from oversight_gr.cli import build_parser, main
 from oversight_gr.rl.sweep import (
     PRESETS,
@@ -75,7 +75,8 @@ def test_a_presets_method_settings_reach_only_that_method_and_the_command_line_w
         by_method.setdefault(spec.cfg.method, set()).add(spec.cfg.unlabelled_sharpness)
     assert by_method.pop("routing") == {6.0}
     assert set(by_method) == {"naive", "filtering", "oracle", "naive_early_stop"}
-    assert all(v == {None} for v in by_method.values())  # their configs (and keys) unchanged
+    # the baselines keep PPO's default, stored resolved in their configs (and keys)
+    assert all(v == {ALGO_DEFAULTS["ppo"]["unlabelled_sharpness"]} for v in by_method.values())
     assert all(s.cfg.gate_balance for s in build_specs(standard))  # shared settings: all
     override = SweepConfig(preset="standard", train=("unlabelled_sharpness=2",))
     assert {s.cfg.unlabelled_sharpness for s in build_specs(override)} == {2.0}
@@ -445,9 +446,10 @@ def test_an_interrupted_batched_group_resumes_from_its_checkpoint(tmp_path, monk
 
 def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
         tmp_path, monkeypatch):
+    from oversight_gr import runner
     from oversight_gr.rl import sweep as sweep_mod
 
-    monkeypatch.setattr(sweep_mod, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)
     sweep = tiny_sweep(tmp_path, methods=("naive",), oversight=(0.1, 0.3), seeds=1,
                        batch_runs=2, total_env_steps=1024, eval_every=0)  # 4 updates x 2 runs
     seen = []
@@ -468,9 +470,9 @@ def test_jobs_in_flight_report_their_env_steps_and_the_report_goes_with_the_job(
     assert not list((tmp_path / "work").glob("*.progress.json"))
     # a killed job's file is not counted once it is stale
     left = sweep_mod.progress_path(tmp_path / "work" / "killed")
-    left.write_text(json.dumps({"env_steps": 5, "total_env_steps": 10}))
+    left.write_text(json.dumps({"done": 5, "total": 10}))
     assert sweep_mod.progress_in_flight(tmp_path) == (5, 10)
-    os.utime(left, (time.time() - sweep_mod.PROGRESS_STALE_S - 1,) * 2)
+    os.utime(left, (time.time() - runner.PROGRESS_STALE_S - 1,) * 2)
     assert sweep_mod.progress_in_flight(tmp_path) == (0, 0)
 
 

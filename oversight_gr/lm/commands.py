@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from oversight_gr.config import add_arguments, from_arguments
+from oversight_gr.runner import DEFAULT_WORKERS, WORKERS_HELP
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ def register(sub) -> None:
                      help="figure path (default: OUT/forget_vs_retain.png)")
     era.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads per run (default 1)")
-    era.add_argument("--workers", type=int, default=1,
-                     help="runs trained at once, each in its own process (default 1; on a "
-                     "2-core CPU, 2 with --threads 1)")
+    era.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                     help=WORKERS_HELP.replace("%", "%%"))
     add_arguments(era, ERAConfig)
     add_arguments(era, GPTConfig)
     era.set_defaults(func=_era)

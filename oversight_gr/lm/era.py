@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,9 @@ from torch import Tensor
 from oversight_gr import records as run_records
 from oversight_gr import stats as run_stats
 from oversight_gr.config import check_device, check_output_dir, option, to_dict, validate
+from oversight_gr.config import differences
+from oversight_gr import runner
+from oversight_gr.runner import DEFAULT_WORKERS, check_workers
 from oversight_gr.lm import data as lm_data
 from oversight_gr.lm.model import GPT, GPTConfig
 from oversight_gr.lm.own_model import era_route_table, era_weights
@@ -822,7 +826,7 @@ def plan_runs(qs: Sequence[float], seeds: Sequence[int], methods: Sequence[str] 
 def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequence[int],
              out_dir: str | Path, methods: Sequence[str] = METHODS, data: LMData | None = None,
              on_start: Callable[[str, float, int], None] | None = None,
-             on_done: Callable[[dict], None] | None = None, workers: int = 1,
+             on_done: Callable[[dict], None] | None = None, workers: int = DEFAULT_WORKERS,
              threads: int = 1, placebo_qs: Sequence[float] | None = None) -> list[dict]:
     """Run every planned run not already saved in ``out_dir`` (resumable), saving each record
     as soon as it finishes; returns all records of the grid (in plan order).
@@ -830,10 +834,12 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     ``out_dir/config.json`` pins the configuration: resuming with a different one raises
     ValueError rather than mixing results. ``workers > 1`` runs that many runs at once in
     spawned processes with ``threads`` torch threads each (every run seeds its own generators, so
-    the records are the ones a single process writes).
+    the records are the ones a single process writes). The runs, their records, claims and
+    processes are :func:`oversight_gr.runner.run_jobs`'s (two processes into one ``out_dir``
+    share its runs); a run that fails stops the grid with RuntimeError (the records stored
+    are kept).
     """
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    check_workers(workers)
     for q in qs:
         if not 0.0 < q <= 1.0:
             raise ValueError(f"q must be in (0, 1], got {q}")
@@ -848,11 +854,7 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     if conf_path.exists():
         # strict, like every record of the package: a folder written by another configuration
         # (or by a version with other fields) is refused, never filled in with today's defaults
-        old = run_records.read_json(conf_path)
-        new = json.loads(json.dumps(conf))
-        diff = sorted(f"{part}.{k}" for part in set(old) | set(new)
-                      for k in set(old.get(part, {})) | set(new.get(part, {}))
-                      if old.get(part, {}).get(k, "<missing>") != new.get(part, {}).get(k))
+        diff = differences(run_records.read_json(conf_path), conf)
         if diff:
             raise ValueError(f"{out} holds results of another configuration (differing: "
                              f"{', '.join(diff)}); choose another --out")
@@ -861,83 +863,64 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
     if placebo_qs is not None and set(placebo_qs) - set(qs):
         raise ValueError(f"placebo_qs {list(placebo_qs)} must be among qs {list(qs)}")
     planned = plan_runs(qs, seeds, methods, placebo_qs)
-    done: dict[tuple[str, float, int], dict] = {}
-    pending = []
-    for run in planned:
-        path = out / record_name(*run)
-        if path.exists():
-            try:
-                done[run] = run_records.read_json(path)
-            except run_records.RecordError as exc:
-                log.warning("%s; running it again", exc)
+    run_of = {Path(record_name(*run)).stem: run for run in planned}
+    store = runner.RecordStore(out, lambda key: out / f"{key}.json", _grid_record_problem,
+                               indent=1)
+
+    def group(keys: list[str]) -> list[list[str]]:
+        # a control's pending q's of one seed form one job (one training, see run_job)
+        jobs: list[list[str]] = []
+        for key in keys:
+            method, _, seed = run_of[key]
+            last = run_of[jobs[-1][0]] if jobs else None
+            if method in CONTROLS and last and last[0] == method and last[2] == seed:
+                jobs[-1].append(key)
             else:
-                if on_done is not None:
-                    on_done(done[run])
-                continue
-        pending.append(run)
+                jobs.append([key])
+        return sorted(jobs, key=lambda j: -len(j))  # the longest first: workers end together
 
-    def finished(run, rec):
-        save_record(rec, out)
-        done[run] = rec
-        if on_done is not None:
-            on_done(rec)
+    def payload(keys: list[str], _work: Path) -> tuple:
+        method, q0, seed = run_of[keys[0]]
+        if on_start is not None:
+            on_start(method, q0, seed)
+        log.info("running %s q=%s seed=%d", method, [run_of[k][1] for k in keys], seed)
+        return method, [run_of[k][1] for k in keys], seed, cfg, gpt
 
-    # a control's pending q's of one seed form one job (one training, see run_job)
-    jobs: list[tuple[str, list[float], int]] = []
-    for method, q, seed in pending:
-        if method in CONTROLS and jobs and jobs[-1][0] == method and jobs[-1][2] == seed:
-            jobs[-1][1].append(q)
-        else:
-            jobs.append((method, [q], seed))
-    # the longest jobs first, so that two workers end together
-    jobs.sort(key=lambda j: -len(j[1]))
-
-    def job_done(job, recs):
-        for q, rec in zip(job[1], recs):
-            finished((job[0], q, job[2]), rec)
-
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            if data is None:
-                data = prepare_data(cfg)
-            if on_start is not None:
-                on_start(job[0], job[1][0], job[2])
-            log.info("running %s q=%s seed=%d", job[0], job[1], job[2])
-            job_done(job, run_job(*job, cfg, gpt, data))
-    else:
-        import concurrent.futures as cf  # noqa: PLC0415
-        import multiprocessing as mp  # noqa: PLC0415
-
-        if data is None:
+    def warm(n_pending: int, _n_total: int) -> None:
+        if n_pending and data is None and workers > 1:
             prepare_data(cfg)  # tokenizer and caches built once, before the workers read them
-        with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                                    initializer=_grid_worker_init,
-                                    initargs=(cfg, threads)) as pool:
-            futures = {}
-            for job in jobs:
-                if on_start is not None:
-                    on_start(job[0], job[1][0], job[2])
-                futures[pool.submit(_grid_worker_run, job, cfg, gpt)] = job
-            try:
-                for fut in cf.as_completed(futures):
-                    job_done(futures[fut], fut.result())
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-    return [done[run] for run in planned]
+
+    done: dict[str, dict] = {}
+    for o in runner.run_jobs(list(run_of), store, payload, _grid_worker_run, group=group,
+                             workers=workers, threads=threads, init=_grid_worker_init,
+                             init_args=(cfg, data if workers == 1 else None), on_start=warm,
+                             what="lm era grid", safe_points=False):
+        if o.status == "failed":
+            raise RuntimeError(f"lm era: {o.key} failed: {o.error}")
+        if o.status == "claimed":
+            raise RuntimeError(f"lm era: {o.key} is being run by another process ({o.error}); "
+                               "run this grid again when it has finished")
+        done[o.key] = o.record
+        if on_done is not None:
+            on_done(o.record)
+    return [done[key] for key in run_of]
 
 
-_WORKER_DATA: LMData | None = None
+def _grid_record_problem(record: Any, key: str) -> str | None:
+    """Why a file of the LM grid is not a finished run's record (None: it is)."""
+    if not isinstance(record, dict) or not {"method", "q", "seed"} <= set(record):
+        return "not a record of a run (method, q, seed)"
+    return None
 
 
-def _grid_worker_init(cfg: ERAConfig, threads: int) -> None:
-    global _WORKER_DATA
-    torch.set_num_threads(threads)
-    _WORKER_DATA = prepare_data(cfg)
+def _grid_worker_init(cfg: ERAConfig, data: LMData | None = None) -> LMData:
+    """The data every job of a process shares (the runner's ``init``): ``data`` as given, or
+    prepared from ``cfg`` (a pool worker's)."""
+    return prepare_data(cfg) if data is None else data
 
 
-def _grid_worker_run(job: tuple[str, list[float], int], cfg: ERAConfig,
-                     gpt: GPTConfig) -> list[dict]:
-    assert _WORKER_DATA is not None
-    return run_job(*job, cfg, gpt, _WORKER_DATA)
+def _grid_worker_run(job: tuple[str, list[float], int, ERAConfig, GPTConfig],
+                     data: LMData) -> list[dict]:
+    """One job of the grid: a run, or a control's q's of one seed (:func:`run_job`)."""
+    method, qs, seed, cfg, gpt = job
+    return run_job(method, qs, seed, cfg, gpt, data)

@@ -14,6 +14,7 @@ import torch
 from oversight_gr.config import add_arguments, from_arguments
 
 from oversight_gr.rl.demo import DEMO_SEEDS, DEMO_SETTINGS
+from oversight_gr.runner import DEFAULT_WORKERS, WORKERS_HELP
 
 
 def _positive(text: str) -> int:
@@ -99,10 +100,54 @@ def _print_metrics(metrics: dict) -> None:
           "window of episodes)")
 
 
-def _load(run_dir: str):
-    from oversight_gr.rl.run import load_trainer
+def _load(args: argparse.Namespace):
+    """The trainer eval and steer read: ``--run-dir``, or a sweep's run (``--sweep-dir`` with
+    the run's config, or ``--record``); returns it and the run's directory."""
+    chosen = [f for f in ("run_dir", "sweep_dir", "record") if getattr(args, f) is not None]
+    if len(chosen) != 1:
+        raise ValueError("give one of --run-dir, --sweep-dir (with --method, --algo, "
+                         "--oversight, --run-seed to pick the run) or --record"
+                         + (f"; got {', '.join('--' + c.replace('_', '-') for c in chosen)}"
+                            if chosen else ""))
+    selectors = [f"--{f.replace('_', '-')}" for f in ("method", "algo", "oversight", "run_seed")
+                 if getattr(args, f) is not None]
+    if args.run_dir is not None:
+        if selectors:
+            raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; --run-dir "
+                             "names the run itself")
+        from oversight_gr.rl.run import load_trainer
 
-    return load_trainer(run_dir, "--run-dir")
+        return load_trainer(args.run_dir, "--run-dir"), Path(args.run_dir)
+    from oversight_gr.rl.sweep import find_run, load_run_trainer
+
+    if args.record is not None and selectors:
+        raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; --record names "
+                         "the run itself")
+    record = find_run(args.sweep_dir, method=args.method, algo=args.algo,
+                      oversight=args.oversight, seed=args.run_seed, record=args.record)
+    return load_run_trainer(record), Path(record["run_dir"])
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Which trained run eval and steer read: a run directory, or a run of a sweep kept with
+    ``sweep --keep-checkpoints``."""
+    from oversight_gr.rl.methods import METHODS
+    from oversight_gr.rl.trainer import ALGOS
+
+    p.add_argument("--run-dir", default=None, help="a directory written by `train`")
+    p.add_argument("--sweep-dir", default=None,
+                   help="a sweep's OUT (run with --keep-checkpoints): the run is the one "
+                   "matching --method, --algo, --oversight and --run-seed (those given)")
+    p.add_argument("--record", default=None,
+                   help="a sweep's record file (OUT/records/KEY.json) naming the run")
+    p.add_argument("--method", default=None, choices=tuple(METHODS),
+                   help="with --sweep-dir: the run's method")
+    p.add_argument("--algo", default=None, choices=ALGOS, help="with --sweep-dir: the run's "
+                   "algorithm")
+    p.add_argument("--oversight", type=float, default=None,
+                   help="with --sweep-dir: the run's oversight fraction")
+    p.add_argument("--run-seed", type=int, default=None,
+                   help="with --sweep-dir: the run's training seed")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -115,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_num_envs(args.num_envs, "--num-envs")
     if args.oversight_prob is not None:
         _check_prob("--oversight-prob", args.oversight_prob)
-    trainer = _load(args.run_dir)
+    trainer, _ = _load(args)
     cfg = trainer.cfg
     p = cfg.oversight_prob if args.oversight_prob is None else args.oversight_prob
     # the run's own evaluation protocol unless told otherwise, so a finished run's figure is
@@ -156,8 +201,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     from oversight_gr.config import check_output_file
 
-    trainer = _load(args.run_dir)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "policy_arrows.png"
+    trainer, run_dir = _load(args)
+    out = Path(args.out) if args.out else run_dir / "policy_arrows.png"
     try:  # before drawing: a read-only run directory needs --out
         check_output_file(out, "--out" if args.out else "the figure (RUN_DIR/policy_arrows.png)")
     except ValueError as exc:
@@ -263,7 +308,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train, on_change="refuse")
 
     p = sub.add_parser("eval", help="evaluate a trained run (steered and unsteered)")
-    p.add_argument("--run-dir", required=True, help="a directory written by `train`")
+    _add_run_arguments(p)
     p.add_argument("--oversight-prob", type=float, default=None,
                    help="oversight level to evaluate at (default: the run's)")
     p.add_argument("--steer", choices=("diamond", "ghost", "none", "all"), default="all",
@@ -279,7 +324,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("steer", help="draw the per-expert action arrows of a trained run (PNG)")
-    p.add_argument("--run-dir", required=True, help="a directory written by `train`")
+    _add_run_arguments(p)
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/policy_arrows.png)")
     p.set_defaults(func=cmd_steer)
 
@@ -296,7 +341,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"seeds per method (default: {DEMO_SEEDS})")
     p.add_argument("--first-seed", type=_non_negative, default=0,
                    help="seeds are first_seed, first_seed + 1, ... (default: 0)")
-    p.add_argument("--workers", type=_positive, default=2,
-                   help="parallel worker processes (default: 2)")
+    p.add_argument("--workers", type=_positive, default=DEFAULT_WORKERS,
+                   help=WORKERS_HELP.replace("jobs", "method groups").replace("%", "%%"))
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/demo-<time>)")
     p.set_defaults(func=cmd_demo)

@@ -23,6 +23,7 @@ from typing import Any
 from oversight_gr.rl.run import run_training, steered_mode
 from oversight_gr.rl.trainer import TrainConfig
 from oversight_gr.rl.sweep import STANDARD_ROUTING_TRAIN
+from oversight_gr.runner import DEFAULT_WORKERS
 
 __all__ = ["DEMO_METHODS", "DEMO_SETTINGS", "DEMO_METHOD_SETTINGS", "demo_configs", "run_demo",
            "gap_summary"]
@@ -107,7 +108,7 @@ def gap_summary(steered: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def run_demo(seeds: int = DEMO_SEEDS, first_seed: int = 0, run_dir: str | Path | None = None,
-             workers: int = 2, methods: tuple[str, ...] = DEMO_METHODS,
+             workers: int = DEFAULT_WORKERS, methods: tuple[str, ...] = DEMO_METHODS,
              **settings: Any) -> dict[str, Any]:
     """Train ``methods`` x ``seeds`` at the demo settings (overridden by ``settings``); returns
     the summary (see the module docstring) and, with ``run_dir``, writes each method's group

@@ -97,6 +97,21 @@ def _run_dirs(run_dir: Path | None, trainer: Trainer) -> list[Path | None]:
     return [run_dir / f"run{r}" for r in range(trainer.R)]
 
 
+def _tensorboard_dirs(tensorboard: Any, dirs: list[Path | None]) -> list[Path] | None:
+    """Where each run's TensorBoard events go (None: nowhere), from ``run_training``'s
+    ``tensorboard`` argument."""
+    if isinstance(tensorboard, (str, Path)):
+        tensorboard = [tensorboard]
+    if isinstance(tensorboard, (list, tuple)):
+        if len(tensorboard) != len(dirs):
+            raise ValueError(f"tensorboard names {len(tensorboard)} folders for {len(dirs)} "
+                             "runs; give one per run")
+        return [Path(d) for d in tensorboard]
+    if not tensorboard or dirs[0] is None:
+        return None
+    return [d / "tb" for d in dirs]
+
+
 def _evaluate(trainer: Trainer, auditor: Auditor | None) -> list[dict[str, dict]]:
     """:func:`evaluate_trainer`; an audited method is evaluated with the parameters its audits
     selected (what it reports)."""
@@ -177,7 +192,7 @@ def run_training(
     cfg: TrainConfig | list[TrainConfig],
     run_dir: str | Path | None = None,
     *,
-    tensorboard: bool = True,
+    tensorboard: bool | str | Path | list[str | Path] = True,
     checkpoint_every: int = 0,
     on_change: str = "refuse",
     progress: Callable[[Trainer, Any], None] | None = None,
@@ -191,6 +206,9 @@ def run_training(
         run_dir: where ``results.json``, ``curve.json``, ``checkpoint.pt``, ``config.json`` and
             TensorBoard events go (``None``: nothing is written); a group's per-run files go to
             ``run_dir/run<r>``.
+        tensorboard: write TensorBoard events to ``run_dir/tb`` (``run_dir/run<r>/tb`` for run
+            r of a group); a folder (one run) or a list of folders (one per run): write them
+            there instead, with or without ``run_dir`` (a sweep's ``OUT/tb/<run name>``).
         checkpoint_every: also checkpoint every N updates (0: only at the end).
         on_change: what to do when ``run_dir`` holds a run (see
             :func:`oversight_gr.rl.rundir.plan_run_dir`, decided before any compute): the
@@ -249,10 +267,11 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
         auditor.load(run_dir)
     dirs = _run_dirs(run_dir, trainer)
     writers: list = [None] * R
-    if run_dir is not None and tensorboard:
+    tb_dirs = _tensorboard_dirs(tensorboard, dirs)
+    if tb_dirs:
         from torch.utils.tensorboard import SummaryWriter
 
-        writers = [SummaryWriter(str(d / "tb")) for d in dirs]
+        writers = [SummaryWriter(str(d)) for d in tb_dirs]
     curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
     if trainer.env_steps > 0:
         # the checkpoint holds the curves up to itself (curve.json is an output, rewritten);

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from oversight_gr.config import check_output_dir
+from oversight_gr.config import check_output_dir, differences
 from oversight_gr.records import read_json
 
 __all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_differences",
@@ -48,25 +48,9 @@ class RunDirPlan:
 
 
 def config_differences(saved: Any, wanted: Any) -> dict[str, tuple]:
-    """``{field: (saved, wanted)}`` for every field that differs (placement fields ignored).
-
-    Configs are dicts, or lists of dicts (a group of runs: fields are compared run by run, a
-    field named once with the first run's values that differ; groups of different sizes differ
-    in ``runs``)."""
-    if isinstance(saved, list) or isinstance(wanted, list):
-        saved_l = saved if isinstance(saved, list) else [saved]
-        wanted_l = wanted if isinstance(wanted, list) else [wanted]
-        if len(saved_l) != len(wanted_l):
-            return {"runs": (len(saved_l), len(wanted_l))}
-        out: dict[str, tuple] = {}
-        for a, b in zip(saved_l, wanted_l):
-            for k, v in config_differences(a, b).items():
-                out.setdefault(k, v)
-        return dict(sorted(out.items()))
-    saved, wanted = json.loads(json.dumps(saved)), json.loads(json.dumps(wanted))  # tuples
-    keys = (set(saved) | set(wanted)) - set(PLACEMENT_FIELDS)
-    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys)
-            if saved.get(k) != wanted.get(k)}
+    """``{field: (saved, wanted)}`` for every field that differs, placement fields ignored
+    (:func:`oversight_gr.config.differences`, the package's one config comparison)."""
+    return differences(saved, wanted, PLACEMENT_FIELDS)
 
 
 def _read_config(path: Path) -> Any:

@@ -9,6 +9,10 @@ Every run is one :func:`oversight_gr.rl.run.run_training` call (the code path of
     OUT/work/group-HASH/      the same for a batched group (--batch-runs), named by its runs
     OUT/work/NAME.progress.json  env steps done by a job in flight (shown by the progress bar)
     OUT/claims/KEY.json       the process training a run (pid, host), removed when it ends
+    OUT/tb/RUN_NAME/          each run's TensorBoard logs (:func:`run_name`; --no-tensorboard)
+    OUT/runs/KEY/             each run's directory, kept with --keep-checkpoints (a batched
+                              group's: OUT/runs/group-HASH/, its runs in run<r>/); the record's
+                              ``run_dir`` names it, and ``eval`` / ``steer --sweep-dir`` read it
     OUT/report/               table and figures (:mod:`oversight_gr.rl.plots`)
 
 ``KEY`` is a hash of the run's full :class:`TrainConfig`, so re-running a sweep skips every run
@@ -21,10 +25,11 @@ created claim file before it starts, so neither redoes nor resumes the other's r
 of a process that died (on this host) is taken over. The command line lives in
 :mod:`oversight_gr.rl.sweep_commands`.
 
-Backends: ``local`` (a spawn-started process pool of ``--workers N``; with one worker the runs
-execute in the driver process itself) and ``ray`` (``--backend
-ray``; ``--address`` joins an existing cluster, otherwise a local instance with ``--workers``
-CPUs is started). Records are written by the driver in both cases, so a Ray cluster needs no
+The machinery (records, claims, the pool, progress, Ctrl-C) is :mod:`oversight_gr.runner`'s,
+shared with the LM grid and vision Table 2. Backends: ``local`` (a spawn-started process pool of
+``--workers N``; with one worker the runs execute in the driver process itself) and ``ray``
+(``--backend ray``; ``--address`` joins an existing cluster, otherwise a local instance with
+``--workers`` CPUs is started). Records are written by the driver in both cases, so a Ray cluster needs no
 shared filesystem.
 
 Batched runs (``--batch-runs N``): pending runs that differ only in seed and oversight level
@@ -37,35 +42,24 @@ loses the groups in flight. ``wall_seconds`` of a batched record is its group's 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
-import os
-import queue
-import shutil
-import signal
-import socket
-import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oversight_gr import records
+from oversight_gr import records, runner
 from oversight_gr.rl.methods import METHODS
 from oversight_gr.rl.trainer import (ALGO_DEFAULTS, ALGOS, TrainConfig, config_from_dict,
-                                         group_key)
+                                     group_key)
 from oversight_gr.envs.core import MAX_NUM_ENVS
-from oversight_gr.interrupts import Interrupted, StopRequest, deferred_interrupt
-from oversight_gr.config import SEED_LIMIT, check_device, check_output_dir, option, validate
+from oversight_gr.config import (SEED_LIMIT, check_device, check_output_dir,
+                                 describe_differences, differences, option, validate)
 
 __all__ = [
     "PRESETS",
@@ -87,6 +81,11 @@ __all__ = [
     "claim_path",
     "claim_run",
     "release_run",
+    "run_name",
+    "execute_job",
+    "sweep_run_dir",
+    "find_run",
+    "load_run_trainer",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-BACKENDS = ("local", "ray")
+BACKENDS = runner.BACKENDS
 
 
 @dataclass(frozen=True)
@@ -206,8 +205,8 @@ class SweepConfig:
     threads: int = option(1, "torch CPU threads per run", low=1)
     out: str = option("runs/sweep", "results directory (records, report)")
     backend: str = option("local", "where runs execute", choices=BACKENDS)
-    workers: int = option(1, "runs at a time (local pool size; CPUs of a local Ray instance)",
-                          low=1)
+    workers: int = option(runner.DEFAULT_WORKERS, runner.WORKERS_HELP + "; with Ray: the CPUs "
+                          "of a local instance", low=1)
     address: str | None = option(None, "Ray cluster address to join; None: start a local "
                                  "instance")
     gpus_per_run: float | None = option(None, "Ray: GPUs each run (or batched group) reserves "
@@ -220,6 +219,12 @@ class SweepConfig:
                              "records are written when the group ends, checkpoints with "
                              "checkpoint_every; the way to fill a GPU). "
                              "0: one run per process", low=0)
+    keep_checkpoints: bool = option(False, "keep each run's directory (checkpoint, config, "
+                                    "results) in OUT/runs/, so that eval and steer can take the "
+                                    "run by its config (--sweep-dir OUT --method ... --oversight "
+                                    "... --run-seed ...)")
+    tensorboard: bool = option(True, "write each run's TensorBoard logs to OUT/tb/<run name> "
+                               "(tensorboard --logdir OUT/tb)")
 
     def __post_init__(self):
         validate(self)
@@ -343,9 +348,10 @@ def steered_metrics(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def current_config(cfg_dict: dict[str, Any]) -> TrainConfig:
-    """A stored config as a TrainConfig. Every field must be present: filling a missing field
-    with today's default would credit a run to a config it never trained with when a default
-    changes (as ``init`` did), so such a record is redone instead."""
+    """A stored config as a TrainConfig. Every field must be present, and the per-algorithm
+    ones resolved (:func:`oversight_gr.rl.trainer.config_from_dict`): filling a missing or
+    None field with today's default would credit a run to a config it never trained with when
+    a default changes, so such a record is redone instead."""
     return config_from_dict(cfg_dict)
 
 
@@ -363,8 +369,10 @@ def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
         rcfg = current_config(record["config"])
     except (KeyError, TypeError, ValueError) as exc:
         return f"bad config: {exc}"
-    if cfg is not None and config_key(rcfg) != config_key(cfg):
-        return "config differs"
+    if cfg is not None:
+        diff = differences(record["config"], cfg.to_dict())
+        if diff:
+            return f"config differs ({describe_differences(diff)})"
     metrics = record.get("metrics")
     if not isinstance(metrics, dict):
         return "no metrics"
@@ -379,30 +387,21 @@ def _record_problem(record: Any, cfg: TrainConfig | None) -> str | None:
 
 
 def load_record(path: str | Path, spec: RunSpec | None = None) -> dict[str, Any] | None:
-    """The record at ``path`` if it is complete and (given ``spec``) belongs to it, else None."""
-    try:
-        record = records.read_json(path)
-    except records.RecordError as exc:
-        log.warning("%s; it will be redone", exc)
-        return None
-    problem = _record_problem(record, spec.cfg if spec else None)
-    if problem is not None:
-        log.warning("%s: not a usable record of this sweep (%s); it will be redone", path,
-                    problem)
-        return None
-    return record
+    """The record at ``path`` if it is complete and (given ``spec``) belongs to it, else None
+    (the runner's rule: :func:`oversight_gr.runner.load_checked`)."""
+    return runner.load_checked(path, lambda r: _record_problem(r, spec.cfg if spec else None))
+
+
+def _store(out: str | Path, specs: Sequence[RunSpec]) -> runner.RecordStore:
+    cfg_of = {s.key: s.cfg for s in specs}
+    return runner.RecordStore(out, lambda key: record_path(out, key),
+                              lambda record, key: _record_problem(record, cfg_of.get(key)))
 
 
 def finished_records(out: str | Path, specs: Sequence[RunSpec]) -> dict[str, dict[str, Any]]:
     """``{key: record}`` for the specs that have a valid record (looked up by key; a record
     counts only if its stored config is the spec's full config)."""
-    found: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        path = record_path(out, spec.key)
-        record = load_record(path, spec) if path.exists() else None
-        if record is not None:
-            found[spec.key] = record
-    return found
+    return _store(out, specs).finished([s.key for s in specs])
 
 
 def load_records(out: str | Path, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -414,10 +413,9 @@ def load_records(out: str | Path, keys: Sequence[str] | None = None) -> list[dic
         paths = sorted(folder.glob("*.json")) if folder.exists() else []
     found = []
     for path in paths:
-        if path.exists():
-            record = load_record(path)
-            if record is not None:
-                found.append(record)
+        record = load_record(path)
+        if record is not None:
+            found.append(record)
     return found
 
 
@@ -451,256 +449,68 @@ def _finish_record(spec: RunSpec, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-# -- claims: two sweeps into one folder share its runs ---------------------------------------------
-_HOST = socket.gethostname()
+# -- claims, work folders, progress: the runner's ----------------------------------------------
+_HOST = runner._HOST
+claim_path = runner.claim_path
+claim_run = runner.claim
+release_run = runner.release
+progress_path = runner.progress_path
+progress_in_flight = runner.progress_in_flight
+
+
+def claim_message(out: str | Path, key: str, holder: dict[str, Any]) -> str:
+    return runner.claim_message(out, key, holder, "sweep")
 
 
 def group_work_dir(out: str | Path, keys: Sequence[str]) -> Path:
     """Checkpoint folder of a batched group: named by its runs, so the same pending runs
-    grouped the same way resume it, and any other grouping starts afresh."""
-    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-    return Path(out) / "work" / f"group-{digest}"
+    grouped the same way resume it, and any other grouping starts afresh (``group-HASH`` for
+    a group of one too: its checkpoint is a group's)."""
+    return Path(out) / "work" / ("group-" + hashlib.sha256("\n".join(keys).encode()
+                                                            ).hexdigest()[:16])
 
 
-def claim_path(out: str | Path, key: str) -> Path:
-    return Path(out) / "claims" / f"{key}.json"
+def run_name(cfg: TrainConfig, key: str) -> str:
+    """A run's folder name under ``OUT/tb`` (and how eval/steer name it): readable and, with
+    the key, one per config."""
+    return f"{cfg.method}_{cfg.algo}_p{cfg.oversight_prob:g}_seed{cfg.seed}_{key}"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _this_claimant() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": _HOST, "started": _start_time(os.getpid()),
-            "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _is_ours(holder: dict[str, Any]) -> bool:
-    return holder.get("pid") == os.getpid() and holder.get("host") == _HOST
-
-
-def _is_stale(holder: dict[str, Any] | None) -> bool:
-    """A claim is stale when it is unreadable or its process, on this host, is gone. Claims
-    of another host are taken as live: their process cannot be checked from here."""
-    if holder is None:
-        return True
-    if holder.get("host") != _HOST:
-        return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # alive, someone else's
-    started = holder.get("started")
-    return started is not None and _start_time(pid) not in (None, started)  # pid reused
-
-
-@contextlib.contextmanager
-def _claims_lock(out: str | Path) -> Iterator[None]:
-    """Serialise claim decisions between processes (so two cannot take over one stale claim)."""
-    import fcntl
-
-    folder = Path(out) / "claims"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _read_claim(path: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def claim_run(out: str | Path, key: str) -> dict[str, Any] | None:
-    """Claim run ``key`` of the sweep in ``out`` for this process: ``out/claims/KEY.json``,
-    created exclusively (``O_EXCL``), holds pid and host. Returns None when the claim is ours
-    (newly made, already ours, or taken over from a dead process on this host), else the
-    live holder's claim."""
-    path = claim_path(out, key)
-    with _claims_lock(out):
-        while True:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = _read_claim(path)
-                if holder is not None and _is_ours(holder):
-                    return None
-                if not _is_stale(holder):
-                    return holder
-                log.warning("taking over the stale claim %s (%s)", path, holder)
-                path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_this_claimant(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            return None
-
-
-def claim_message(out: str | Path, key: str, holder: dict[str, Any]) -> str:
-    """One line on a live claim: who holds it, and the file to delete if that is wrong (a
-    claim copied from another machine, edited by hand, or left by a process whose pid lives on
-    in another one)."""
-    return (f"claimed by pid {holder.get('pid')} on {holder.get('host')} since "
-            f"{holder.get('claimed_at', 'an unknown time')}; if no sweep is running it, delete "
-            f"{claim_path(out, key)}")
-
-
-def release_run(out: str | Path, key: str) -> None:
-    """Remove this process's claim on run ``key`` (another process's claim is left alone)."""
-    path = claim_path(out, key)
-    with _claims_lock(out):
-        holder = _read_claim(path)
-        if holder is not None and _is_ours(holder):
-            path.unlink(missing_ok=True)
-
-
-# -- executing one run (in a worker) ------------------------------------------------------------
-_PARENT_PID: int | None = None
-
-
-def _worker_init(parent_pid: int) -> None:
-    """Pool worker setup: die with the driver, leave Ctrl-C to the driver."""
-    global _PARENT_PID
-    _PARENT_PID = parent_pid
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:  # PR_SET_PDEATHSIG: the kernel kills us when the driver dies (even by SIGKILL)
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-        except OSError:
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
+# -- executing one job (in a worker or the driver) ----------------------------------------------
 def _orphan_guard(trainer, scalars) -> None:
-    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
-        os._exit(1)  # the driver is gone: nobody will store this run
-
-
-PROGRESS_EVERY_S = 5.0
-
-
-def progress_path(work_dir: str | Path) -> Path:
-    """``OUT/work/NAME.progress.json``: env steps done of a job in flight (a run or a group)."""
-    work_dir = Path(work_dir)
-    return work_dir.with_name(work_dir.name + ".progress.json")
+    runner.orphan_guard()  # the driver is gone: nobody will store this run
 
 
 def _progress_reporter(work_dir: str | None) -> Callable[[Any, Any], None]:
-    """The progress callback of a job: the orphan guard, and every few seconds the job's env
-    steps (all its runs together) written to :func:`progress_path` for the driver to show."""
-    if work_dir is None:
-        return _orphan_guard
-    path, last = progress_path(work_dir), [0.0]
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The progress callback of a job: the orphan guard, and the job's env steps (all its runs
+    together) for the driver to show (:func:`oversight_gr.runner.progress_reporter`)."""
+    report = runner.progress_reporter(work_dir) if work_dir is not None else None
 
-    def report(trainer, scalars) -> None:
+    def progress(trainer, scalars) -> None:
         _orphan_guard(trainer, scalars)
-        now = time.monotonic()
-        done = trainer.updates >= trainer.num_updates
-        if now - last[0] >= PROGRESS_EVERY_S or done:
-            last[0] = now
+        if report is not None:
             per_update = trainer.cfg.num_envs * trainer.cfg.rollout_steps
-            with contextlib.suppress(OSError):
-                records.write_json_atomic(path, {
-                    "env_steps": trainer.env_steps * trainer.R,
-                    "total_env_steps": trainer.num_updates * per_update * trainer.R})
+            report(trainer.env_steps * trainer.R, trainer.num_updates * per_update * trainer.R)
 
-    return report
+    return progress
 
 
-PROGRESS_STALE_S = 600.0
-
-
-def progress_in_flight(out: str | Path) -> tuple[int, int]:
-    """``(env steps done, env steps planned)`` summed over the jobs in flight in ``out``; a
-    file not rewritten for ``PROGRESS_STALE_S`` seconds is a killed job's and is skipped."""
-    done = total = 0
-    now = time.time()
-    for path in (Path(out) / "work").glob("*.progress.json"):
-        try:
-            if now - path.stat().st_mtime > PROGRESS_STALE_S:
-                continue
-            data = json.loads(path.read_text())
-            done, total = done + int(data["env_steps"]), total + int(data["total_env_steps"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # being replaced, or left by a killed job
-    return done, total
-
-
-def execute_run(cfg_dict: dict[str, Any], work_dir: str | None = None,
-                checkpoint_every: int = 0) -> dict[str, Any]:
-    """Train one config; returns ``{"ok": True, "record": ...}`` or ``{"ok": False, "error"}``.
-
-    Runs in a worker process (pool or Ray); never raises for a failed run."""
+def execute_job(job: dict[str, Any], state: Any = None) -> list[dict[str, Any]]:
+    """Train a job's runs (``job["cfgs"]``: one config, or a batched group); one record per
+    run. ``job``: ``run_dir`` (checkpoints; None: none), ``checkpoint_every``, ``batched``,
+    ``tensorboard`` (one log folder per run, or None), ``work_dir`` (progress). Runs in a
+    worker process (pool or Ray) or the driver; failures are the runner's to report."""
     from oversight_gr.rl.run import run_training
 
-    try:
-        cfg = TrainConfig(**cfg_dict)
-        run_dir = work_dir if checkpoint_every else None
-        record = run_training(cfg, run_dir, tensorboard=False,
-                              checkpoint_every=checkpoint_every,
-                              progress=_progress_reporter(work_dir))
-        record.pop("trainer", None)
-        return {"ok": True, "record": record}
-    except Exception as exc:  # a failed run is reported, the sweep goes on
-        return _failure(exc)
-
-
-#: errors of the output's file system after which every later run would fail the same way
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-def _failure(exc: Exception) -> dict[str, Any]:
-    failure = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-               "traceback": traceback.format_exc()}
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-        failure["disk"] = str(exc)  # the driver stops the sweep: the next runs would fail too
-    return failure
-
-
-def execute_group(cfg_dicts: Sequence[dict[str, Any]], work_dir: str | None = None,
-                  checkpoint_every: int = 0) -> list[dict[str, Any]] | dict[str, Any]:
-    """Train a batched group; one ``{"ok": True, "record"}`` per run, or one failure dict for
-    the whole group. With ``checkpoint_every`` the group checkpoints to ``work_dir`` and a
-    group found there (same runs, interrupted) is resumed. Runs in a worker process (or the
-    driver); never raises."""
-    from oversight_gr.rl.run import run_training
-
-    try:
-        cfgs = [TrainConfig(**d) for d in cfg_dicts]
-        records = run_training(cfgs, work_dir if checkpoint_every else None, tensorboard=False,
-                               checkpoint_every=checkpoint_every,
-                               progress=_progress_reporter(work_dir))
-        return [{"ok": True, "record": r} for r in records]
-    except Exception as exc:  # a failed group is reported, the sweep goes on
-        return _failure(exc)
-
-
-def _execute_indexed(args: tuple[int, list[dict[str, Any]], list[str], int, bool]
-                     ) -> tuple[int, list[dict] | dict]:
-    """One job: a batched group, or runs one after another (a single run without batching)."""
-    index, cfg_dicts, work_dirs, checkpoint_every, batched = args
-    if batched:
-        return index, execute_group(cfg_dicts, work_dirs[0], checkpoint_every)
-    return index, [execute_run(d, w, checkpoint_every) for d, w in zip(cfg_dicts, work_dirs)]
+    cfgs = [TrainConfig(**d) for d in job["cfgs"]]
+    tb = job.get("tensorboard") or False
+    result = run_training(cfgs if job["batched"] else cfgs[0], job["run_dir"], tensorboard=tb,
+                          checkpoint_every=job["checkpoint_every"],
+                          progress=_progress_reporter(job["work_dir"]))
+    found = result if isinstance(result, list) else [result]
+    for r in found:
+        r.pop("trainer", None)
+    return found
 
 
 def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
@@ -715,79 +525,13 @@ def _job_groups(todo: Sequence[RunSpec], batch_runs: int) -> list[list[int]]:
             for k in range(0, len(members), batch_runs)]
 
 
-# -- backends -----------------------------------------------------------------------------------
+# -- the sweep ----------------------------------------------------------------------------------
 @dataclass
-class RunOutcome:
-    """What :func:`run_sweep` yields per run: ``status`` is done / skipped / failed / claimed
-    (being trained by another live process writing into the same folder; ``error`` says
-    which)."""
+class RunOutcome(runner.Outcome):
+    """What :func:`run_sweep` yields per run: the runner's :class:`~oversight_gr.runner.Outcome`
+    (``status`` done / skipped / failed / claimed) with the run's ``spec``."""
 
-    spec: RunSpec
-    status: str
-    record: dict[str, Any] | None = None
-    error: str | None = None
-
-
-def _local_results(jobs: Iterator[tuple], workers: int) -> Iterator[tuple[int, dict]]:
-    """Results of ``jobs`` on a pool of ``workers`` processes. A job is taken from the
-    iterator only when a worker is free, so runs are claimed as they start (another sweep into
-    the same folder can take the rest)."""
-    ctx = mp.get_context("spawn")  # no fork after torch has started threads
-    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
-    finished: queue.Queue = queue.Queue()
-    in_flight = 0
-    try:
-        for job in jobs:
-            pool.apply_async(_execute_indexed, (job,), callback=finished.put,
-                             error_callback=finished.put)
-            in_flight += 1
-            while in_flight >= workers:
-                result = finished.get()
-                in_flight -= 1
-                if isinstance(result, BaseException):
-                    raise result
-                yield result
-        while in_flight:
-            result = finished.get()
-            in_flight -= 1
-            if isinstance(result, BaseException):
-                raise result
-            yield result
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()  # on Ctrl-C or an error in the driver: the runs in flight are lost
-
-
-def _ray_results(jobs: list[tuple], workers: int, address: str | None,
-                 gpus: float) -> Iterator[tuple[int, dict]]:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ValueError("--backend ray needs ray: pip install 'oversight-gr[ray]'") from exc
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-            started = True
-    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_execute_indexed)
-    index_of = {remote.remote(job): job[0] for job in jobs}
-    pending = list(index_of)
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                try:
-                    yield ray.get(ref)
-                except Exception as exc:  # the worker died (killed, out of memory, ...)
-                    yield index_of[ref], {"ok": False, "error": f"ray task failed: {exc}"}
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        if started:
-            ray.shutdown()
+    spec: RunSpec | None = None
 
 
 def run_sweep(
@@ -805,7 +549,8 @@ def run_sweep(
     Several processes may run the same sweep into one folder: each run is claimed
     (:func:`claim_run`) just before it starts, a run claimed by another live process is
     yielded as ``claimed`` and left to it, and a run whose record appeared meanwhile as
-    ``skipped``; a claim left by a dead process is taken over.
+    ``skipped``; a claim left by a dead process is taken over. The machinery is
+    :func:`oversight_gr.runner.run_jobs`'s.
     """
     specs = unique_specs(build_specs(sweep) if specs is None else specs)
     check_device(sweep.device, "SweepConfig.device")  # before any run starts
@@ -820,118 +565,137 @@ def run_sweep(
         "labels": [s.label for s in specs],
         "versions": records.versions(),
     })
-    done = finished_records(out, specs)
-    todo = []
-    for spec in specs:
-        if spec.key in done:
-            yield RunOutcome(spec, "skipped", done[spec.key])
+    by_key = {s.key: s for s in specs}
+    kept_dir: dict[str, str] = {}  # key -> its kept run directory, relative to out
+
+    def group(keys: list[str]) -> list[list[str]]:
+        todo = [by_key[k] for k in keys]
+        return [[todo[i].key for i in members] for members in _job_groups(todo, sweep.batch_runs)]
+
+    batched = sweep.batch_runs > 0
+
+    def job_name(keys: list[str]) -> str:
+        return group_work_dir(out, keys).name if batched else keys[0]
+
+    def payload(keys: list[str], work: Path) -> dict[str, Any]:
+        if sweep.keep_checkpoints:  # the run directory stays: eval and steer read it
+            run_dir: str | None = str(out / "runs" / work.name)
+            for r, k in enumerate(keys):
+                kept_dir[k] = f"runs/{work.name}" + (f"/run{r}" if batched else "")
         else:
-            todo.append(spec)
-    if on_start is not None:
-        on_start(len(todo), len(specs))
-    if not todo:
-        return
-    groups = _job_groups(todo, sweep.batch_runs)
-    members_of: dict[int, list[int]] = {}
-    work_of: dict[int, list[str]] = {}  # a job's work folders (one for a batched group)
-    side: list[RunOutcome] = []  # runs found claimed elsewhere or finished while claiming
-    held: set[str] = set()
+            run_dir = str(work) if sweep.checkpoint_every else None
+        tb = ([str(out / "tb" / run_name(by_key[k].cfg, k)) for k in keys]
+              if sweep.tensorboard else None)
+        return {"cfgs": [by_key[k].cfg.to_dict() for k in keys], "run_dir": run_dir,
+                "checkpoint_every": sweep.checkpoint_every, "batched": batched,
+                "tensorboard": tb, "work_dir": str(work)}
 
-    def claimed_jobs() -> Iterator[tuple]:
-        for g, members in enumerate(groups):
-            if stop.requested:  # Ctrl-C between runs (in this process): start no other
-                raise Interrupted("sweep interrupted between runs")
-            mine = []
-            for i in members:
-                spec = todo[i]
-                holder = claim_run(out, spec.key)
-                if holder is not None:
-                    side.append(RunOutcome(spec, "claimed", error=claim_message(out, spec.key,
-                                                                                holder)))
-                    continue
-                held.add(spec.key)
-                path = record_path(out, spec.key)
-                record = load_record(path, spec) if path.exists() else None
-                if record is not None:  # another process finished it since the scan
-                    release_run(out, spec.key)
-                    held.discard(spec.key)
-                    side.append(RunOutcome(spec, "skipped", record))
-                    continue
-                mine.append(i)
-            if not mine:
-                continue
-            members_of[g] = mine
-            keys = [todo[i].key for i in mine]
-            work = ([str(group_work_dir(out, keys))] if sweep.batch_runs > 0
-                    else [str(out / "work" / k) for k in keys])
-            work_of[g] = work
-            yield (g, [todo[i].cfg.to_dict() for i in mine], work, sweep.checkpoint_every,
-                   sweep.batch_runs > 0)
+    def finish(key: str, record: dict[str, Any]) -> dict[str, Any]:
+        record = _finish_record(by_key[key], record)
+        if key in kept_dir:
+            record["run_dir"] = kept_dir[key]
+        return record
 
-    def drain() -> Iterator[RunOutcome]:
-        while side:
-            yield side.pop(0)
+    def kept(keys: list[str]) -> str:
+        if sweep.checkpoint_every and sweep.batch_runs == 0:
+            return f"its checkpoint in {out / 'work' / keys[0]} is kept and resumes it"
+        return ""
 
-    # runs in this process answer Ctrl-C at their next update (a checkpoint with
-    # --checkpoint-every), and a run that ends meanwhile is stored before the sweep stops
-    in_process = sweep.backend == "local" and sweep.workers == 1
-    deferred = deferred_interrupt() if in_process else contextlib.nullcontext(
-        StopRequest(None, True))
-    try:
-        stop = deferred.__enter__()
-        if sweep.backend == "ray":
-            gpus = sweep.gpus_per_run
-            if gpus is None:
-                gpus = 1.0 / sweep.workers if sweep.device.startswith("cuda") else 0.0
-            jobs = list(claimed_jobs())  # Ray schedules them all at once: claimed up front
-            yield from drain()
-            results = _ray_results(jobs, sweep.workers, sweep.address, gpus) if jobs else iter(())
-        elif sweep.workers == 1:
-            # in this process: no start-up cost
-            results = (_execute_indexed(job) for job in claimed_jobs())
-        else:
-            results = _local_results(claimed_jobs(), min(sweep.workers, len(groups)))
-        for index, group_results in results:
-            yield from drain()
-            members, work = members_of[index], work_of.pop(index)
-            for folder in work:  # the job has ended: its progress files go first
-                progress_path(folder).unlink(missing_ok=True)
-            if isinstance(group_results, dict):  # the whole job failed
-                group_results = [group_results] * len(members)
-            for i, result in zip(members, group_results):
-                spec = todo[i]
-                if not result["ok"]:
-                    release_run(out, spec.key)
-                    held.discard(spec.key)
-                    if "disk" in result:  # a full disk: every later run would fail the same way
-                        raise records.WriteError(errno.ENOSPC, f"sweep stopped: {spec.label} "
-                                                 f"failed: {result['disk']}; the records "
-                                                 "already stored are kept; make room and run "
-                                                 "the same command to resume")
-                    yield RunOutcome(spec, "failed", error=result["error"] + "\n" + result.get(
-                        "traceback", ""))
-                    continue
-                record = _finish_record(spec, result["record"])
-                try:
-                    records.write_json_atomic(record_path(out, spec.key), record)
-                except records.WriteError as exc:  # a full disk: every later record would fail
-                    kept = (f"; its checkpoint in {out / 'work' / spec.key} is kept and "
-                            "resumes it" if sweep.checkpoint_every and sweep.batch_runs == 0
-                            else "")
-                    raise records.WriteError(exc.errno, f"sweep stopped: {exc}; the run "
-                                             f"{spec.label} is not stored{kept}; the records "
-                                             "already stored are kept; make room and run the "
-                                             "same command to resume") from exc
-                shutil.rmtree(out / "work" / spec.key, ignore_errors=True)
-                release_run(out, spec.key)
-                held.discard(spec.key)
-                yield RunOutcome(spec, "done", record)
-            if sweep.batch_runs > 0 and all(r["ok"] for r in group_results):
-                shutil.rmtree(work[0], ignore_errors=True)  # records stored: drop the group's
-            if stop.requested:
-                raise Interrupted("sweep interrupted after a run ended")
-        yield from drain()
-    finally:
-        deferred.__exit__(None, None, None)
-        for key in list(held):  # interrupted: the runs in flight are free for others again
-            release_run(out, key)
+    gpus = sweep.gpus_per_run
+    if gpus is None:
+        gpus = 1.0 / sweep.workers if sweep.device.startswith("cuda") else 0.0
+    outcomes = runner.run_jobs(
+        [s.key for s in specs], _store(out, specs), payload, execute_job, group=group,
+        workers=sweep.workers, backend=sweep.backend, address=sweep.address, gpus=gpus,
+        finish=finish, labels={s.key: s.label for s in specs}, on_start=on_start,
+        kept=kept, what="sweep", name=job_name)
+    for o in outcomes:
+        yield RunOutcome(o.key, o.status, o.record, o.error, spec=by_key[o.key])
+
+
+# -- a sweep's runs for eval and steer (--keep-checkpoints) --------------------------------------
+def find_run(out: str | Path, *, method: str | None = None, algo: str | None = None,
+             oversight: float | None = None, seed: int | None = None,
+             record: str | Path | None = None) -> dict[str, Any]:
+    """The one record of the sweep in ``out`` that matches the given fields (or the record
+    file ``record``), with ``run_dir`` (its kept run directory; ValueError naming the runs
+    that exist when none or several match, or when the run's directory was not kept)."""
+    if record is not None:
+        found = load_record(record)
+        if found is None:
+            raise ValueError(f"--record {str(record)!r} is not a usable sweep record (see the "
+                             "warning above)")
+        out = Path(record).parent.parent
+        matches = [found]
+    else:
+        folder = Path(out)
+        if not (folder / "records").is_dir():
+            raise ValueError(f"--sweep-dir {str(out)!r} holds no sweep records (no "
+                             f"{folder / 'records'} folder)")
+        every = load_records(out)
+        wanted = {"method": method, "algo": algo, "oversight_prob": oversight, "seed": seed}
+
+        def fits(r: dict[str, Any]) -> bool:
+            c = r["config"]
+            return all(v is None or (math.isclose(c[k], v) if k == "oversight_prob" else
+                                     c[k] == v) for k, v in wanted.items())
+
+        matches = [r for r in every if fits(r)]
+        if len(matches) != 1:
+            asked = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in wanted.items() if v is not None) or "any run"
+            listed = sorted(_label(r) + ("" if r.get("run_dir") else " (no kept directory)")
+                            for r in every)
+            shown = "; ".join(listed[:20]) + (f"; and {len(listed) - 20} more"
+                                              if len(listed) > 20 else "")
+            what = "no run matches" if not matches else f"{len(matches)} runs match"
+            more = (" (name more of --method, --algo, --oversight, --run-seed)" if matches
+                    else "")
+            raise ValueError(f"--sweep-dir {str(out)!r}: {what} {asked}{more}; the runs "
+                             f"there: {shown or 'none'}")
+    found = matches[0]
+    if not found.get("run_dir"):
+        raise ValueError(f"the run {_label(found)} of {str(out)!r} has a record but no kept "
+                         "directory (it was trained without --keep-checkpoints); delete its "
+                         f"record {record_path(out, found['key'])} and run the sweep again with "
+                         "--keep-checkpoints, or train it with `oversight-gr train`")
+    return {**found, "run_dir": str(Path(out) / found["run_dir"])}
+
+
+def _label(record: dict[str, Any]) -> str:
+    c = record["config"]
+    return f"{c['method']}/{c['algo']}/p={c['oversight_prob']:g}/seed={c['seed']}"
+
+
+def sweep_run_dir(record: dict[str, Any]) -> tuple[Path, int | None]:
+    """A found record's (:func:`find_run`) directory and its position in a batched group's
+    checkpoint (None for a run trained alone)."""
+    d = Path(record["run_dir"])
+    if "batched" in record:
+        return d.parent, int(record["batched"]["position"])
+    return d, None
+
+
+def load_run_trainer(record: dict[str, Any]):
+    """The one-run :class:`~oversight_gr.rl.trainer.Trainer` of a found sweep record, with the
+    parameters its method reports (an audited method's: those its audits selected); a run of a
+    batched group is taken out of the group's checkpoint."""
+    import torch
+
+    from oversight_gr.rl.audit import Auditor
+    from oversight_gr.rl.run import load_trainer
+    from oversight_gr.rl.trainer import Trainer
+
+    d, position = sweep_run_dir(record)
+    if position is None:
+        return load_trainer(d, "the sweep run's directory")
+    group = Trainer.load(d)
+    policy, value = group.unstack(position)
+    if group.method.audit:
+        auditor = Auditor(group)
+        if auditor.load(d) and auditor.best[position].state is not None:
+            auditor.best[position].restore(torch.nn.ModuleList([policy, value]))
+    one = Trainer(group.cfgs[position])
+    one.load_run(0, policy, value)
+    one.env_steps, one.updates = group.env_steps, group.updates
+    return one

@@ -8,20 +8,19 @@ the other domains use (``agents/commands.py``, ``vision/commands.py``, ``lm/comm
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
 from oversight_gr.rl import plots
 from oversight_gr.config import add_arguments, from_arguments
 from oversight_gr.interrupts import Interrupted
+from oversight_gr.runner import watch_progress
 from oversight_gr.rl.sweep import (
     PRESETS,
     SweepConfig,
     build_specs,
     finished_records,
     pending_specs,
-    progress_in_flight,
     run_sweep,
     steered_metrics,
 )
@@ -68,48 +67,43 @@ def command(args: argparse.Namespace) -> int:
                   f"{sweep.out}/records")
 
     t0 = time.perf_counter()
-    stop = threading.Event()
 
-    def show_steps() -> None:  # env steps of the jobs in flight (a batched group ends at once)
-        while not stop.wait(2.0):
-            done, total = progress_in_flight(sweep.out)
-            bar.set_description_str(f"{done / 1e6:.1f}M of {total / 1e6:.1f}M env steps in "
-                                    "flight" if total else "", refresh=True)
+    def show_steps(done: int, total: int) -> None:  # a batched group ends at once: show steps
+        bar.set_description_str(f"{done / 1e6:.1f}M of {total / 1e6:.1f}M env steps in "
+                                "flight" if total else "", refresh=True)
 
-    watcher = threading.Thread(target=show_steps, daemon=True)
-    if not args.quiet:
-        watcher.start()
     stored = []
     try:
-        for outcome in run_sweep(sweep, specs, on_start=on_start):
-            bar.update(1)
-            if outcome.status in ("done", "skipped"):
-                stored.append(outcome)
-            if outcome.status == "failed":
-                failed.append(outcome)
-                bar.write(f"FAILED {outcome.spec.label}: {outcome.error.splitlines()[0]}")
-            elif outcome.status == "claimed":
-                elsewhere.append(outcome)
-                bar.write(f"left to another sweep: {outcome.spec.label} ({outcome.error})")
-            elif outcome.status == "done":
-                ret = steered_metrics(outcome.record)["stepwise_return"]
-                bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
+        with watch_progress(sweep.out, show_steps, enabled=not args.quiet):
+            for outcome in run_sweep(sweep, specs, on_start=on_start):
+                bar.update(1)
+                if outcome.status in ("done", "skipped"):
+                    stored.append(outcome)
+                if outcome.status == "failed":
+                    failed.append(outcome)
+                    bar.write(f"FAILED {outcome.spec.label}: {outcome.error.splitlines()[0]}")
+                elif outcome.status == "claimed":
+                    elsewhere.append(outcome)
+                    bar.write(f"left to another sweep: {outcome.spec.label} ({outcome.error})")
+                elif outcome.status == "done":
+                    ret = steered_metrics(outcome.record)["stepwise_return"]
+                    bar.set_postfix_str(f"{outcome.spec.label} return {ret:.3f}")
     except KeyboardInterrupt:
-        kept = ("their checkpoints in OUT/work resume them" if sweep.checkpoint_every else
+        folder = "OUT/runs" if sweep.keep_checkpoints else "OUT/work"
+        kept = (f"their checkpoints in {folder} resume them" if sweep.checkpoint_every else
                 "their progress is lost (--checkpoint-every N keeps it)").replace(
                     "OUT", str(sweep.out))
         raise Interrupted(f"sweep interrupted: {len(stored)} of {len(specs)} runs have records "
                           f"in {sweep.out}/records, which are kept; runs in flight were "
                           f"stopped and {kept}; the same command resumes") from None
     finally:
-        stop.set()
-        if watcher.is_alive():
-            watcher.join()
         bar.close()
     n_ok = len(specs) - len(failed) - len(elsewhere)
     print(f"{n_ok} of {len(specs)} runs done in {time.perf_counter() - t0:.0f} s "
           f"({len(failed)} failed, {len(elsewhere)} in progress in another process); records "
           f"in {sweep.out}/records", flush=True)
+    if sweep.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {Path(sweep.out) / 'tb'}")
     if args.report:
         found = list(finished_records(sweep.out, specs).values())
         written = plots.write_report(found, Path(sweep.out) / "report",

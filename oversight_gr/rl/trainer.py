@@ -180,6 +180,12 @@ class TrainConfig:
 
     def __post_init__(self):
         validate(self)
+        # a per-algorithm field left at None is stored as the value it trains with, so that
+        # records, keys and config.json name it (and a changed default cannot credit old
+        # records to the new value)
+        for name, value in ALGO_DEFAULTS[self.algo].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.method == "oracle" and self.oversight_prob <= 0:
             raise ValueError("method 'oracle' needs oversight_prob > 0: its env steps are drawn "
                              "at steps / p, the labels a supervisor overseeing p pays for")
@@ -190,7 +196,8 @@ class TrainConfig:
             )
 
     def resolved(self, name: str) -> Any:
-        """The field's value, or its per-algorithm default when left at None."""
+        """The field's value (per-algorithm defaults are resolved on construction; kept for
+        callers written before)."""
         value = getattr(self, name)
         return ALGO_DEFAULTS[self.algo][name] if value is None else value
 
@@ -879,6 +886,14 @@ def config_from_dict(saved: Any) -> TrainConfig:
     unknown = sorted(set(saved) - names)
     if unknown:
         raise ValueError(f"the stored config has fields {unknown} that TrainConfig does not")
+    unresolved = [k for k in ALGO_DEFAULTS.get(saved.get("algo"), {}) if saved[k] is None]
+    if unresolved:
+        raise ValueError(
+            f"the stored config leaves {unresolved} at None (written before configs stored "
+            "their per-algorithm defaults resolved); which values it trained with cannot be "
+            "told: the defaults changed without a version change (unlabelled_sharpness for "
+            "PPO went from 1 to 3), so it is not credited to today's; if you know them, write "
+            "them into the file")
     return TrainConfig(**saved)
 
 
