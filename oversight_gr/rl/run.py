@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -333,10 +334,17 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     writers: list[RunLogger | None] = [None] * R
     if run_dir is not None and (tensorboard or track is not None):
         metrics = [f"eval/return_{s}" for s in eval_steers(cfg.method)]
-        writers = [RunLogger(d, c.to_dict(), metrics, track, name=d.name if single else
-                             f"{run_dir.name}/{d.name}", tensorboard=tensorboard,
-                             group=None if single else run_dir.name)
-                   for d, c in zip(dirs, trainer.cfgs)]
+        writers = []
+        try:
+            for d, c in zip(dirs, trainer.cfgs):
+                writers.append(RunLogger(d, c.to_dict(), metrics, track, name=d.name if single
+                                         else f"{run_dir.name}/{d.name}",
+                                         tensorboard=tensorboard,
+                                         group=None if single else run_dir.name))
+        except BaseException:  # a W&B run that cannot start: close those that did
+            for w in writers:
+                w.close(failed=True)
+            raise
     episodes = _Episodes(trainer)
     steps0 = trainer.env_steps
     curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
@@ -419,9 +427,10 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, say what is kept
         raise stopped("(twice)") from None
     finally:
+        failed = sys.exc_info()[0] is not None
         for w in writers:
             if w is not None:
-                w.close()
+                w.close(failed)
     records = [make_record(c, ev, curves[r], trainer.env_steps, reported(r), elapsed)
                for r, (c, ev) in enumerate(zip(trainer.cfgs, evals))]
     if auditor is not None:

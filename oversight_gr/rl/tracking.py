@@ -176,11 +176,12 @@ class RunLogger:
         if self.wandb_run is not None and values:
             self.wandb_run.log({**values, "global_step": step})
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Flush and close; ``failed`` marks the W&B run as failed (exit code 1)."""
         if self.writer is not None:
             self.writer.close()
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=1 if failed else 0)
 
 
 def add_tracking_arguments(parser) -> None:
