@@ -1,10 +1,13 @@
 """stable-baselines3 integration: gradient routing by changing one import.
 
 ``RoutedPPO`` is SB3's ``PPO`` with the package's routed loss; ``RoutedMoEPolicy`` (alias
-``"MoEPolicy"``) is an SB3 actor-critic policy around
+``"MoEPolicy"`` on OversightGrid's spaces) is an SB3 actor-critic policy around
 :class:`~oversight_gr.rl.networks.MoEPolicy` and
-:class:`~oversight_gr.rl.networks.ValueNet`; :class:`VecEnvAdapter` lets SB3 drive the
-native batched env (``gym.make_vec``) at full speed::
+:class:`~oversight_gr.rl.networks.ValueNet`; :class:`RoutedMlpPolicy` (what ``"MoEPolicy"``
+means on any other env) routes through a first-layer mixture of experts on any ``Box`` /
+``Discrete`` observations and ``Discrete`` / ``Box`` actions, with route labels from an info key
+and mapping or a function of (obs, info); :class:`VecEnvAdapter` lets SB3 drive the native
+batched env (``gym.make_vec``) at full speed::
 
     from stable_baselines3.common.evaluation import evaluate_policy
     from oversight_gr.rl.sb3 import RoutedPPO, make_sb3_vec_env
@@ -19,11 +22,12 @@ native batched env (``gym.make_vec``) at full speed::
 
 How routing enters SB3, through its extension points:
 
-* the rollout buffer (``rollout_buffer_class=RoutedRolloutBuffer``) also stores, per step, the
-  route label of the step's episode, computed at the end of the rollout from the label found in
-  ``info[route_info_key]`` at episode end (:func:`~oversight_gr.rl.methods.episode_labels`
-  then :func:`~oversight_gr.rl.methods.route_labels`, the native trainer's rule: steps of an
-  episode still running at the update train both experts and the gate);
+* the rollout buffer (``rollout_buffer_class=RoutedRolloutBuffer``) also stores, per step, a
+  route label: by default the label of the step's episode, computed at the end of the rollout
+  from the label found in ``info[route_info_key]`` at episode end
+  (:func:`~oversight_gr.rl.methods.episode_labels`, the native trainer's rule: steps of an
+  episode still running at the update train both experts and the gate), or each step's own
+  (``route_scope="step"``);
 * a callback that RoutedPPO adds in front of the user's callbacks reads ``infos`` / ``dones``
   after every env step and hands them to the buffer;
 * ``PPO.train`` is not copied. ``RoutedPPO.train`` only wraps it in a context in which the
@@ -72,8 +76,6 @@ from oversight_gr.routing import RouteTable, routed_mixture
 from oversight_gr.rl.losses import Minibatch, ObjectiveConfig, routed_objective
 from oversight_gr.rl.methods import (
     ROUTE_BOTH,
-    ROUTE_DIAMOND,
-    ROUTE_GHOST,
     episode_labels,
     gate_bce,
     route_labels,
@@ -792,8 +794,8 @@ class RoutedPPO(PPO):
             ``GHOST`` -> ghost).
         route_fn: instead of the key and map, a function ``(obs, info) -> expert`` (name,
             index, or None / ``"unlabelled"``) of the observation the step's action was chosen
-            from and the step's info; what a supervisor sees, so it must not read what it
-            could not.
+            from (as the policy sees it: after a ``VecNormalize``, normalised) and the step's
+            info; what a supervisor sees, so it must not read what it could not.
         route_scope: ``"episode"`` (default; the grid's rule): the label is read at an
             episode's end and applies to all its steps, steps of an episode that has not ended
             when the rollout does are unlabelled; ``"step"``: every step is labelled by its own
