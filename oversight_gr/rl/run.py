@@ -345,7 +345,8 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
             for w in writers:
                 w.close(failed=True)
             raise
-    episodes = _Episodes(trainer)
+    # the training episodes' returns and lengths, only for a dashboard that shows them
+    episodes = _Episodes(trainer) if any(w is not None for w in writers) else None
     steps0 = trainer.env_steps
     curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
     if trainer.env_steps > 0:
@@ -386,12 +387,12 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     next_eval = (trainer.env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
     try:
         while trainer.updates < trainer.num_updates:
-            with episodes.watch():
+            with episodes.watch() if episodes is not None else contextlib.nullcontext():
                 scalars = trainer.train_update()
             runs = [scalars] if single else scalars
             if auditor is not None:
                 auditor.observe(runs)
-            if any(w is not None for w in writers):
+            if episodes is not None:
                 sps = (trainer.env_steps - steps0) / max(time.perf_counter() - t0, 1e-9)
                 for w, sc, ep in zip(writers, runs, episodes.last):
                     if w is not None:

@@ -240,3 +240,21 @@ def test_cli_track_flags(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "needs the wandb package" in err and "oversight-gr[tracking]" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_train_track_logs_to_an_offline_wandb_run(tmp_path, wandb_offline, capsys):
+    from oversight_gr.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", "--num-envs", "16", "--rollout-steps", "8", "--hidden", "8",
+                 "--total-env-steps", "256", "--run-dir", str(run), "--track",
+                 "--wandb-project-name", "cli-test"]) == 0
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = list(_wandb_records(files[0]))
+    assert next(r.run for r in records if r.WhichOneof("record_type") == "run").project == \
+        "cli-test"
+    logged = {i.key or "/".join(i.nested_key) for r in records
+              if r.WhichOneof("record_type") == "history" for i in r.history.item}
+    assert {"charts/episodic_length", "losses/policy_loss", "eval/return_diamond"} <= logged
