@@ -6,7 +6,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,train,sb3,ray,lm,vision
+EXTRAS ?= dev,train,sb3,ray,lm,vision,tracking
 GYM029_VENV ?= .venv-gym029
 GYM029_PINS := gymnasium==0.29.1 numpy==1.26.4
 

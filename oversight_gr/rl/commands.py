@@ -42,9 +42,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from oversight_gr.rl.trainer import TrainConfig
 
     from oversight_gr.rl.run import check_budget
+    from oversight_gr.rl.tracking import tracking_from_arguments
 
     cfg = from_arguments(TrainConfig, args)
     check_budget(cfg)
+    track = tracking_from_arguments(args)
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(
         f"{cfg.method}-{cfg.algo}-p{cfg.oversight_prob:g}-s{cfg.seed}")
     per_update = cfg.num_envs * cfg.rollout_steps
@@ -72,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         record = run_training(cfg, run_dir, tensorboard=not args.no_tensorboard,
                               checkpoint_every=args.checkpoint_every, on_change=args.on_change,
-                              progress=progress)
+                              progress=progress, track=track)
     finally:  # closed before any error or interrupt message, which then stands on its own line
         if bars:
             bars[0].close()
@@ -287,6 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from oversight_gr.rl.tracking import add_tracking_arguments
     from oversight_gr.rl.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train one method on OversightGrid",
@@ -295,6 +298,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, TrainConfig)
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<name>-<time>)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    add_tracking_arguments(p)
     p.add_argument("--checkpoint-every", type=_non_negative, default=50,
                    help="checkpoint every N updates so an interrupted run resumes (0: only at "
                    "the end; default: 50)")

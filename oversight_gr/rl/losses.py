@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from oversight_gr.rl.methods import gate_bce_rows, masked_mean, policy_terms, ppo_diagnostics
+from oversight_gr.rl.methods import (gate_bce_rows, masked_mean, policy_terms, ppo_diagnostics,
+                                     surrogate)
 from oversight_gr.rl.networks import MoEOutput
 
 __all__ = ["Minibatch", "ObjectiveConfig", "routed_objective", "ALGOS"]
@@ -85,15 +86,22 @@ class ObjectiveConfig:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
 
 
-def routed_objective(out: MoEOutput, values: Tensor, batch: Minibatch, cfg: ObjectiveConfig
+def routed_objective(out: MoEOutput, values: Tensor, batch: Minibatch, cfg: ObjectiveConfig,
+                     action_terms: tuple[Tensor, Tensor] | None = None,
                      ) -> tuple[Tensor, dict[str, Tensor]]:
     """The routed loss: policy-gradient, value, entropy and (optionally) gate terms.
 
     Args:
-        out: the routed forward's logits ``[R, N, 4]`` and gate ``[R, N]`` (NaN without one).
+        out: the routed forward's logits ``[R, N, A]`` and gate ``[R, N]`` (NaN without one;
+            ``[R, N, E]`` mixing weights for a mixture of E experts, see
+            :func:`~oversight_gr.rl.methods.gate_bce_rows`).
         values: ``[R, N]`` the value net's outputs.
         batch: the steps (:class:`Minibatch`).
         cfg: the coefficients (:class:`ObjectiveConfig`).
+        action_terms: ``(logp, entropy)``, ``[R, N]`` each, of ``batch.actions`` under a policy
+            that is not a categorical over ``out.logits`` (a Gaussian over Box actions, any
+            distribution SB3 makes); they replace the categorical's and ``out.logits`` is not
+            read.
 
     Returns:
         ``(loss, stats)``: the sum over runs of each run's mean loss over its masked steps, and
@@ -102,8 +110,12 @@ def routed_objective(out: MoEOutput, values: Tensor, batch: Minibatch, cfg: Obje
         ``clipfrac`` (0 for REINFORCE).
     """
     mask = batch.mask
-    pg, entropy, logp = policy_terms(out.logits, batch.actions, batch.old_logp, batch.advantages,
-                                     cfg.algo, cfg.clip_coef, with_logp=True)
+    if action_terms is None:
+        pg, entropy, logp = policy_terms(out.logits, batch.actions, batch.old_logp,
+                                         batch.advantages, cfg.algo, cfg.clip_coef, with_logp=True)
+    else:
+        logp, entropy = action_terms
+        pg = surrogate(logp, batch.old_logp, batch.advantages, cfg.algo, cfg.clip_coef)
     pg_loss = masked_mean(pg, mask, dim=-1)
     v_loss = masked_mean((values.float() - batch.returns) ** 2, mask, dim=-1)
     ent = masked_mean(entropy, mask, dim=-1)

@@ -38,6 +38,7 @@ __all__ = [
     "gate_bce_rows",
     "advantages_and_returns",
     "policy_terms",
+    "surrogate",
     "masked_mean",
     "ppo_diagnostics",
     "route_weights",
@@ -262,7 +263,21 @@ def gate_bce_rows(gate: Tensor, route_lbl: Tensor, balanced: bool = False) -> Te
     overseen-ghost steps (a class absent from the row adds 0), so the class that happens to be
     overseen more often cannot pull the gate toward its expert on the unlabelled states: early in
     training the more competent expert wins the terminals, its class dominates the labels, and
-    the plain mean then starves the other expert (measured: docs/RESULTS.md, "gate_balance")."""
+    the plain mean then starves the other expert (measured: docs/RESULTS.md, "gate_balance").
+
+    A gate of E experts' mixing weights ``[R, N, E]`` (:mod:`oversight_gr.rl.sb3`'s
+    ``RoutedMlpPolicy``; route labels ``0 .. E-1`` name an expert, ``E`` is unlabelled) gets the
+    cross-entropy toward the labelled expert, ``-log gate[label]``, which for E = 2 and
+    ``gate[..., 0] = g`` is the BCE above; ``balanced`` averages the E classes' means."""
+    if gate.ndim == route_lbl.ndim + 1:
+        E = gate.shape[-1]
+        logg = gate.float().clamp_min(1e-6).log()
+        onehot = F.one_hot(route_lbl.long().clamp_max(E), E + 1)[..., :E].float()  # [R, N, E]
+        nll = -(logg * onehot)  # nonzero only at the labelled expert
+        if not balanced:
+            labelled = onehot.sum(-1)
+            return nll.sum((-2, -1)) / labelled.sum(-1).clamp_min(1.0)
+        return (nll.sum(-2) / onehot.sum(-2).clamp_min(1.0)).sum(-1) / E
     g = gate.float().clamp(1e-6, 1 - 1e-6)
     diamond = (route_lbl == ROUTE_DIAMOND).float()
     ghost = (route_lbl == ROUTE_GHOST).float()
@@ -308,14 +323,19 @@ def policy_terms(
     logp_all = torch.log_softmax(logits.float(), -1)
     logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
+    pg = surrogate(logp, old_logp, adv, algo, clip_coef)
+    return (pg, entropy, logp) if with_logp else (pg, entropy)
+
+
+def surrogate(logp: Tensor, old_logp: Tensor, adv: Tensor, algo: str, clip_coef: float) -> Tensor:
+    """Per-step policy-gradient loss from the actions' log-probabilities (any distribution):
+    PPO's clipped surrogate or REINFORCE's ``-A log pi(a)`` (see :func:`policy_terms`)."""
     if algo == "ppo":
         ratio = (logp - old_logp).exp()
-        pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef))
-    elif algo == "reinforce":
-        pg = -adv * logp
-    else:
-        raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
-    return (pg, entropy, logp) if with_logp else (pg, entropy)
+        return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    if algo == "reinforce":
+        return -adv * logp
+    raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -4,9 +4,11 @@ checkpoint, and write results JSON. ``oversight-gr train``, the demo and sweeps 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import torch
 
 from oversight_gr.rl.evaluation import eval_seed, evaluate, evaluate_runs
 from oversight_gr.rl.audit import Auditor
+from oversight_gr.rl.methods import METHODS, method_reward
+from oversight_gr.rl.tracking import RunLogger, Tracking, dashboard_scalars, require_wandb
 from oversight_gr.rl.rundir import config_differences, hold_run_dir, plan_run_dir
 from oversight_gr.rl.trainer import TrainConfig, Trainer
 from oversight_gr.config import check_device, check_output_dir
@@ -196,6 +200,7 @@ def run_training(
     checkpoint_every: int = 0,
     on_change: str = "refuse",
     progress: Callable[[Trainer, Any], None] | None = None,
+    track: Tracking | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Train ``cfg`` to ``cfg.total_env_steps`` and return the results record; given a list of
     configs (a group, see :class:`Trainer`), train them together and return one record per
@@ -208,7 +213,8 @@ def run_training(
             ``run_dir/run<r>``.
         tensorboard: write TensorBoard events to ``run_dir/tb`` (``run_dir/run<r>/tb`` for run
             r of a group); a folder (one run) or a list of folders (one per run): write them
-            there instead, with or without ``run_dir`` (a sweep's ``OUT/tb/<run name>``).
+            there instead, with or without ``run_dir`` (a sweep's ``OUT/tb/<run name>``). Tags:
+            :mod:`oversight_gr.rl.tracking`.
         checkpoint_every: also checkpoint every N updates (0: only at the end).
         on_change: what to do when ``run_dir`` holds a run (see
             :func:`oversight_gr.rl.rundir.plan_run_dir`, decided before any compute): the
@@ -217,6 +223,9 @@ def run_training(
             is refused (``"refuse"``), trained on to the new ``total_env_steps``
             (``"extend"``), or discarded (``"overwrite"``).
         progress: called after every update with the trainer and its scalars.
+        track: also log the same scalars and the config to Weights & Biases, one W&B run per
+            training run, files in the run directory (needs ``run_dir`` and the ``tracking``
+            extra).
 
     Returns:
         ``{"config", "metrics": {"steered"/"unsteered"/...}, "curve": [...], "env_steps",
@@ -226,7 +235,15 @@ def run_training(
     for c in [cfg] if isinstance(cfg, TrainConfig) else list(cfg):
         if isinstance(c, TrainConfig):
             check_budget(c)
-    options = (tensorboard, checkpoint_every, on_change, progress)
+    if track is not None:
+        if not isinstance(track, Tracking):
+            raise ValueError(f"track must be an oversight_gr.rl.tracking.Tracking or None, got "
+                             f"{track!r}")
+        if run_dir is None:
+            raise ValueError("track (Weights & Biases) needs a run_dir for its files; got "
+                             "run_dir=None")
+        require_wandb()  # before any compute
+    options = (tensorboard, checkpoint_every, on_change, progress, track)
     with deferred_interrupt() as stop:
         if run_dir is None:
             return _run_training(cfg, None, *options, stop)
@@ -235,8 +252,73 @@ def run_training(
             return _run_training(cfg, run_dir, *options, stop)
 
 
+class _Episodes:
+    """The training episodes as the dashboards read them: after each update, per run, the mean
+    return (the method's reward: what the learner trains on), the mean ground-truth return and
+    the mean length of the episodes that ended in the update's window (:attr:`last`, a list of
+    ``{tag: value}``, empty for a run whose episodes all went on).
+
+    Lengths are exact across windows and resumes (the environments count each episode's moves);
+    returns add up each episode's rewards from the first window this process saw, which is the
+    whole episode here: OversightGrid rewards only an episode's last step."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        n = sum(rules.t.numel() for rules in trainer.rules)
+        dev = trainer.rules[0].t.device
+        self.carry = torch.zeros(2, n, device=dev)  # [learner, true] return so far, per env
+        self.last: list[dict[str, float]] = [{} for _ in range(trainer.R)]
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Within the block, every rollout the trainer collects updates :attr:`last`."""
+        trainer = self.trainer
+        collect = trainer.collect
+
+        def watched(*args, **kwargs):
+            starts = torch.cat([rules.t for rules in trainer.rules])  # moves before the window
+            ro = collect(*args, **kwargs)
+            self._window(ro, starts)
+            return ro
+
+        trainer.collect = watched  # an instance attribute: the class's method is untouched
+        try:
+            yield
+        finally:
+            del trainer.collect
+
+    def _window(self, ro, starts: torch.Tensor) -> None:
+        done = ro.done
+        T, N = done.shape
+        true_r = method_reward(METHODS["oracle"], ro.outcome, ro.true_outcome)
+        rewards = torch.stack([ro.rewards.float(), true_r.float()])  # [2, T, N]
+        idx = torch.arange(T, device=done.device).unsqueeze(1).expand(T, N)
+        ended_at = torch.where(done, idx, -1)
+        # the last step before t at which an episode ended in this window (-1: none)
+        prev = torch.cat([ended_at.new_full((1, N), -1), ended_at[:-1]]).cummax(0).values
+        lengths = torch.where(prev >= 0, idx - prev, idx + 1 + starts)
+        cum = rewards.cumsum(1)
+        before = torch.where(prev >= 0, cum.gather(1, prev.clamp_min(0).expand(2, T, N)),
+                             -self.carry.unsqueeze(1))
+        returns = cum - before  # [2, T, N]: the episode's return where it ends at t
+        last_end = ended_at.max(0).values  # [N]
+        self.carry = torch.where(last_end >= 0, cum[:, -1] - cum.gather(
+            1, last_end.clamp_min(0).expand(2, 1, N)).squeeze(1), self.carry + cum[:, -1])
+        R = self.trainer.R
+        d = done.view(T, R, -1).float()
+        n = d.sum((0, 2))
+        stats = torch.stack([(returns[0].view(T, R, -1) * d).sum((0, 2)),
+                             (returns[1].view(T, R, -1) * d).sum((0, 2)),
+                             (lengths.view(T, R, -1).float() * d).sum((0, 2))]) / n.clamp_min(1)
+        table, counts = stats.tolist(), n.tolist()  # one host transfer each
+        self.last = [{} if counts[r] == 0 else
+                     {"charts/episodic_return": table[0][r],
+                      "charts/episodic_return_true": table[1][r],
+                      "charts/episodic_length": table[2][r]} for r in range(R)]
+
+
 def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_change, progress,
-                  stop):
+                  track, stop):
     """:func:`run_training`'s body, with ``run_dir`` checked and held; ``stop`` is the
     :func:`~oversight_gr.interrupts.deferred_interrupt` request (Ctrl-C)."""
     single = isinstance(cfg, TrainConfig)
@@ -266,12 +348,26 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     if auditor is not None and run_dir is not None and trainer.env_steps > 0:
         auditor.load(run_dir)
     dirs = _run_dirs(run_dir, trainer)
-    writers: list = [None] * R
+    writers: list[RunLogger | None] = [None] * R
     tb_dirs = _tensorboard_dirs(tensorboard, dirs)
-    if tb_dirs:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writers = [SummaryWriter(str(d)) for d in tb_dirs]
+    if tb_dirs or (run_dir is not None and track is not None):
+        metrics = [f"eval/return_{s}" for s in eval_steers(cfg.method)]
+        writers = []
+        try:
+            for r, (d, c) in enumerate(zip(dirs, trainer.cfgs)):
+                tb = tb_dirs[r] if tb_dirs else None
+                writers.append(RunLogger(d if d is not None else tb.parent, c.to_dict(), metrics,
+                                         track, name=d.name if single or d is None
+                                         else f"{run_dir.name}/{d.name}", tensorboard=tb,
+                                         group=None if single or run_dir is None
+                                         else run_dir.name))
+        except BaseException:  # a W&B run that cannot start: close those that did
+            for w in writers:
+                w.close(failed=True)
+            raise
+    # the training episodes' returns and lengths, only for a dashboard that shows them
+    episodes = _Episodes(trainer) if any(w is not None for w in writers) else None
+    steps0 = trainer.env_steps
     curves: list[list[dict[str, float]]] = [[] for _ in range(R)]
     if trainer.env_steps > 0:
         # the checkpoint holds the curves up to itself (curve.json is an output, rewritten);
@@ -292,9 +388,8 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     def log_evals(evals: list[dict[str, dict]]) -> None:
         for w, ev in zip(writers, evals):
             if w is not None:
-                for steer, res in ev.items():
-                    w.add_scalar(f"eval/return_{steer}", res["stepwise_return"],
-                                 trainer.env_steps)
+                w.scalars({f"eval/return_{steer}": res["stepwise_return"]
+                           for steer, res in ev.items()}, trainer.env_steps)
 
     def stopped(during: str) -> Interrupted:
         total = trainer.num_updates * cfg.num_envs * cfg.rollout_steps
@@ -312,14 +407,17 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     next_eval = (trainer.env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
     try:
         while trainer.updates < trainer.num_updates:
-            scalars = trainer.train_update()
+            with episodes.watch() if episodes is not None else contextlib.nullcontext():
+                scalars = trainer.train_update()
             runs = [scalars] if single else scalars
             if auditor is not None:
                 auditor.observe(runs)
-            for w, sc in zip(writers, runs):
-                if w is not None:
-                    for k, v in sc.items():
-                        w.add_scalar(k, v, trainer.env_steps)
+            if episodes is not None:
+                sps = (trainer.env_steps - steps0) / max(time.perf_counter() - t0, 1e-9)
+                for w, sc, ep in zip(writers, runs, episodes.last):
+                    if w is not None:
+                        w.scalars({**dashboard_scalars(sc), **ep, "charts/SPS": sps},
+                                  trainer.env_steps)
             if next_eval is not None and trainer.env_steps >= next_eval:
                 next_eval += cfg.eval_every
                 evals = _evaluate(trainer, auditor)
@@ -350,9 +448,10 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, say what is kept
         raise stopped("(twice)") from None
     finally:
+        failed = sys.exc_info()[0] is not None
         for w in writers:
             if w is not None:
-                w.close()
+                w.close(failed)
     records = [make_record(c, ev, curves[r], trainer.env_steps, reported(r), elapsed)
                for r, (c, ev) in enumerate(zip(trainer.cfgs, evals))]
     if auditor is not None:

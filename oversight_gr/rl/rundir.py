@@ -35,7 +35,8 @@ __all__ = ["ON_CHANGE", "RUN_FILES", "RunDirPlan", "plan_run_dir", "config_diffe
 #: what to do when run_dir holds a run with another config
 ON_CHANGE = ("refuse", "extend", "overwrite")
 #: the files and folders a run writes into its directory
-RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "curve.json", "audit.pt", "tb")
+RUN_FILES = ("config.json", "checkpoint.pt", "results.json", "curve.json", "audit.pt", "tb",
+             "wandb")
 #: config fields that do not change what a run computes
 PLACEMENT_FIELDS = ("device", "threads")
 
