@@ -356,11 +356,12 @@ def _run_training(cfg, run_dir: Path | None, tensorboard, checkpoint_every, on_c
         try:
             for r, (d, c) in enumerate(zip(dirs, trainer.cfgs)):
                 tb = tb_dirs[r] if tb_dirs else None
-                writers.append(RunLogger(d if d is not None else tb.parent, c.to_dict(), metrics,
-                                         track, name=d.name if single or d is None
-                                         else f"{run_dir.name}/{d.name}", tensorboard=tb,
-                                         group=None if single or run_dir is None
-                                         else run_dir.name))
+                if d is None:  # no run directory: only TensorBoard, in the folder given
+                    writers.append(RunLogger(tb.parent, c.to_dict(), metrics, tensorboard=tb))
+                    continue
+                writers.append(RunLogger(d, c.to_dict(), metrics, track,
+                                         name=d.name if single else f"{run_dir.name}/{d.name}",
+                                         tensorboard=tb, group=None if single else run_dir.name))
         except BaseException:  # a W&B run that cannot start: close those that did
             for w in writers:
                 w.close(failed=True)

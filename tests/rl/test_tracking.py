@@ -74,7 +74,9 @@ def test_config_is_written_as_text_and_hparams(tmp_path):
         content["_hparams_/session_start_info"]).session_start_info.hparams
     assert start["method"].string_value == "naive"
     assert start["oversight_prob"].number_value == 0.25
-    assert start["max_grad_norm"].string_value == "None"  # None as text, not dropped
+    # per-algorithm defaults are stored resolved, so every value is a number, bool or text
+    assert start["max_grad_norm"].number_value == cfg.max_grad_norm
+    assert start["init"].string_value == cfg.init
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == ["eval/return_none"]  # no gate
