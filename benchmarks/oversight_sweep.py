@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import cpu_name, figures_dir, update_section  # noqa: E402
 
-from oversight_gr.rl import plots, stats  # noqa: E402
+from oversight_gr import stats  # noqa: E402
+from oversight_gr.rl import plots  # noqa: E402
 from oversight_gr.rl import sweep as sweep_mod  # noqa: E402
 from oversight_gr.rl import sweep_commands  # noqa: E402
 from oversight_gr.records import versions  # noqa: E402
