@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_doc import RESULTS, read_sections, update_section  # noqa: E402
 
-from oversight_gr.rl import plots, stats  # noqa: E402
+from oversight_gr import stats  # noqa: E402
+from oversight_gr.rl import plots  # noqa: E402
 
 CELL = re.compile(r"^(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\] \((\d+)\)$")
 
