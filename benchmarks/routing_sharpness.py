@@ -71,8 +71,12 @@ def last_fifth_change(records: list[dict]) -> float:
 
 
 def sharpness_of(records: dict[int, dict]) -> str:
-    ks = {r["config"]["unlabelled_sharpness"] for r in records.values()}
-    return ", ".join("3 (the PPO default)" if k is None else f"{k:g}" for k in sorted(ks, key=str))
+    from oversight_gr.rl.trainer import ALGO_DEFAULTS
+
+    ks = {(r["config"]["unlabelled_sharpness"], r["config"]["algo"]) for r in records.values()}
+    return ", ".join(f"{k:g} (the {algo.upper()} default)"
+                     if k == ALGO_DEFAULTS[algo]["unlabelled_sharpness"] else f"{k:g}"
+                     for k, algo in sorted(ks))
 
 
 def table(variants: dict[str, dict[float, dict[int, dict]]]) -> list[str]:

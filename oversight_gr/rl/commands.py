@@ -102,7 +102,13 @@ def _print_metrics(metrics: dict) -> None:
           "window of episodes)")
 
 
-def _load(args: argparse.Namespace):
+def _load(run_dir: str):
+    from oversight_gr.rl.run import load_trainer
+
+    return load_trainer(run_dir, "--run-dir")
+
+
+def _load_run(args: argparse.Namespace):
     """The trainer eval and steer read: ``--run-dir``, or a sweep's run (``--sweep-dir`` with
     the run's config, or ``--record``); returns it and the run's directory."""
     chosen = [f for f in ("run_dir", "sweep_dir", "record") if getattr(args, f) is not None]
@@ -117,9 +123,7 @@ def _load(args: argparse.Namespace):
         if selectors:
             raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; --run-dir "
                              "names the run itself")
-        from oversight_gr.rl.run import load_trainer
-
-        return load_trainer(args.run_dir, "--run-dir"), Path(args.run_dir)
+        return _load(args.run_dir), Path(args.run_dir)
     from oversight_gr.rl.sweep import find_run, load_run_trainer
 
     if args.record is not None and selectors:
@@ -162,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_num_envs(args.num_envs, "--num-envs")
     if args.oversight_prob is not None:
         _check_prob("--oversight-prob", args.oversight_prob)
-    trainer, _ = _load(args)
+    trainer, _ = _load_run(args)
     cfg = trainer.cfg
     p = cfg.oversight_prob if args.oversight_prob is None else args.oversight_prob
     # the run's own evaluation protocol unless told otherwise, so a finished run's figure is
@@ -203,7 +207,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
     from oversight_gr.config import check_output_file
 
-    trainer, run_dir = _load(args)
+    trainer, run_dir = _load_run(args)
     out = Path(args.out) if args.out else run_dir / "policy_arrows.png"
     try:  # before drawing: a read-only run directory needs --out
         check_output_file(out, "--out" if args.out else "the figure (RUN_DIR/policy_arrows.png)")
