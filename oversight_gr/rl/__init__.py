@@ -9,8 +9,10 @@ Layout (each module imports only the ones above it and the shared top-level modu
   ``losses``: the one routed objective every path differentiates.
 - ``trainer``: ``TrainConfig`` and ``Trainer`` (PPO / REINFORCE, one run or a group);
   ``evaluation``: the stepwise ground-truth return with the gate steered or learned;
-  ``run``: ``run_training``, run directories, checkpoints, ``load_policy``.
+  ``run``: ``run_training``, run directories, checkpoints, ``load_policy``;
+  ``tracking``: what the dashboards read (CleanRL's TensorBoard tags, optional W&B).
 - ``sweep``: grids of runs across oversight levels and seeds on ``oversight_gr.runner``;
-  ``plots``: claims, tables and figures; ``sb3``: ``RoutedPPO`` for Stable-Baselines3.
+  ``plots``: claims, tables and figures; ``sb3``: ``RoutedPPO`` for Stable-Baselines3
+  (the grid's MoE policy, and ``RoutedMlpPolicy`` for any Box/Discrete env).
 - ``commands`` / ``sweep_commands`` / ``demo``: the CLI's RL sub-commands.
 """
