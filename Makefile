@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# two worker processes, one per core of a 2-core laptop (the CLI's default is one: see README)
 demo: $(STAMP)
-	$(BIN)/oversight-gr demo
+	$(BIN)/oversight-gr demo --workers 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -35,7 +35,7 @@ def section(summary: dict, command: str, load: tuple[float, float],
         f"## The demo's claim over five seeds ({name})",
         "",
         f"Command: `{command}`{source} ({summary.get('cpu') or cpu_name()}, torch 1 thread per "
-        f"worker, 2 workers; load "
+        f"worker, {summary.get('workers', 2)} worker(s); load "
         f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end). Settings (the demo's "
         f"embedded default, applied to every method unless a method is named): "
         + ", ".join(f"{k}={v}" for k, v in s.items()) + ". Seeds "

@@ -7,7 +7,7 @@ Trainer` over R runs), the groups spread over worker processes, and returns the 
 
     {"methods": {"routing": {"env_steps": N, "steered_return": [one value per seed],
                              "p_ghost_closer_unseen": [...], "wall_seconds": s}, ...},
-     "settings": {...}, "seeds": [...], "gap": {...}, "wall_seconds": s}
+     "settings": {...}, "seeds": [...], "gap": {...}, "wall_seconds": s, "workers": n}
 
 The seeds are ``first_seed .. first_seed + seeds - 1``, never chosen ones.
 """
@@ -154,6 +154,7 @@ def run_demo(seeds: int = DEMO_SEEDS, first_seed: int = 0, run_dir: str | Path |
         "seeds": seed_list,
         "gap": gap_summary({m: v["steered_return"] for m, v in summary_methods.items()}),
         "wall_seconds": wall,
+        "workers": len(lanes),
         "records": [r for m in methods for r in records[m]],
     }
 
