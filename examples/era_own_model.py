@@ -16,7 +16,9 @@ model has lost much more on the forget documents than on the others::
 ``--method era`` routes the MLP activations' gradient (forget tokens: -0.75 on the original
 units, 1 on the new ones); ``--method sgtm`` masks parameter gradients instead: the forget
 tokens' loss trains only the new units' weights (not the embeddings, attention or unembedding),
-the other tokens train everything.
+the other tokens train everything, and with ``--retain-mode`` (default 0.1) a window without a
+forget token runs with the new units dropped, so that the retain data does not come to rely
+on them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oversight_gr.lm.own_model import ablate, expand, forget_masks, routed
+from oversight_gr.lm.own_model import ablate, dropped, expand, forget_masks, routed
 from oversight_gr.routing import masked_backward
 
 
@@ -108,7 +110,12 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("era", "sgtm"), default="era",
                    help="era: activation-gradient routing; sgtm: parameter-gradient masking")
+    p.add_argument("--retain-mode", type=float, default=0.1,
+                   help="sgtm: probability that a window without a forget token runs with the "
+                        "new units dropped (0 = never)")
     args = p.parse_args(argv)
+    if not 0.0 <= args.retain_mode <= 1.0:
+        p.error(f"--retain-mode must be in [0, 1], got {args.retain_mode}")
     torch.manual_seed(args.seed)
     ids, forget, vocab = toy_data(args.seed)
     model = TinyGPT(vocab, args.d_model, args.layers, args.ctx)
@@ -129,7 +136,10 @@ def main(argv=None) -> dict:
                 loss = loss + 1e-4 * sum(a.abs().sum(-1).mean() for a in new_acts)
                 loss.backward()
         else:  # SGTM: the forget tokens' loss reaches only the new units' weights
-            ce = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none")
+            # retain mode: windows without a forget token drop the new units, sometimes
+            drop = ~f.any(1) & (torch.rand(len(x), generator=gen) < args.retain_mode)
+            with dropped(exp, drop):
+                ce = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none")
             fl = f.flatten().float()
             masked_backward(model, {"retain": (ce * (1 - fl)).sum() / ce.numel(),
                                     "forget": (ce * fl).sum() / ce.numel()}, {"forget": masks})

@@ -29,6 +29,10 @@ the forget tokens while the other tokens train everything::
     masked_backward(model, {"retain": loss_on_retain_tokens, "forget": loss_on_forget_tokens},
                     {"forget": masks})
 
+with retain mode (:func:`dropped`): the rows without a forget token run with the new units
+dropped, with some probability (the lm_era grid measured 0.1; 0 let the retain data rely on
+the units, so ablation cost it as much as the forget data).
+
 Example (see ``examples/era_own_model.py``)::
 
     exp = expand(model, [("h.0.mlp.up", "h.0.mlp.down")], k=16)
@@ -50,7 +54,7 @@ from torch import Tensor, nn
 from oversight_gr.routing import RouteTable, scale_gradient, sgtm_masks
 
 __all__ = ["Expansion", "grow_pair", "shrink_pair", "expand", "era_route_table",
-           "era_weights", "routed", "ablate", "forget_masks"]
+           "era_weights", "routed", "dropped", "ablate", "forget_masks"]
 
 #: one MLP block: (up, down) as ``nn.Linear`` modules or their dotted paths in the model
 MLPPair = tuple[nn.Module | str, nn.Module | str]
@@ -222,6 +226,33 @@ def routed(exp: Expansion, strength: Tensor, forget_weight: float = -0.75,
         handles.append(down.register_forward_pre_hook(hook))
     try:
         yield acts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def dropped(exp: Expansion, rows: Tensor) -> Iterator[None]:
+    """SGTM's retain mode for the passes run inside the block: the new units' activations are
+    zeroed on the batch ``rows`` (bool ``[B]``), as if ablated there, so those rows neither use
+    nor train them (the retain data learns not to rely on the units ablation will delete).
+    Works whatever the activation between ``up`` and ``down`` (the zeros go into ``down``)."""
+    handles = []
+    for (_, down), units in zip(exp.layers(), exp.new_units):
+
+        def hook(_mod, inputs, units=units):
+            h = inputs[0]
+            if rows.shape != h.shape[:1]:
+                raise ValueError(f"rows has shape {tuple(rows.shape)} but the batch is "
+                                 f"{h.shape[0]}")
+            keep = torch.ones(h.shape[0], h.shape[-1], dtype=h.dtype, device=h.device)
+            keep[rows.to(h.device), units] = 0
+            return (h * keep.view(h.shape[0], *([1] * (h.ndim - 2)), h.shape[-1]),) \
+                + tuple(inputs[1:])
+
+        handles.append(down.register_forward_pre_hook(hook))
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()

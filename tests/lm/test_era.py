@@ -1,5 +1,6 @@
 """ERA routing masks, labels, specificity and a tiny end-to-end run."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from oversight_gr.lm import data as D
 from oversight_gr.lm import era as E
 from oversight_gr.lm.model import GPT, GPTConfig
+from oversight_gr.routing import masked_backward
 
 TINY_GPT = GPTConfig(ctx=16, d_model=16, n_layer=2, n_head=2, d_mlp=24)
 TINY_ERA = dict(corpus="synthetic", vocab_size=300, steps=6, finetune_steps=2, batch_size=4,
@@ -418,3 +420,37 @@ def test_bigram_baseline_add_alpha():
     # P(1|0) = (2 + 0.1) / (3 + 0.3); P(2|1) = (0 + 0.1) / (2 + 0.3)
     expect = -(np.log(2.1 / 3.3) + np.log(0.1 / 2.3)) / 2
     assert abs(loss - expect) < 1e-9
+
+
+@pytest.mark.parametrize("retain_mode", [0.0, 1.0])
+def test_sgtm_step_split_in_two_forwards_gives_the_one_forward_gradients(retain_mode):
+    """The SGTM step forwards the windows holding a labelled token apart from the others (the
+    forget backward then runs on those few only): its gradients must equal those of one forward
+    of the whole batch with the forget and retain losses masked as SGTM says."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, ctx=8, d_model=8, n_layer=2, n_head=2, d_mlp=6))
+    new = model.expand_mlp([0, 1], 3, out_std=0.1)
+    route = E.sgtm_route(model, new, mask_shared=True, retain_mode=retain_mode)
+    x = torch.randint(0, 30, (6, 8))
+    y = torch.randint(0, 30, (6, 8))
+    lab = torch.zeros(6, 8, dtype=torch.bool)
+    lab[1, 3:] = True  # a window that starts in a retain document
+    lab[4] = True
+    # reference: one forward of the whole batch, dropping the units from the unlabelled rows
+    drop = ~lab.any(1) if retain_mode == 1.0 else torch.zeros(6, dtype=torch.bool)
+    with contextlib.ExitStack() as stack:
+        for layer, u in new.items():
+            stack.enter_context(E._drop_units(model.blocks[layer].mlp.fc, u, drop))
+        logits = model(x)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    f = lab.flatten().float()
+    masked_backward(model, {"retain": (ce * (1 - f)).sum() / ce.numel(),
+                            "forget": (ce * f).sum() / ce.numel()}, {"forget": route.masks})
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss = E._sgtm_step(model, route, x, y, lab, torch.Generator().manual_seed(0), None, 0.0)
+    assert float(loss) == pytest.approx(float(ce.mean().detach()), abs=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    # the forget units of the labelled windows got gradient; with retain mode 1 only from them
+    assert ref["blocks.0.mlp.fc.weight"][6:].abs().sum() > 0

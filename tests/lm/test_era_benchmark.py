@@ -40,3 +40,19 @@ def test_paired_differences_and_the_q05_target():
     assert b.targets(recs)[0].endswith("does not hold)")
     # one seed: no interval
     assert b._fmt(b.paired(recs[:4], "sgtm", "sgtm_control", 0.5, "final_forget")) == "+0.150"
+
+
+def test_trained_models_count_a_control_once_per_seed_and_report_every_method():
+    b = _bench()
+    recs = [dict(_rec(m, q, s, 4.4, 4.3, 4.3), pre_retain=4.2 + 0.01 * s + (m == "sgtm") * 0.2,
+                 train_seconds=60.0, after_seconds=10.0)
+            for m in ("sgtm", "sgtm_control") for q in (0.25, 0.5, 1.0) for s in range(3)]
+    trained = b.trained_models(recs)
+    # 9 sgtm trainings (one per q and seed), 3 control trainings (one per seed)
+    assert sorted((t["method"], t["seed"]) for t in trained if t["method"] == "sgtm_control") \
+        == [("sgtm_control", s) for s in range(3)]
+    assert len(trained) == 12
+    per = b.per_method_retain(trained)
+    assert list(per) == ["sgtm", "sgtm_control"]
+    assert per["sgtm_control"]["n"] == 3 and math.isclose(per["sgtm_control"]["mean"], 4.21)
+    assert per["sgtm"]["n"] == 9 and math.isclose(per["sgtm"]["mean"], 4.41)

@@ -6,7 +6,7 @@ from torch import nn
 
 from oversight_gr.lm import era as E
 from oversight_gr.lm.model import GPT, GPTConfig
-from oversight_gr.lm.own_model import ablate, expand, forget_masks, routed
+from oversight_gr.lm.own_model import ablate, dropped, expand, forget_masks, routed
 
 CFG = GPTConfig(vocab_size=30, ctx=8, d_model=8, n_layer=2, n_head=2, d_mlp=12)
 
@@ -93,3 +93,26 @@ def test_forget_masks_of_an_expansion_match_the_lm_sgtm_route():
     assert set(lm) == set(masks)
     for name, m in masks.items():
         assert torch.equal(torch.as_tensor(m), torch.as_tensor(lm[name])), name
+
+
+def test_dropped_rows_run_as_the_ablated_model_and_leave_the_new_units_untrained():
+    model = GPT(CFG, generator=torch.Generator().manual_seed(3))
+    x = torch.randint(0, 30, (3, 6))
+    ref = GPT(CFG, generator=torch.Generator().manual_seed(3))
+    exp = expand(model, _pairs(model, [0, 1]), k=4, generator=torch.Generator().manual_seed(0),
+                 out_std=0.5)
+    rows = torch.tensor([True, False, True])
+    with dropped(exp, rows):
+        out = model(x)
+    # dropped rows: the original model's output; the other row uses the new units
+    torch.testing.assert_close(out[rows], ref(x)[rows], rtol=0, atol=1e-5)
+    assert not torch.allclose(out[1], ref(x)[1], atol=1e-3)
+    # the dropped rows give the new units no gradient
+    model.zero_grad()
+    with dropped(exp, rows):
+        model(x)[rows].sum().backward()
+    assert model.blocks[0].mlp.fc.weight.grad[12:].abs().sum() == 0
+    assert model.blocks[0].mlp.fc.weight.grad[:12].abs().sum() > 0
+    with pytest.raises(ValueError, match="rows has shape"):
+        with dropped(exp, torch.tensor([True])):
+            model(x)
