@@ -7,7 +7,6 @@ The PNGs are written to ``FIGURE_DIR`` when that variable is set (to look at the
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,50 +68,6 @@ def captured(monkeypatch, tmp_path):
     return figs
 
 
-def _boxes(fig):
-    """(name, window extent) of every text and legend drawn on ``fig``."""
-    r = fig.canvas.get_renderer()
-    out = []
-
-    def add(name, artist):
-        if artist is not None and artist.get_visible() and artist.get_text().strip():
-            out.append((f"{name} {artist.get_text()!r}", artist.get_window_extent(r)))
-
-    for i, ax in enumerate(fig.axes):
-        add(f"ax{i} title", ax.title)
-        add(f"ax{i} xlabel", ax.xaxis.label)
-        add(f"ax{i} ylabel", ax.yaxis.label)
-        for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-            lo, hi = sorted(lim)
-            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
-                if lo <= tick.get_loc() <= hi:
-                    add(f"ax{i} tick", tick.label1)
-        if ax.get_legend() is not None:
-            out.append((f"ax{i} legend", ax.get_legend().get_window_extent(r)))
-    for name in ("_suptitle", "_supxlabel", "_supylabel"):
-        add(name, getattr(fig, name, None))
-    for i, leg in enumerate(fig.legends):
-        out.append((f"figure legend {i}", leg.get_window_extent(r)))
-    return out
-
-
-def assert_laid_out(fig):
-    """No two texts overlap, all inside the canvas, no legend over a plot."""
-    boxes = _boxes(fig)
-    canvas = fig.bbox
-    for name, b in boxes:
-        assert (b.x0 >= canvas.x0 - 1 and b.y0 >= canvas.y0 - 1 and b.x1 <= canvas.x1 + 1
-                and b.y1 <= canvas.y1 + 1), f"{name} leaves the canvas: {b} vs {canvas}"
-    for (n1, b1), (n2, b2) in itertools.combinations(boxes, 2):
-        shrunk = b1.padded(-1.0)  # touching is fine, overlapping is not
-        assert not shrunk.overlaps(b2), f"{n1} overlaps {n2}"
-    legends = [(n, b) for n, b in boxes if "legend" in n]
-    plots_ = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    for (name, b), ax in itertools.product(legends, plots_):
-        if name.startswith("figure"):
-            assert not b.padded(-1.0).overlaps(ax.bbox), f"{name} covers a plot"
-
-
 def bands_within(fig, lo, hi):
     for ax in fig.axes:
         for coll in ax.collections:
@@ -127,7 +82,7 @@ def legend_texts(fig):
 
 
 @pytest.mark.parametrize(("levels", "n_seeds"), [(FEW, 2), (MANY, 3)])
-def test_sweep_figures_are_laid_out_for_a_paper(levels, n_seeds, captured, tmp_path):
+def test_sweep_figures_are_laid_out_for_a_paper(levels, n_seeds, captured, tmp_path, laid_out):
     recs = records(levels, n_seeds)
     rows = plots.summarize(recs)
     assert any(r["return_hi"] > 1 or r["return_lo"] < -1 for r in rows)  # bands need clipping
@@ -140,7 +95,7 @@ def test_sweep_figures_are_laid_out_for_a_paper(levels, n_seeds, captured, tmp_p
     for fig in captured:
         FigureCanvasAgg(fig)  # saving closed it (pyplot detaches its canvas); draw it again
         fig.canvas.draw()
-        assert_laid_out(fig)
+        laid_out(fig)
         assert all(f"n={n_seeds}" in t for t in legend_texts(fig) if t != "optimal")
     for fig in (ret, curves, all_levels):
         bands_within(fig, -1.0, 1.0)
@@ -182,12 +137,12 @@ class _ToyMoE(torch.nn.Module):
 @pytest.mark.parametrize(("size", "ghost", "diamond", "overseen"),
                          [(5, (1, 3), (4, 0), (True, False)), (8, (0, 7), (6, 1), (False, True))])
 def test_policy_arrows_are_legible_and_mark_overseen_cells(size, ghost, diamond, overseen,
-                                                           tmp_path):
+                                                           tmp_path, laid_out):
     policy = _ToyMoE(size, ghost, diamond)
     fig = draw_policy_arrows(policy, size, ghost, diamond, overseen, title="toy policy")
     fig.canvas.draw()
     assert isinstance(fig, Figure)
-    assert_laid_out(fig)
+    laid_out(fig)
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 3
     for ax in panels:
