@@ -119,16 +119,13 @@ def _load_run(args: argparse.Namespace):
                             if chosen else ""))
     selectors = [f"--{f.replace('_', '-')}" for f in ("method", "algo", "oversight", "run_seed")
                  if getattr(args, f) is not None]
+    if selectors and args.sweep_dir is None:  # --run-dir or --record: the run itself
+        raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; "
+                         f"--{chosen[0].replace('_', '-')} names the run itself")
     if args.run_dir is not None:
-        if selectors:
-            raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; --run-dir "
-                             "names the run itself")
         return _load(args.run_dir), Path(args.run_dir)
     from oversight_gr.rl.sweep import find_run, load_run_trainer
 
-    if args.record is not None and selectors:
-        raise ValueError(f"{', '.join(selectors)} pick a run of --sweep-dir; --record names "
-                         "the run itself")
     record = find_run(args.sweep_dir, method=args.method, algo=args.algo,
                       oversight=args.oversight, seed=args.run_seed, record=args.record)
     return load_run_trainer(record), Path(record["run_dir"])

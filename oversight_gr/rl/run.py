@@ -28,15 +28,14 @@ from oversight_gr.records import load as load_record
 from oversight_gr.records import write_json_atomic
 
 __all__ = ["run_training", "load_trainer", "load_policy", "check_budget", "versions",
-           "write_json_atomic", "eval_steers", "steered_mode", "evaluate_all", "evaluate_trainer", "curve_point", "make_record"]
+           "write_json_atomic", "eval_steers", "steered_mode", "evaluate_all",
+           "evaluate_trainer", "curve_point", "make_record"]
 
 log = logging.getLogger(__name__)
 
 
 def eval_steers(method: str) -> tuple[str, ...]:
     """Steering modes worth reporting for a method (only MoE policies have a gate)."""
-    from oversight_gr.rl.methods import METHODS
-
     return ("diamond", "none", "ghost") if METHODS[method].policy == "moe" else ("none",)
 
 
