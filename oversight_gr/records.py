@@ -11,9 +11,9 @@ Kinds (``record["kind"]``) and the fields every record of the kind must hold:
 * ``vision_table2`` (one Table 2 run of ``oversight-gr vision table2``): ``setting``, ``name``,
   ``seed``, ``train``, ``method``, ``seconds``, ``test``, ``latent``;
 * ``lm_era`` (one ERA-grid run of ``oversight-gr lm era``): ``method``, ``q``, ``seed``.
-  ``oversight_gr.lm.era`` writes its records with :func:`write_json_atomic` but does not stamp
-  or check them yet (its resume compares ``config.json`` itself); :func:`save` /
-  :func:`load_or_none` with this kind are the way for it to become strict.
+  ``oversight_gr.lm.era`` writes its records through :class:`oversight_gr.runner.RecordStore`
+  but does not stamp them yet (its grid check compares ``config.json`` itself); :func:`save`
+  with this kind is the way for it to become strict.
 
 Every record also holds ``kind`` and ``format`` (the kind's :data:`FORMATS` version, bumped
 whenever a kind's layout or meaning changes). Sweep records of ``rl_run`` format 1 written
@@ -22,8 +22,9 @@ before records named their kind are read as ``rl_run`` (their layout is unchange
 The compatibility rule is strict: a record of another format version, or missing a required
 field, is refused (:class:`RecordError`, one line naming the file and what to do). Nothing is
 filled in with today's defaults, since a default that changed would credit the run to a setting
-it never trained with. Resuming code (sweeps, the vision table) treats a refused record as not
-done and redoes the run (:func:`load_or_none`).
+it never trained with. Resuming code treats a refused record as not done and redoes the run:
+the experiment runner's :func:`oversight_gr.runner.load_checked` for sweeps, the LM grid and the
+vision table; :func:`load_or_none` for a caller that checks one kind.
 
 :func:`write_json_atomic` is the package's one JSON writer for results: a temporary file unique
 to the writer (pid and a random suffix, created exclusively) in the target's folder, flushed and
