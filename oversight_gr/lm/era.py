@@ -930,6 +930,10 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
         raise ValueError(f"unknown methods {unknown}; allowed: {list(METHODS)}")
     check_device(str(cfg.torch_device), "ERAConfig.device")
     out = check_output_dir(out_dir, "--out")
+    # the tokenizer and caches are built here, once, before any worker reads them; the
+    # vocabulary is the tokenizer's, so that config.json names the one the models have
+    prepared = data if data is not None else prepare_data(cfg)
+    gpt = dataclasses.replace(gpt, vocab_size=prepared.vocab_size)
     conf = config_record(cfg, gpt)
     conf["era"].pop("device", None)
     conf_path = out / "config.json"
@@ -968,14 +972,10 @@ def run_grid(cfg: ERAConfig, gpt: GPTConfig, qs: Sequence[float], seeds: Sequenc
         log.info("running %s q=%s seed=%d", method, [run_of[k][1] for k in keys], seed)
         return method, [run_of[k][1] for k in keys], seed, cfg, gpt
 
-    def warm(n_pending: int, _n_total: int) -> None:
-        if n_pending and data is None and workers > 1:
-            prepare_data(cfg)  # tokenizer and caches built once, before the workers read them
-
     done: dict[str, dict] = {}
     for o in runner.run_jobs(list(run_of), store, payload, _grid_worker_run, group=group,
                              workers=workers, threads=threads, init=_grid_worker_init,
-                             init_args=(cfg, data if workers == 1 else None), on_start=warm,
+                             init_args=(cfg, prepared if workers == 1 else None),
                              what="lm era grid", safe_points=False):
         if o.status == "failed":
             raise RuntimeError(f"lm era: {o.key} failed: {o.error}")
