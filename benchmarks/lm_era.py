@@ -4,7 +4,7 @@ the ``lm_era`` section of docs/RESULTS.md.
 Usage (any ``oversight-gr lm era`` flag is accepted and passed through)::
 
     python benchmarks/lm_era.py --q 0.25 0.5 1.0 --seeds 3 --workers 2 \
-        --methods era era_control sgtm sgtm_control filter sgtm_placebo --out runs/lm_era
+        --methods era era_control sgtm filter sgtm_placebo --out runs/lm_era
     python benchmarks/lm_era.py steer          # the steering scalar: the lm_steer section
 
 The section records the exact command, the wall time and the machine, the table (mean ± 95%
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -52,7 +53,25 @@ def _fmt(d: tuple[float, float, int]) -> str:
     return f"{m:+.3f}" + ("" if math.isnan(c) else f" ± {c:.3f}")
 
 
-def targets(records) -> list[str]:
+def era_config(cfg_dict) -> E.ERAConfig:
+    """The ERAConfig of a grid's config.json ``era`` entry."""
+    return E.ERAConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in cfg_dict.items()})
+
+
+def matched_control(method: str, have: set[str], shared: bool) -> str | None:
+    """The control ``method`` is compared with: its own ``*_control`` when the grid ran it,
+    else ``era_control`` for SGTM when SGTM's expansion is ERA's (then the two controls are
+    the same training, :attr:`ERAConfig.shared_control`)."""
+    own = f"{method}_control"
+    if own in have:
+        return own
+    if method == "sgtm" and shared and "era_control" in have:
+        return "era_control"
+    return None
+
+
+def targets(records, shared_control: bool = False) -> list[str]:
     """Issue 25's checks: each routing method against its matched control (same expansion,
     L1, data order, fine-tune documents and selection), against data filtering, and its
     placebo; differences paired by seed, mean ± 95% CI."""
@@ -60,8 +79,8 @@ def targets(records) -> list[str]:
     have = {r["method"] for r in records}
     lines = []
     for method in ("era", "sgtm"):
-        ctrl = f"{method}_control"
-        if method not in have or ctrl not in have:
+        ctrl = matched_control(method, have, shared_control)
+        if method not in have or ctrl is None:
             continue
         for q in qs:
             f = paired(records, method, ctrl, q, "final_forget")
@@ -70,7 +89,8 @@ def targets(records) -> list[str]:
             r = paired(records, method, ctrl, q, "final_retain")
             a = paired(records, method, ctrl, q, "attack_forget")
             ok = f[0] >= 0.1 and abs(r[0]) <= 0.05
-            line = (f"- {method}, q={q:g}, minus its matched control after ablation + fine-tune: "
+            line = (f"- {method}, q={q:g}, minus its matched control ({ctrl}) after ablation "
+                    f"+ fine-tune: "
                     f"forget {_fmt(f)}, retain {_fmt(r)}; after the attack: forget {_fmt(a)}")
             if q == 0.5:
                 line += (" (target forget >= +0.1 with |retain| <= 0.05: "
@@ -126,8 +146,7 @@ def bigram_baseline(cfg_dict) -> dict:
     documents (the level a model must beat to have learnt more than bigrams)."""
     from oversight_gr.lm import data as D  # noqa: PLC0415
 
-    cfg = E.ERAConfig(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in cfg_dict.items()})
+    cfg = era_config(cfg_dict)
     data = E.prepare_data(cfg)
     train = data.train_stream(data.labels(0.0, 0)).tokens
     f, r = D.bigram_loss(train, [data.val_forget.tokens, data.val_retain.tokens],
@@ -236,6 +255,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(["lm", "era", *argv])
     if args.figure is None:
         args.figure = str(FIGURE.with_name(f"{section}.png"))
+    load_before = os.getloadavg()[0]
     start = time.time()
     rc = args.func(args)
     if rc:
@@ -265,7 +285,7 @@ def main(argv: list[str]) -> int:
     device = getattr(args, "device", "cpu")
     train_s = [t["train_seconds"] for t in trained if "train_seconds" in t]
     after_s = [r["after_seconds"] for r in records if "after_seconds" in r]
-    tgt = targets(records)
+    tgt = targets(records, era_config(cfg["era"]).shared_control)
     md = [
         "## Language model: ERA and SGTM unlearning under partial labels (paper §4, Fig. 5)"
         + ("" if section == "lm_era" else f" [{section}]"),
@@ -274,8 +294,9 @@ def main(argv: list[str]) -> int:
         f"Command: `flock /tmp/oversight_heavy.lock {cmd}` (equivalently `oversight-gr lm era "
         f"{' '.join(map(shlex.quote, argv))}`)",
         f"Wall time {wall / 60:.1f} min on {cpu_name()} / device {device}, "
-        f"torch threads {args.threads}, {args.workers} worker(s), on a machine shared with other "
-        f"jobs (summed over the invocations that filled --out); one training "
+        f"torch threads {args.threads}, {args.workers} worker(s), load average "
+        f"{load_before:.2f} when it started (summed over the invocations that filled --out); "
+        f"one training "
         f"{min(train_s, default=0):.0f}-{max(train_s, default=0):.0f} s. Where the time went "
         f"(seconds of one worker, summed): {len(train_s)} trainings {sum(train_s):.0f} s, "
         f"{len(after_s)} ablation + fine-tune + attack phases {sum(after_s):.0f} s.",
@@ -292,8 +313,11 @@ def main(argv: list[str]) -> int:
         "checkpoint chosen on other such documents (filtering: the same fine-tune); 'after "
         "attack' is the minimum forget loss of the retraining attack. Higher forget loss = more "
         "unlearning. Each `*_control` is its method with all-ones routing (same expansion, L1, "
-        "data order, fine-tune documents); `*_placebo` routes as many random documents as q "
-        "labels.",
+        "data order, fine-tune documents); "
+        + ("SGTM's forget units are ERA's expanded units, so `era_control` is the matched "
+           "control of both (`sgtm_control` would train the same model). "
+           if era_config(cfg["era"]).shared_control else "")
+        + "`*_placebo` routes as many random documents as q labels.",
         "",
         f"Model: {json.dumps(cfg['gpt'])}",
         "",
@@ -311,7 +335,10 @@ def main(argv: list[str]) -> int:
                     for m, v in per_method_retain(trained).items()) + ".",
         f"Precision (measured in this command, same machine, interleaved): a training step "
         f"takes {prec['fp32_ms']} ms in fp32 and {prec['bf16_ms']} ms under bf16 autocast "
-        f"({prec['bf16_over_fp32']}x): bf16/AMX does not pay at this width, so runs use fp32.",
+        f"({prec['bf16_over_fp32']}x)"
+        + (": bf16/AMX does not pay at this width, so runs use fp32." if prec["bf16_over_fp32"] >= 1
+           else ": faster, but runs use fp32 so that results do not depend on the CPU's bf16 "
+           "units."),
         "",
         E.markdown_table(rows),
         "",

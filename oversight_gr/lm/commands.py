@@ -23,7 +23,7 @@ def register(sub) -> None:
 
     from oversight_gr.lm.era import METHODS, ERAConfig  # noqa: PLC0415
     from oversight_gr.lm.model import GPTConfig  # noqa: PLC0415
-    from oversight_gr.lm.steering import SteerConfig  # noqa: PLC0415
+    from oversight_gr.lm.steering import STEER_VOCAB, SteerConfig  # noqa: PLC0415
 
     era = lm_sub.add_parser(
         "era", help="Expand-Route-Ablate unlearning vs baselines under partial labels",
@@ -60,7 +60,10 @@ def register(sub) -> None:
     add_arguments(steer, ERAConfig, skip=[
         f for f in ERAConfig.__dataclass_fields__
         if f not in ("corpus", "corpus_path", "keywords", "doc_chars", "max_docs", "tokenizer",
-                     "vocab_size", "device")])
+                     "device")])
+    steer.add_argument("--vocab-size", dest="vocab_size", type=int, default=STEER_VOCAB,
+                       help=f"vocabulary of the trained BPE (default: {STEER_VOCAB}, so that the "
+                       "default token ' France' is one token; lm era's default 1024 splits it)")
     add_arguments(steer, GPTConfig)
     steer.set_defaults(func=_steer)
 
@@ -85,6 +88,12 @@ def _era(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if cfg.shared_control and {"era_control", "sgtm_control"} <= set(args.methods):
+        # the two would train the same model: run it once
+        args.methods = [m for m in args.methods if m != "sgtm_control"]
+        print("sgtm_control trains the same model as era_control here (SGTM's forget units are "
+              "ERA's expanded units, --sgtm-layers/--sgtm-k unset): running era_control only, "
+              "the matched control of both")
     planned = E.plan_runs(args.q, seeds, args.methods, args.placebo_q)
     bar = tqdm(total=len(planned), desc="lm era", unit="run")
     start = time.time()

@@ -23,8 +23,11 @@ from oversight_gr.lm.era import ERAConfig, LMData, prepare_data, train
 from oversight_gr.lm.model import GPT, GPTConfig
 from oversight_gr.routing import RouteTable
 
-__all__ = ["SteerConfig", "steering_route_fn", "train_steered", "closest_tokens", "sample",
-           "run_steering"]
+#: the steering experiment's vocabulary: its default token (' France') is one token at 2048
+STEER_VOCAB = 2048
+
+__all__ = ["STEER_VOCAB", "SteerConfig", "steering_route_fn", "train_steered", "closest_tokens",
+           "sample", "run_steering"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +142,7 @@ def _residuals(model: GPT, idx: Tensor, layers: Sequence[int]) -> list[Tensor]:
 def run_steering(cfg: SteerConfig, gpt: GPTConfig, era_cfg: ERAConfig | None = None,
                  data: LMData | None = None) -> dict:
     """Train, inspect and sample; returns a JSON-ready dict."""
-    era_cfg = era_cfg or ERAConfig()
+    era_cfg = era_cfg or ERAConfig(vocab_size=STEER_VOCAB)
     data = data or prepare_data(era_cfg)
     model, tid, layers = train_steered(cfg, gpt, data, era_cfg.torch_device)
     near = closest_tokens(model, data.tokenizer, cfg.top)

@@ -118,3 +118,35 @@ def test_corrupt_corpus_and_tokenizer_caches_are_rebuilt(tmp_path, monkeypatch):
     cached.write_text('{"truncated": ')
     again = D.load_tokenizer("bpe", corpus, vocab_size=300)
     assert again.get_vocab() == tok.get_vocab()
+
+
+def test_cli_era_trains_one_control_when_sgtm_shares_eras_expansion(tmp_path, monkeypatch,
+                                                                     capsys):
+    import argparse
+
+    import pytest
+
+    from oversight_gr.lm import commands
+    from oversight_gr.lm import era as E
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(cfg, gpt, qs, seeds, out, methods, **kw):
+        asked.append(list(methods))
+        raise Stop
+
+    monkeypatch.setattr(E, "run_grid", spy)
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    for extra, want in (([], ["era", "era_control", "sgtm"]),
+                        (["--sgtm-k", "3"], ["era", "era_control", "sgtm", "sgtm_control"])):
+        args = parser.parse_args(["lm", "era", "--corpus", "synthetic", "--methods", "era",
+                                  "era_control", "sgtm", "sgtm_control", "--out",
+                                  str(tmp_path / f"o{len(asked)}"), *extra])
+        with pytest.raises(Stop):
+            args.func(args)
+        assert asked[-1] == want
+    assert "running era_control only" in capsys.readouterr().out

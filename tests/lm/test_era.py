@@ -454,3 +454,21 @@ def test_sgtm_step_split_in_two_forwards_gives_the_one_forward_gradients(retain_
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-5, atol=1e-7, msg=n)
     # the forget units of the labelled windows got gradient; with retain mode 1 only from them
     assert ref["blocks.0.mlp.fc.weight"][6:].abs().sum() > 0
+
+
+def test_sgtm_takes_eras_expansion_and_l1_by_default_so_the_two_controls_are_one_model(
+        data, monkeypatch):
+    cfg = E.ERAConfig(**{**TINY_ERA, "sgtm_layers": None, "sgtm_k": None})
+    assert cfg.sgtm_expansion == ((0,), 4) and cfg.shared_control
+    assert not E.ERAConfig(**{**TINY_ERA, "sgtm_layers": None, "sgtm_k": 5}).shared_control
+    assert not E.ERAConfig(**TINY_ERA).shared_control  # sgtm_layers (0, 1): its own expansion
+    era_c = E.run_method("era_control", 0.5, 0, cfg, TINY_GPT, data)
+    sgtm_c = E.run_method("sgtm_control", 0.5, 0, cfg, TINY_GPT, data)
+    metrics = [k for k in era_c if k.startswith(("pre_", "ablated_", "final_", "attack_"))]
+    assert len(metrics) >= 7
+    assert {k: era_c[k] for k in metrics} == {k: sgtm_c[k] for k in metrics}
+    # SGTM trains with ERA's L1 on every unit of its layers, like its control
+    calls = _capture(monkeypatch, "train")
+    E.run_method("sgtm", 0.5, 0, cfg, TINY_GPT, data)
+    kw = calls[0][1]
+    assert kw["sgtm"] is not None and kw["l1_units"] == {0: slice(None)} and kw["l1"] == cfg.l1

@@ -56,3 +56,23 @@ def test_trained_models_count_a_control_once_per_seed_and_report_every_method():
     assert list(per) == ["sgtm", "sgtm_control"]
     assert per["sgtm_control"]["n"] == 3 and math.isclose(per["sgtm_control"]["mean"], 4.21)
     assert per["sgtm"]["n"] == 9 and math.isclose(per["sgtm"]["mean"], 4.41)
+
+
+def test_sgtm_is_compared_with_era_control_only_when_the_controls_are_one_training():
+    b = _bench()
+    have = {"sgtm", "era", "era_control"}
+    assert b.matched_control("sgtm", have, shared=True) == "era_control"
+    assert b.matched_control("sgtm", have, shared=False) is None
+    assert b.matched_control("sgtm", have | {"sgtm_control"}, shared=True) == "sgtm_control"
+    assert b.matched_control("era", have, shared=True) == "era_control"
+    recs = []
+    for s in range(3):
+        recs += [_rec("sgtm", 0.5, s, 4.5, 4.20, 4.4), _rec("era_control", 0.5, s, 4.35, 4.19, 4.3)]
+    line = b.targets(recs, shared_control=True)[0]
+    assert line.startswith("- sgtm, q=0.5, minus its matched control (era_control)")
+    assert "forget +0.150" in line
+    # with SGTM's own expansion the ERA control is no control of SGTM: no comparison
+    assert b.targets(recs, shared_control=False) == []
+    # the config of a grid's config.json decides it
+    assert b.era_config({"sgtm_layers": None, "sgtm_k": None}).shared_control
+    assert not b.era_config({"sgtm_layers": [0, 1, 2], "sgtm_k": 16}).shared_control
