@@ -177,9 +177,10 @@ class ERAConfig:
     sgtm_retain_mode: float = option(
         0.1, "SGTM retain mode: probability that a window without a labelled forget token "
         "runs with the forget units dropped from the forward (the retain data then learns not "
-        "to rely on them). 0.1: single-seed probes at q = 0.5 gave forget +0.11 to +0.135 over "
-        "the control for every value in 0.03-1 (retain +0.035 to +0.053), and 0 gave +0.55 "
-        "forget for +0.39 retain (docs/RESULTS.md, lm_era)", low=0.0, high=1.0)
+        "to rely on them). 0.1: single-seed probes at q = 0.5 (vocabulary 2048, 32 forget "
+        "units in each of 4 layers) gave forget +0.11 to +0.135 over the control for every "
+        "value in 0.03-1 (retain +0.035 to +0.053), and 0 gave +0.55 forget for +0.39 retain; "
+        "not re-tuned for the current defaults", low=0.0, high=1.0)
     rmu_layer: int = option(1, "RMU: block whose output residual is misdirected", low=0)
     rmu_scale: float = option(5.0, "RMU: target norm, in units of the residual's mean norm",
                               low=0.0)
