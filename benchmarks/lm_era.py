@@ -285,7 +285,8 @@ def main(argv: list[str]) -> int:
     device = getattr(args, "device", "cpu")
     train_s = [t["train_seconds"] for t in trained if "train_seconds" in t]
     after_s = [r["after_seconds"] for r in records if "after_seconds" in r]
-    tgt = targets(records, era_config(cfg["era"]).shared_control)
+    shared_control = era_config(cfg["era"]).shared_control
+    tgt = targets(records, shared_control)
     md = [
         "## Language model: ERA and SGTM unlearning under partial labels (paper §4, Fig. 5)"
         + ("" if section == "lm_era" else f" [{section}]"),
@@ -316,7 +317,7 @@ def main(argv: list[str]) -> int:
         "data order, fine-tune documents); "
         + ("SGTM's forget units are ERA's expanded units, so `era_control` is the matched "
            "control of both (`sgtm_control` would train the same model). "
-           if era_config(cfg["era"]).shared_control else "")
+           if shared_control else "")
         + "`*_placebo` routes as many random documents as q labels.",
         "",
         f"Model: {json.dumps(cfg['gpt'])}",

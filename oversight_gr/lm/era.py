@@ -28,9 +28,10 @@ Methods (one :func:`run_job` per method, seed and q; a control's q's share one t
   :func:`oversight_gr.routing.masked_backward`): the MLPs of ``sgtm_layers`` get ``sgtm_k``
   forget units (by default ERA's expansion, so that ``era_control`` is SGTM's matched control
   too) and ERA's L1 on those layers (not part of SGTM as published: at this budget the L1
-  lowers every model's loss, a control's retain loss by 0.07 nats on seed 0); the loss of labelled forget tokens trains only those units' input rows, biases
-  and output columns (``sgtm_mask_shared``: not the embeddings, LayerNorms or unembedding
-  either), the other tokens train everything; ``sgtm_retain_mode``: windows without a labelled
+  lowers every model's loss, a control's retain loss by 0.07 nats on seed 0); the loss of
+  labelled forget tokens trains only those units' input rows, biases and output columns
+  (``sgtm_mask_shared``: not the embeddings, LayerNorms or unembedding either), the other tokens
+  train everything; ``sgtm_retain_mode``: windows without a labelled
   token drop the forget units with that probability. Then ablate and fine-tune as ERA.
 * ``era_control`` / ``sgtm_control``: the same expansion, L1, data order, ablation, fine-tune
   documents and checkpoint selection as their method at each q, with all-ones routing (no
@@ -480,8 +481,7 @@ def train(
     if route is not None and sgtm is not None:
         raise ValueError("train takes an activation route or an SGTM route, not both")
     model.train()
-    opt = _adamw(model.parameters(), lr=lr, weight_decay=weight_decay,
-                            betas=(0.9, 0.95))
+    opt = _adamw(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     ctx = model.cfg.ctx
     losses = []
     for step in range(steps):
@@ -514,8 +514,7 @@ def finetune(model: GPT, stream: lm_data.TokenStream, select: lm_data.TokenStrea
     dev = next(model.parameters()).device
     x, y = stream.windows(model.cfg.ctx)
     x, y = x.to(dev), y.to(dev)
-    opt = _adamw(model.parameters(), lr=lr, weight_decay=weight_decay,
-                            betas=(0.9, 0.95))
+    opt = _adamw(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     best_loss, best_step = evaluate(model, select, select_windows), 0
     best = copy.deepcopy(model.state_dict())
     for step in range(1, steps + 1):
@@ -700,25 +699,20 @@ def run_job(method: str, qs: Sequence[float], seed: int, cfg: ERAConfig, gpt: GP
     elif method in ("plain", "filter"):
         train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, callback=cb("train"),
               **common)
-    elif base == "era":
-        new = model.expand_mlp(cfg.expand_layers, cfg.expand_k,
+    else:  # era, sgtm, their controls and placebos: expand, route (not the controls), L1
+        expansion = (cfg.expand_layers, cfg.expand_k) if base == "era" else cfg.sgtm_expansion
+        new = model.expand_mlp(*expansion,
                                generator=torch.Generator().manual_seed(seed + 1), out_std=0.02)
-        route = None
-        if method != "era_control":
+        route, sg = None, None
+        routed = not method.endswith("_control")
+        if routed and base == "era":
             strength, floor = _era_strength(cfg, stream, data.vocab_size)
             route = era_route_fn({i: model.blocks[i].mlp.width for i in new}, new,
                                  cfg.forget_weight, strength, floor, cfg.retain_new_weight)
-        l1_units = new if cfg.l1_units == "new" else {i: slice(None) for i in new}
-        train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, route=route,
-              l1_units=l1_units, l1=cfg.l1, callback=cb("train"), **common)
-    else:  # sgtm, sgtm_control, sgtm_placebo
-        new = model.expand_mlp(*cfg.sgtm_expansion,
-                               generator=torch.Generator().manual_seed(seed + 1), out_std=0.02)
-        sg = None
-        if method != "sgtm_control":
+        elif routed:
             sg = sgtm_route(model, new, cfg.sgtm_mask_shared, cfg.sgtm_retain_mode)
         l1_units = new if cfg.l1_units == "new" else {i: slice(None) for i in new}
-        train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, sgtm=sg,
+        train(model, stream, cfg.steps, lr=cfg.lr, warmup=cfg.warmup, route=route, sgtm=sg,
               l1_units=l1_units, l1=cfg.l1, callback=cb("train"), **common)
     pre = ev(model)
     train_s = time.time() - t0
